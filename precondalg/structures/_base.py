@@ -1,0 +1,259 @@
+"""The abstract base of every structured matrix, and the pytree machinery they share.
+
+A structure is a small, final, immutable class (a frozen dataclass) registered as a torch pytree:
+tensor fields (and nested structures) are the pytree children, integers, shapes and permutations are
+static metadata.  `torch.func.grad`, `vjp`, `jvp` and `vmap` therefore take a structure as input and
+return one of the same type.
+
+Public constructors validate their arguments; unflattening (which `torch.func` does with gradients,
+tangents and `vmap` dimension specs as leaves) bypasses the constructor and validates nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+import torch.utils._pytree as pytree
+
+__all__ = ["Cost", "NotInvertibleError", "Structure", "static_field"]
+
+_S = TypeVar("_S", bound=type)
+
+
+class NotInvertibleError(ValueError):
+    """Raised by `solve` (and `inverse`) on a structure that has no inverse."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Memory and arithmetic cost of one structure.
+
+    Attributes:
+        stored: number of floating-point values held in memory by the structure's leaves.
+        matvec: multiply-adds of `A @ x` for one vector x (one multiply-add = 2 flops).
+        solve: multiply-adds of `A.solve(x)` for one vector x, or None where there is no solve.
+    """
+
+    stored: int
+    matvec: int
+    solve: int | None
+
+
+def static_field(**kwargs: Any) -> Any:
+    """A dataclass field that is static pytree metadata (not a leaf)."""
+    return dataclasses.field(metadata={"static": True}, **kwargs)
+
+
+def register_structure(cls: _S) -> _S:
+    """Make `cls` a frozen dataclass and register it as a torch pytree node.
+
+    Fields marked with `static_field()` go into the pytree context (compared with `==`, so they must
+    be hashable Python data); all other fields are children.  Unflattening does not run `__init__`.
+    """
+    cls = dataclasses.dataclass(frozen=True, eq=False, init="__init__" not in cls.__dict__)(cls)
+    fields = dataclasses.fields(cls)
+    children = tuple(f.name for f in fields if not f.metadata.get("static"))
+    static = tuple(f.name for f in fields if f.metadata.get("static"))
+
+    def flatten(obj: Any) -> tuple[list[Any], tuple[Any, ...]]:
+        return [getattr(obj, n) for n in children], tuple(getattr(obj, n) for n in static)
+
+    def flatten_with_keys(obj: Any) -> tuple[list[tuple[Any, Any]], tuple[Any, ...]]:
+        leaves, context = flatten(obj)
+        return [(pytree.GetAttrKey(n), v) for n, v in zip(children, leaves)], context
+
+    def unflatten(values: Any, context: tuple[Any, ...]) -> Any:
+        obj = object.__new__(cls)
+        for name, value in zip(children, values):
+            object.__setattr__(obj, name, value)
+        for name, value in zip(static, context):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    pytree.register_pytree_node(
+        cls,
+        flatten,
+        unflatten,
+        serialized_type_name=f"precondalg.{cls.__name__}",
+        flatten_with_keys_fn=flatten_with_keys,
+    )
+    return cls
+
+
+class Structure(abc.ABC):
+    """Abstract base of all structured matrices.
+
+    A structure represents an m×n matrix without storing it densely.  Subclasses implement the
+    abstract methods below; everything else (operators, `solve`, `T`, dtype, device) is shared and
+    final.  Algebra (`compose`, `add`, `kron`, `block_diag`, `inverse`, `gram`, `transpose`) lives in
+    free functions with dispatch tables, one module per operation.
+    """
+
+    # ----- abstract interface (the only methods a subclass defines) -----
+    @property
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, int]:
+        """(m, n): the shape of the represented matrix."""
+
+    @abc.abstractmethod
+    def _mv(self, X: torch.Tensor) -> torch.Tensor:
+        """A @ X for X of shape (n, k); returns (m, k)."""
+
+    @abc.abstractmethod
+    def _rmv(self, X: torch.Tensor) -> torch.Tensor:
+        """Aᵀ @ X for X of shape (m, k); returns (n, k)."""
+
+    @abc.abstractmethod
+    def _solve(self, X: torch.Tensor) -> torch.Tensor:
+        """A⁻¹ X for X of shape (n, k); raises NotInvertibleError where there is no inverse."""
+
+    @abc.abstractmethod
+    def _rsolve(self, X: torch.Tensor) -> torch.Tensor:
+        """A⁻ᵀ X for X of shape (n, k); raises NotInvertibleError where there is no inverse."""
+
+    @abc.abstractmethod
+    def to_dense(self) -> torch.Tensor:
+        """The represented matrix as a dense (m, n) tensor."""
+
+    @abc.abstractmethod
+    def cost(self) -> Cost:
+        """Stored values and multiply-adds of a matvec and of a solve (see `Cost`)."""
+
+    # ----- shared, final behaviour -----
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the leaves (all leaves share it)."""
+        return pytree.tree_leaves(self)[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the leaves (all leaves share it)."""
+        return pytree.tree_leaves(self)[0].device
+
+    @property
+    def T(self) -> Structure:
+        """The transpose, as a structure (see `precondalg.structures.transpose`)."""
+        from precondalg.structures.transpose import transpose
+
+        return transpose(self)
+
+    def solve(self, X: torch.Tensor) -> torch.Tensor:
+        """A⁻¹ X for X of shape (n,) or (n, k).
+
+        Raises:
+            NotInvertibleError: if the structure has no inverse (non-square, or no solve rule).
+        """
+        m, n = self.shape
+        if m != n:
+            raise NotInvertibleError(
+                f"{type(self).__name__}.solve: the matrix is {m}×{n}, not square, so it has no inverse"
+            )
+        return _apply(self, X, self._solve, n, "solve")
+
+    def __matmul__(self, other: Any) -> Any:
+        if isinstance(other, Structure):
+            from precondalg.structures.compose import compose
+
+            return compose(self, other)
+        if isinstance(other, torch.Tensor):
+            return _apply(self, other, self._mv, self.shape[1], "@")
+        return NotImplemented
+
+    def __rmatmul__(self, other: Any) -> Any:
+        if isinstance(other, torch.Tensor):
+            if other.ndim == 2:
+                return _apply(self, other.mT, self._rmv, self.shape[0], "@ (left)").mT
+            return _apply(self, other, self._rmv, self.shape[0], "@ (left)")
+        return NotImplemented
+
+    def __add__(self, other: Any) -> Any:
+        if isinstance(other, Structure):
+            from precondalg.structures.add import add
+
+            return add(self, other)
+        return NotImplemented
+
+    def __mul__(self, alpha: Any) -> Any:
+        """αA for a Python number or 0-d tensor α (see `precondalg.structures.scale`)."""
+        if isinstance(alpha, (int, float)) or (isinstance(alpha, torch.Tensor) and alpha.ndim == 0):
+            from precondalg.structures.compose import scale
+
+            return scale(self, alpha)
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, alpha: Any) -> Any:
+        if isinstance(alpha, (int, float)) or (isinstance(alpha, torch.Tensor) and alpha.ndim == 0):
+            return self * (1 / alpha)
+        return NotImplemented
+
+    def __neg__(self) -> Structure:
+        return self * -1.0
+
+
+def _apply(
+    A: Structure, X: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], n: int, op: str
+) -> torch.Tensor:
+    """Validate X (shape (n,) or (n, k), A's dtype), run the 2-D kernel `fn`, restore X's rank."""
+    name = type(A).__name__
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"{name} {op} X: X must be a torch.Tensor; got {type(X).__name__}")
+    if X.ndim not in (1, 2) or X.shape[0] != n:
+        raise ValueError(
+            f"{name} {op} X: X must have shape ({n},) or ({n}, k) for a {A.shape[0]}×{A.shape[1]} "
+            f"matrix; got {tuple(X.shape)}"
+        )
+    if X.dtype != A.dtype:
+        raise TypeError(f"{name} {op} X: X must have the structure's dtype {A.dtype}; got {X.dtype}")
+    if X.ndim == 1:
+        return fn(X.unsqueeze(-1)).squeeze(-1)
+    return fn(X)
+
+
+def not_invertible(A: Structure, why: str) -> NotInvertibleError:
+    """The error a structure's `_solve`/`_rsolve` raises when it has no inverse."""
+    return NotInvertibleError(f"{type(A).__name__} has no solve: {why}")
+
+
+def check_tensor(owner: str, name: str, x: Any, shape: str, ndim: int) -> None:
+    """Check that argument `name` of `owner` is a floating tensor with `ndim` dimensions.
+
+    Raises:
+        TypeError: not a tensor, or not floating point.
+        ValueError: wrong number of dimensions (the message names both shapes).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner}: argument '{name}' must be a torch.Tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{owner}: argument '{name}' must be a floating-point tensor; got {x.dtype}")
+    if x.ndim != ndim:
+        raise ValueError(f"{owner}: argument '{name}' must have shape {shape}; got {tuple(x.shape)}")
+
+
+def check_same_kind(owner: str, **args: Any) -> None:
+    """Check that all tensors/structures in `args` share one dtype and one device."""
+    items = list(args.items())
+    first_name, first = items[0]
+    for name, x in items[1:]:
+        if x.dtype != first.dtype:
+            raise TypeError(
+                f"{owner}: '{name}' has dtype {x.dtype} but '{first_name}' has dtype {first.dtype}"
+            )
+        if x.device != first.device:
+            raise ValueError(f"{owner}: '{name}' is on {x.device} but '{first_name}' is on {first.device}")
+
+
+def check_structures(owner: str, name: str, items: tuple[Any, ...]) -> None:
+    """Check that `items` is a non-empty tuple of structures sharing dtype and device."""
+    if not items:
+        raise ValueError(f"{owner}: needs at least one {name}; got none")
+    for i, s in enumerate(items):
+        if not isinstance(s, Structure):
+            hint = " (wrap a tensor in Dense(...))" if isinstance(s, torch.Tensor) else ""
+            raise TypeError(f"{owner}: {name} {i} must be a Structure{hint}; got {type(s).__name__}")
+    check_same_kind(owner, **{f"{name} {i}": s for i, s in enumerate(items)})

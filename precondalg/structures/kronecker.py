@@ -1,0 +1,190 @@
+"""`Kronecker(*factors)`: A₁ ⊗ … ⊗ A_k, and `KroneckerSum(*terms)`: its Lie algebra."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import reduce
+
+import torch
+from einops import rearrange
+
+from precondalg.structures._base import (
+    Cost,
+    Structure,
+    check_structures,
+    not_invertible,
+    register_structure,
+)
+
+
+def along_axis(fn: Callable[[torch.Tensor], torch.Tensor], Y: torch.Tensor, axis: int) -> torch.Tensor:
+    """Apply a matrix kernel to one axis of a tensor.
+
+    Args:
+        fn: maps a (d, j) matrix to an (e, j) matrix (a structure's `_mv`, `_rmv`, `_solve`, ...).
+        Y: (d_0, …, d_{K-1}, k) tensor.
+        axis: which of the first K axes `fn` acts on.
+
+    Returns:
+        (d_0, …, e, …, d_{K-1}, k): axis `axis` transformed, all others untouched.
+    """
+    names = [f"a{j}" for j in range(Y.ndim - 1)]
+    rest = [n for j, n in enumerate(names) if j != axis]
+    tensor_form = " ".join(names) + " k"
+    matrix_form = f"{names[axis]} ({' '.join(rest)} k)"
+    Z = fn(rearrange(Y, f"{tensor_form} -> {matrix_form}"))
+    sizes = {n: Y.shape[j] for j, n in enumerate(names) if j != axis}
+    return rearrange(Z, f"{matrix_form} -> {tensor_form}", k=Y.shape[-1], **sizes)
+
+
+def _apply_factors(
+    kernels: list[Callable[[torch.Tensor], torch.Tensor]], dims: list[int], X: torch.Tensor
+) -> torch.Tensor:
+    """Apply kernel i along axis i of X (N, k) viewed row-major as (dims[0], …, dims[K-1], k)."""
+    Y = X.reshape(*dims, X.shape[-1])
+    for axis, kernel in enumerate(kernels):
+        Y = along_axis(kernel, Y, axis)
+    return Y.reshape(-1, X.shape[-1])
+
+
+@register_structure
+class Kronecker(Structure):
+    """A₁ ⊗ A₂ ⊗ … ⊗ A_k of structures, in torch's row-major convention.
+
+    It acts on a tensor of shape (n₁, …, n_k) flattened row-major, factor i acting on axis i, so
+    ``Kronecker(A, B) @ X.flatten() == (A X Bᵀ).flatten()`` and ``Kronecker(A, B).to_dense() ==
+    torch.kron(A, B)``.  PSGD's Kronecker preconditioner for a matrix G is ``Kronecker(Q₁, Q₂)`` with
+    P = gram of it giving Q₁ᵀQ₁ G Q₂ᵀQ₂ (METHODS.md §2.3, Eq. 23); APO's Eq. 9 uses ``Kronecker(B, A)``.
+    Factors may be rectangular.  A Kronecker product of groups is a group; its Lie algebra is
+    `KroneckerSum`.
+
+    Args:
+        *factors: one or more structures A_i of shape (m_i, n_i).  Nested Kroneckers are kept as given
+            (use `kron` to flatten them).
+
+    Example:
+        >>> A, B = Dense(torch.eye(2)), Diagonal(torch.tensor([1.0, 2.0, 3.0]))
+        >>> Kronecker(A, B).shape
+        (6, 6)
+    """
+
+    factors: tuple[Structure, ...]
+
+    def __init__(self, *factors: Structure) -> None:
+        check_structures("Kronecker", "factor", factors)
+        object.__setattr__(self, "factors", tuple(factors))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (
+            math.prod(f.shape[0] for f in self.factors),
+            math.prod(f.shape[1] for f in self.factors),
+        )
+
+    def _mv(self, X: torch.Tensor) -> torch.Tensor:
+        return _apply_factors([f._mv for f in self.factors], [f.shape[1] for f in self.factors], X)
+
+    def _rmv(self, X: torch.Tensor) -> torch.Tensor:
+        return _apply_factors([f._rmv for f in self.factors], [f.shape[0] for f in self.factors], X)
+
+    def _solve(self, X: torch.Tensor) -> torch.Tensor:
+        self._require_square()
+        return _apply_factors([f._solve for f in self.factors], [f.shape[0] for f in self.factors], X)
+
+    def _rsolve(self, X: torch.Tensor) -> torch.Tensor:
+        self._require_square()
+        return _apply_factors([f._rsolve for f in self.factors], [f.shape[0] for f in self.factors], X)
+
+    def _require_square(self) -> None:
+        for i, f in enumerate(self.factors):
+            if f.shape[0] != f.shape[1]:
+                raise not_invertible(self, f"factor {i} is {f.shape[0]}×{f.shape[1]}, not square")
+
+    def to_dense(self) -> torch.Tensor:
+        return reduce(torch.kron, [f.to_dense() for f in self.factors])
+
+    def cost(self) -> Cost:
+        costs = [f.cost() for f in self.factors]
+        out_dims = [f.shape[0] for f in self.factors]
+        in_dims = [f.shape[1] for f in self.factors]
+        # Factor i is applied after factors < i have mapped their axes to the output sizes.
+        repeats = [math.prod(out_dims[:i]) * math.prod(in_dims[i + 1 :]) for i in range(len(costs))]
+        solves = [c.solve for c in costs]
+        square = all(m == n for m, n in zip(out_dims, in_dims))
+        return Cost(
+            stored=sum(c.stored for c in costs),
+            matvec=sum(c.matvec * r for c, r in zip(costs, repeats)),
+            solve=sum(s * r for s, r in zip(solves, repeats)) if square and None not in solves else None,
+        )
+
+
+@register_structure
+class KroneckerSum(Structure):
+    """Σᵢ I ⊗ … ⊗ Tᵢ ⊗ … ⊗ I: the Kronecker sum of square terms, the Lie algebra of `Kronecker`.
+
+    ``lie_project(Kronecker(Q₁, …, Q_k), E)`` returns a KroneckerSum whose term i lies in the Lie
+    algebra of Q_i, and ``lie_step`` applies term i to factor i.  Same row-major convention as
+    `Kronecker`: term i acts on axis i.
+
+    Args:
+        *terms: square structures T_i of shape (n_i, n_i).
+
+    Example:
+        >>> KroneckerSum(Scalar(torch.tensor(1.0), 2), Scalar(torch.tensor(2.0), 3)).to_dense().diag()
+        tensor([3., 3., 3., 3., 3., 3.])
+    """
+
+    terms: tuple[Structure, ...]
+
+    def __init__(self, *terms: Structure) -> None:
+        check_structures("KroneckerSum", "term", terms)
+        for i, t in enumerate(terms):
+            if t.shape[0] != t.shape[1]:
+                raise ValueError(f"KroneckerSum: term {i} must be square; got shape {t.shape}")
+        object.__setattr__(self, "terms", tuple(terms))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = math.prod(t.shape[0] for t in self.terms)
+        return (n, n)
+
+    def _sum_along_axes(
+        self, kernels: list[Callable[[torch.Tensor], torch.Tensor]], X: torch.Tensor
+    ) -> torch.Tensor:
+        dims = [t.shape[0] for t in self.terms]
+        Y = X.reshape(*dims, X.shape[-1])
+        return sum(along_axis(k, Y, axis) for axis, k in enumerate(kernels)).reshape(X.shape)
+
+    def _mv(self, X: torch.Tensor) -> torch.Tensor:
+        return self._sum_along_axes([t._mv for t in self.terms], X)
+
+    def _rmv(self, X: torch.Tensor) -> torch.Tensor:
+        return self._sum_along_axes([t._rmv for t in self.terms], X)
+
+    def _solve(self, X: torch.Tensor) -> torch.Tensor:
+        raise not_invertible(self, "a Kronecker sum has no structured solve; densify it explicitly")
+
+    def _rsolve(self, X: torch.Tensor) -> torch.Tensor:
+        raise not_invertible(self, "a Kronecker sum has no structured solve; densify it explicitly")
+
+    def to_dense(self) -> torch.Tensor:
+        dims = [t.shape[0] for t in self.terms]
+        kw = {"dtype": self.dtype, "device": self.device}
+        total = 0
+        for i, t in enumerate(self.terms):
+            parts = (
+                [torch.eye(d, **kw) for d in dims[:i]]
+                + [t.to_dense()]
+                + [torch.eye(d, **kw) for d in dims[i + 1 :]]
+            )
+            total = total + reduce(torch.kron, parts)
+        return total
+
+    def cost(self) -> Cost:
+        n = self.shape[0]
+        return Cost(
+            stored=sum(t.cost().stored for t in self.terms),
+            matvec=sum(t.cost().matvec * (n // t.shape[0]) for t in self.terms) + n * (len(self.terms) - 1),
+            solve=None,
+        )

@@ -1,0 +1,192 @@
+"""Matrix Lie groups: membership, projection onto the Lie algebra, and the multiplicative step.
+
+PSGD (METHODS.md §2.2, paper Eqs. 17–20) fits Q on a matrix Lie group: a perturbation δQ = E Q with
+E in the group's Lie algebra 𝔤, and the step Q ← (I − μE) Q, which stays in the group.  The group
+structures and their Lie algebras:
+
+| structure | group | Lie algebra (projection of a dense E) |
+| --- | --- | --- |
+| `Scalar` | αI, α ≠ 0 | span(I): (tr E / n) I |
+| `Diagonal` | non-singular diagonal | diagonal: diag(E) |
+| `Dense` (square) | GL(n) | all matrices: E |
+| `Triangular` | invertible upper-triangular | upper-triangular: triu(E) |
+| `Normalization` | diag + last column, d ≠ 0 | same pattern |
+| `BlockDiagonal` of groups | direct sum | the blocks' algebras on the diagonal blocks |
+| `Kronecker` of groups | Kronecker product | `KroneckerSum` Σᵢ I⊗Eᵢ⊗I, Eᵢ ∈ 𝔤ᵢ |
+
+Every projection is the orthogonal (Frobenius) projection onto the algebra, hence idempotent.  For a
+Kronecker product of groups the step is taken factor-wise, Qᵢ ← (I − μEᵢ)Qᵢ: it stays exactly in the
+group and equals (I − μE)Q to first order in μ (PSGD's Kronecker update, METHODS.md §2.3).
+"""
+
+from __future__ import annotations
+
+import math
+import string
+
+import opt_einsum
+import torch
+import torch.utils._pytree as pytree
+
+from precondalg.structures._base import Structure
+from precondalg.structures._dispatch import Rules
+from precondalg.structures.add import add
+from precondalg.structures.block_diagonal import BlockDiagonal
+from precondalg.structures.compose import compose, scale
+from precondalg.structures.dense import Dense
+from precondalg.structures.diagonal import Diagonal
+from precondalg.structures.kronecker import Kronecker, KroneckerSum
+from precondalg.structures.normalization import Normalization
+from precondalg.structures.scalar import Scalar
+from precondalg.structures.triangular import Triangular
+
+project_rules = Rules("lie_project")
+_SIMPLE_GROUPS = (Scalar, Diagonal, Dense, Triangular, Normalization)
+
+
+def is_lie_group(A: Structure) -> bool:
+    """Whether A's structure is a matrix Lie group (values aside: entries must make it invertible)."""
+    if isinstance(A, Dense):
+        return A.shape[0] == A.shape[1]
+    if isinstance(A, Kronecker):
+        return all(is_lie_group(f) for f in A.factors)
+    if isinstance(A, BlockDiagonal):
+        return all(is_lie_group(b) for b in A.blocks)
+    return isinstance(A, _SIMPLE_GROUPS)
+
+
+def _require_group(Q: Structure, op: str) -> None:
+    if not is_lie_group(Q):
+        raise TypeError(
+            f"{op}: {type(Q).__name__} of shape {Q.shape} is not a matrix Lie group structure; the "
+            "group structures are Scalar, Diagonal, square Dense, Triangular, Normalization, and "
+            "Kronecker/BlockDiagonal of these"
+        )
+
+
+def lie_project(Q: Structure, E: torch.Tensor) -> Structure:
+    """Project a dense matrix onto the Lie algebra of Q's group.
+
+    Args:
+        Q: a group structure of shape (n, n).
+        E: (n, n) dense tensor.
+
+    Returns:
+        The orthogonal projection of E onto 𝔤, as a structure: same type as Q for the simple groups
+        and BlockDiagonal, a `KroneckerSum` for a Kronecker.
+
+    Raises:
+        TypeError: Q is not a group structure, or E is not a tensor of Q's dtype.
+        ValueError: E's shape is not Q's.
+    """
+    _require_group(Q, "lie_project")
+    if not isinstance(E, torch.Tensor) or E.dtype != Q.dtype:
+        raise TypeError(
+            f"lie_project: E must be a tensor of dtype {Q.dtype}; got {getattr(E, 'dtype', type(E).__name__)}"
+        )
+    if tuple(E.shape) != Q.shape:
+        raise ValueError(f"lie_project: E must have Q's shape {Q.shape}; got {tuple(E.shape)}")
+    return project_rules.lookup(Q)(Q, E)
+
+
+@project_rules.register(Scalar)
+def _scalar(Q: Scalar, E: torch.Tensor) -> Scalar:
+    return Scalar(torch.trace(E) / Q.n, Q.n)
+
+
+@project_rules.register(Diagonal)
+def _diagonal(Q: Diagonal, E: torch.Tensor) -> Diagonal:
+    return Diagonal(torch.diagonal(E))
+
+
+@project_rules.register(Dense)
+def _dense(Q: Dense, E: torch.Tensor) -> Dense:
+    return Dense(E)
+
+
+@project_rules.register(Triangular)
+def _triangular(Q: Triangular, E: torch.Tensor) -> Triangular:
+    return Triangular(E)
+
+
+@project_rules.register(Normalization)
+def _normalization(Q: Normalization, E: torch.Tensor) -> Normalization:
+    return Normalization(torch.diagonal(E), E[:-1, -1])
+
+
+@project_rules.register(BlockDiagonal)
+def _block_diagonal(Q: BlockDiagonal, E: torch.Tensor) -> BlockDiagonal:
+    parts, start = [], 0
+    for b in Q.blocks:
+        stop = start + b.shape[0]
+        parts.append(lie_project(b, E[start:stop, start:stop]))
+        start = stop
+    return BlockDiagonal(*parts)
+
+
+@project_rules.register(Kronecker)
+def _kronecker(Q: Kronecker, E: torch.Tensor) -> KroneckerSum:
+    # The algebra is {Σᵢ I⊗Eᵢ⊗I : Eᵢ ∈ 𝔤ᵢ}; the subspaces share only span(I).  With N = Πnᵢ,
+    # Xᵢ = (nᵢ/N)·Tr_{≠i}(E) and t = tr(E)/N, the orthogonal projection has terms
+    # E₀ = Π₀(X₀) and Eᵢ = Πᵢ(Xᵢ − tI) for i > 0 (traceless), since each Πᵢ keeps traces and fixes I.
+    dims = [f.shape[0] for f in Q.factors]
+    N = math.prod(dims)
+    blocks = E.reshape(*dims, *dims)
+    rows = string.ascii_letters[: len(dims)]
+    t = torch.trace(E) / N
+    terms = []
+    for i, (f, n_i) in enumerate(zip(Q.factors, dims)):
+        cols = rows[:i] + string.ascii_letters[len(dims)] + rows[i + 1 :]
+        X = opt_einsum.contract(f"{rows}{cols}->{rows[i]}{cols[i]}", blocks, backend="torch") * (n_i / N)
+        if i > 0:
+            X = X - t * torch.eye(n_i, dtype=E.dtype, device=E.device)
+        terms.append(lie_project(f, X))
+    return KroneckerSum(*terms)
+
+
+def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor) -> Structure:
+    """The multiplicative step Q ← (I − μE) Q on Q's group (PSGD Eq. 19/20).
+
+    Args:
+        Q: a group structure.
+        E: an element of Q's Lie algebra (as returned by `lie_project`), or a dense (n, n) tensor,
+            which is projected first.
+        mu: the step size μ.  PSGD's normalised step uses E = R / max_abs(R) and 0 < μ < 1, which keeps
+            triangular and diagonal Q invertible (THEORY.md PSGD-8).
+
+    Returns:
+        The new Q, of the same type.  Kronecker and BlockDiagonal steps are factor- and block-wise.
+
+    Raises:
+        TypeError: Q is not a group structure, or E is not in its Lie algebra.
+    """
+    _require_group(Q, "lie_step")
+    if isinstance(E, torch.Tensor):
+        E = lie_project(Q, E)
+    if isinstance(Q, Kronecker):
+        if not isinstance(E, KroneckerSum) or len(E.terms) != len(Q.factors):
+            raise TypeError(
+                f"lie_step: E must be a KroneckerSum with {len(Q.factors)} terms for a "
+                f"Kronecker Q; got {type(E).__name__}"
+            )
+        return Kronecker(*[lie_step(f, e, mu) for f, e in zip(Q.factors, E.terms)])
+    if isinstance(Q, BlockDiagonal):
+        if not isinstance(E, BlockDiagonal) or len(E.blocks) != len(Q.blocks):
+            raise TypeError(
+                f"lie_step: E must be a BlockDiagonal with {len(Q.blocks)} blocks for a "
+                f"BlockDiagonal Q; got {type(E).__name__}"
+            )
+        return BlockDiagonal(*[lie_step(b, e, mu) for b, e in zip(Q.blocks, E.blocks)])
+    identity = Scalar(torch.ones((), dtype=Q.dtype, device=Q.device), Q.shape[0])
+    out = compose(add(identity, scale(E, -mu)), Q)
+    if type(out) is not type(Q):
+        raise TypeError(
+            f"lie_step: E of type {type(E).__name__} is not in the Lie algebra of "
+            f"{type(Q).__name__}; the step would leave the group"
+        )
+    return out
+
+
+def max_abs(A: Structure) -> torch.Tensor:
+    """The largest absolute stored value of A: PSGD's max-abs norm ‖R‖ for a pattern structure (Eq. 20)."""
+    return torch.stack([leaf.abs().max() for leaf in pytree.tree_leaves(A)]).max()

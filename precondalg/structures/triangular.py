@@ -1,0 +1,57 @@
+"""`Triangular(R)`: an upper-triangular matrix, the invertible-triangular Lie group."""
+
+from __future__ import annotations
+
+import torch
+
+from precondalg.structures._base import Cost, Structure, check_tensor, register_structure
+
+
+@register_structure
+class Triangular(Structure):
+    """The upper-triangular part of R.
+
+    PSGD's default group for dense and Kronecker factors (METHODS.md §2.2–2.3; paper Eq. 18).  With a
+    non-zero diagonal it is a matrix Lie group whose Lie algebra is the upper-triangular matrices.
+    The constructor zeroes the strictly lower part, and every operation reads only the upper part.
+
+    Args:
+        R: (n, n) floating tensor; only its upper triangle (diagonal included) is kept.
+
+    Example:
+        >>> Triangular(torch.ones(2, 2)).to_dense()
+        tensor([[1., 1.],
+                [0., 1.]])
+    """
+
+    R: torch.Tensor
+
+    def __post_init__(self) -> None:
+        check_tensor("Triangular", "R", self.R, "(n, n)", 2)
+        if self.R.shape[0] != self.R.shape[1]:
+            raise ValueError(f"Triangular: argument 'R' must have shape (n, n); got {tuple(self.R.shape)}")
+        object.__setattr__(self, "R", torch.triu(self.R))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.R.shape[0], self.R.shape[0])
+
+    def _mv(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.triu(self.R) @ X
+
+    def _rmv(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.triu(self.R).mT @ X
+
+    def _solve(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve_triangular(self.R, X, upper=True)
+
+    def _rsolve(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve_triangular(self.R.mT, X, upper=False)
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.triu(self.R)
+
+    def cost(self) -> Cost:
+        n = self.R.shape[0]
+        tri = n * (n + 1) // 2
+        return Cost(stored=n * n, matvec=tri, solve=tri)
