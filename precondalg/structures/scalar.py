@@ -12,7 +12,7 @@ class Scalar(Structure):
     """αIₙ: a scalar multiple of the n×n identity.
 
     Used by LODO-Global (G = α₀θI) and as the identity in Lie-group steps.  A matrix Lie group
-    (positive scalars) with Lie algebra span(I).
+    (non-zero scalars) with Lie algebra span(I).
 
     Args:
         alpha: 0-d floating tensor α.
