@@ -38,6 +38,11 @@ def along_axis(fn: Callable[[torch.Tensor], torch.Tensor], Y: torch.Tensor, axis
     return rearrange(Z, f"{matrix_form} -> {tensor_form}", k=Y.shape[-1], **sizes)
 
 
+def _kron(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.kron of two matrices of any strides (torch.kron raises on some transposed non-square ones)."""
+    return rearrange(a[:, None, :, None] * b[None, :, None, :], "i k j l -> (i k) (j l)")
+
+
 def _apply_factors(
     kernels: list[Callable[[torch.Tensor], torch.Tensor]], dims: list[int], X: torch.Tensor
 ) -> torch.Tensor:
@@ -102,7 +107,7 @@ class Kronecker(Structure):
                 raise not_invertible(self, f"factor {i} is {f.shape[0]}×{f.shape[1]}, not square")
 
     def to_dense(self) -> torch.Tensor:
-        return reduce(torch.kron, [f.to_dense() for f in self.factors])
+        return reduce(_kron, [f.to_dense() for f in self.factors])
 
     def cost(self) -> Cost:
         costs = [f.cost() for f in self.factors]
@@ -178,7 +183,7 @@ class KroneckerSum(Structure):
                 + [t.to_dense()]
                 + [torch.eye(d, **kw) for d in dims[i + 1 :]]
             )
-            total = total + reduce(torch.kron, parts)
+            total = total + reduce(_kron, parts)
         return total
 
     def cost(self) -> Cost:

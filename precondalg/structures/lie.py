@@ -189,4 +189,5 @@ def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor
 
 def max_abs(A: Structure) -> torch.Tensor:
     """The largest absolute stored value of A: PSGD's max-abs norm ‖R‖ for a pattern structure (Eq. 20)."""
-    return torch.stack([leaf.abs().max() for leaf in pytree.tree_leaves(A)]).max()
+    # Empty leaves (a 1×1 Normalization's c) hold no value and have no max.
+    return torch.stack([leaf.abs().max() for leaf in pytree.tree_leaves(A) if leaf.numel()]).max()

@@ -1,0 +1,53 @@
+"""Shared numerics of the checks: THEORY.md §1.3 tolerance classes and dense read-outs of operators.
+
+Class E (exact identity) is `rtol = 1e-10, atol = 1e-12·scale`; the checks use its normwise form,
+``max|a − b| / max|b| ≤ 1e-10``, and ``1e-12·scale`` for quantities that should be exactly zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import precondalg as pa
+
+E_RTOL = 1e-10
+E_ATOL = 1e-12
+E_TOL = "E: rel. error <= 1e-10"
+
+
+def generator(seed: int) -> torch.Generator:
+    """A seeded CPU generator (every check is deterministic)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Normwise relative error max|a − b| / max|b| (class E compares it with 1e-10)."""
+    scale = b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)
+    return float((a - b).abs().max() / scale)
+
+
+def dense_of(A: pa.Structure) -> torch.Tensor:
+    """The dense matrix of A obtained by applying the operator to the basis vectors: A @ I."""
+    return A @ torch.eye(A.shape[1], dtype=A.dtype)
+
+
+def sym_err(G: torch.Tensor) -> float:
+    """Relative asymmetry ‖G − Gᵀ‖_max / ‖G‖_max."""
+    return rel_err(G, G.mT)
+
+
+def min_eig_rel(P: torch.Tensor) -> float:
+    """λ_min of the symmetric part of P, relative to its spectral radius (‖P‖₂ for a symmetric P)."""
+    eig = torch.linalg.eigvalsh((P + P.mT) / 2)
+    return float(eig[0] / eig.abs().max().clamp_min(torch.finfo(P.dtype).tiny))
+
+
+def off_pattern(X: torch.Tensor, pattern: torch.Tensor) -> float:
+    """The largest |X| outside a boolean sparsity pattern, relative to max|X|."""
+    scale = X.abs().max().clamp_min(torch.finfo(X.dtype).tiny)
+    return float(X.masked_fill(pattern, 0).abs().max() / scale)
+
+
+def log_uniform(shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    """Magnitudes 10^U(lo, hi): data spanning tiny to huge scales."""
+    return 10 ** (lo + (hi - lo) * torch.rand(shape, generator=gen))

@@ -1,0 +1,138 @@
+"""Command line: ``python -m theory_checks [--only ID ...] [--json PATH] [--list]``.
+
+Prints one row per check (THEORY.md §1.3 report row) and a summary line.  Exit status: 0 when every
+check passes and every mutant fails, 1 otherwise, 2 for a usage error such as an unknown id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+
+from theory_checks.registry import REGISTRY, Registry
+from theory_checks.runner import Record, run
+
+COLUMNS = ("id", "paper ref", "statement", "measured", "bound", "tol", "result", "mutants failed", "s")
+WIDTHS = (13, 36, 44, 10, 11, 7, 10, 14, 5)
+TOLERANCE_CLASSES = ("E", "S", "MC", "D", "exact")
+"""THEORY.md §1.3 tolerance classes, plus "exact" for counts and bit-exact zeros."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m theory_checks",
+        description="Run precondalg's theory checks (THEORY.md) with their mutation self-tests.",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only this check id (repeatable; comma-separated lists accepted)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write all records to PATH as a JSON list")
+    parser.add_argument("--list", action="store_true", help="list the registered ids and exit")
+    return parser
+
+
+def _selected(parser: argparse.ArgumentParser, only: list[str], registry: Registry) -> list[str] | None:
+    """The ids asked for with --only (in the order given, without repeats), or None for all."""
+    ids = list(dict.fromkeys(i.strip() for arg in only for i in arg.split(",") if i.strip()))
+    unknown = [i for i in ids if i not in registry.ids()]
+    if unknown:
+        parser.error(f"unknown check id(s): {', '.join(unknown)}. Known ids: {', '.join(registry.ids())}")
+    return ids or None
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _row(r: Record) -> tuple[str, ...]:
+    if r.status == "NOT TESTED":
+        return (r.id, r.paper, r.statement, "-", "-", "-", r.status, "-", "-")
+    bound = "-" if r.bound is None else f"{r.relation} {_fmt(r.bound)}"
+    mutants = f"{r.mutants_failed}/{len(r.mutants)}"
+    return (r.id, r.paper, r.statement, _fmt(r.measured), bound, tolerance_classes(r.tolerance), r.status,
+            mutants, f"{r.seconds:.2f}")
+
+
+def tolerance_classes(tolerance: str) -> str:
+    """The classes named in a tolerance string ("E: ...; exact: ..." gives "E+exact")."""
+    found = re.findall(r"(?:^|;)\s*([A-Za-z]+):", tolerance)
+    return "+".join(dict.fromkeys(c for c in found if c in TOLERANCE_CLASSES)) or "-"
+
+
+def _line(cells: Sequence[str]) -> str:
+    return " | ".join(_cut(c, w).ljust(w) for c, w in zip(cells, WIDTHS)).rstrip()
+
+
+def format_report(records: list[Record]) -> str:
+    """The report: a table, notes on failures and on untested claims, and a summary line."""
+    lines = [_line(COLUMNS), "-+-".join("-" * w for w in WIDTHS)]
+    lines += [_line(_row(r)) for r in records]
+    lines += _notes(records)
+    lines.append(summary(records))
+    return "\n".join(lines)
+
+
+def _notes(records: list[Record]) -> list[str]:
+    notes = []
+    for r in records:
+        if r.error:
+            notes.append(f"{r.id}: raised {r.error}")
+        for p in r.parts:
+            if not p["passed"]:
+                notes.append(f"{r.id}: FAILED {p['name']}: {_fmt(p['measured'])} (needs {p['relation']} "
+                             f"{_fmt(p['bound'])})")
+        for m in r.mutants:
+            if not m.failed:
+                why = f"raised {m.error}" if m.error else "passed: the check is non-discriminating"
+                notes.append(f"{r.id}: mutant '{m.name}' {why}")
+        if r.status == "NOT TESTED":
+            notes.append(f"{r.id} {r.provenance} not tested (THEORY.md §7): {r.reason}")
+    return ["", *notes] if notes else []
+
+
+def summary(records: list[Record]) -> str:
+    """One line: checks passed/failed, mutants failed as required, claims not tested, seconds."""
+    checks = [r for r in records if r.status != "NOT TESTED"]
+    passed = sum(r.status == "PASS" for r in checks)
+    mutants = sum(len(r.mutants) for r in checks)
+    caught = sum(r.mutants_failed for r in checks)
+    seconds = sum(r.seconds for r in checks)
+    return (f"{len(checks)} checks: {passed} PASS, {len(checks) - passed} FAIL; {caught}/{mutants} mutants "
+            f"failed as required; {len(records) - len(checks)} claims not tested; {seconds:.1f} s")
+
+
+def _list(registry: Registry) -> str:
+    return "\n".join(
+        f"{e.id:<14} {e.tag:<16} {e.paper}" + ("  (not tested)" if not hasattr(e, "fn") else "")
+        for e in registry
+    )
+
+
+def main(argv: Sequence[str] | None = None, registry: Registry = REGISTRY) -> int:
+    """Run the CLI; returns the exit status (argparse exits with 2 on usage errors)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print(_list(registry))
+        return 0
+    records = run(registry, _selected(parser, args.only, registry))
+    print(format_report(records))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([r.to_json() for r in records], f, indent=2, ensure_ascii=False, allow_nan=False)
+    return 1 if any(r.counts_as_failure for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Run registered checks and their mutants, producing the report records of THEORY.md §1.3.
+
+Each check runs in float64 on one thread (`check_environment`, restored afterwards) first with no overrides,
+which must PASS, then once per mutant, which must FAIL.  A mutant that passes makes the check
+"non-discriminating", and a mutant that raises an exception is reported as an error: neither counts
+as "failed as required", so a check can only be green if each mutant is caught by its measurements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from theory_checks.registry import REGISTRY, Check, NotTested, Outcome, Registry
+
+__all__ = ["MutantResult", "Record", "check_environment", "json_safe", "run", "run_check"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MutantResult:
+    """One mutant's run.
+
+    Attributes:
+        name: the mutant's name.
+        failed: True when the check FAILED on the mutant, as required.
+        measured: the headline quantity measured on the mutant (None if it raised).
+        quantity: what the headline measures.
+        caught_by: the names of the parts that failed on the mutant.
+        error: the exception, if the run raised (the mutant then does not count as failed).
+    """
+
+    name: str
+    failed: bool
+    measured: float | None
+    quantity: str | None
+    caught_by: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One report row (QUALITY.md §3, THEORY.md §1.3).
+
+    `status` is "PASS", "FAIL" or "NOT TESTED".  A check FAILs when its real run fails, raises, or any
+    mutant does not fail.  "NOT TESTED" rows carry a `reason` and are never counted as failures.
+    `quantity`, `measured`, `bound` and `relation` describe the headline part (the first failing part,
+    else the first); `parts` holds every part, `passed` the real run's verdict alone, and `seconds`
+    the wall time of the real run plus all its mutant runs.
+    """
+
+    id: str
+    paper: str
+    statement: str
+    provenance: str
+    status: str
+    tolerance: str | None = None
+    quantity: str | None = None
+    measured: float | None = None
+    bound: float | None = None
+    relation: str | None = None
+    passed: bool | None = None
+    mutants: tuple[MutantResult, ...] = ()
+    parts: tuple[dict[str, Any], ...] = ()
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    reason: str | None = None
+    error: str | None = None
+
+    @property
+    def mutants_failed(self) -> int:
+        """How many mutants failed, as required."""
+        return sum(m.failed for m in self.mutants)
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """Whether this row makes the run fail (a FAIL; NOT TESTED rows never do)."""
+        return self.status == "FAIL"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-safe data (non-finite floats as the strings "nan", "inf", "-inf")."""
+        return json_safe(dataclasses.asdict(self))
+
+
+@contextlib.contextmanager
+def check_environment() -> Iterator[None]:
+    """Run the body in float64 (THEORY.md §1.3) on one intra-op thread, restoring both after.
+
+    The checks work on small matrices, where one thread is faster and its timings far steadier than
+    several threads contending for a shared CPU.
+    """
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+
+
+def json_safe(x: Any) -> Any:
+    """Convert nested data to JSON-safe values: tuples to lists, tensors and numpy scalars to floats,
+    non-finite floats to "nan"/"inf"/"-inf"."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, (int, str)):
+        return x
+    if isinstance(x, torch.Tensor):
+        return json_safe(x.tolist())
+    value = float(x)
+    return value if math.isfinite(value) else str(value)
+
+
+def _call(chk: Check, overrides: dict[str, Any]) -> Outcome:
+    with check_environment():
+        out = chk.fn(**overrides)
+    if not isinstance(out, Outcome):
+        raise TypeError(f"{chk.id}: a check must return an Outcome; got {type(out).__name__}")
+    return out
+
+
+def _run_mutant(chk: Check, name: str, overrides: dict[str, Any]) -> MutantResult:
+    try:
+        out = _call(chk, overrides)
+    except Exception as exc:  # noqa: BLE001 - a raising mutant is reported, not propagated
+        return MutantResult(name, False, None, None, error=f"{type(exc).__name__}: {exc}")
+    caught_by = tuple(p.name for p in out.parts if not p.passed)
+    return MutantResult(name, not out.passed, out.headline.measured, out.headline.name, caught_by)
+
+
+def run_check(entry: Check | NotTested) -> Record:
+    """Run one check (real run, then each mutant) and return its record."""
+    common = {"id": entry.id, "paper": entry.paper, "statement": entry.statement, "provenance": entry.tag}
+    if isinstance(entry, NotTested):
+        return Record(**common, status="NOT TESTED", reason=entry.reason)
+    start = time.perf_counter()
+    try:
+        out = _call(entry, {})
+    except Exception as exc:  # noqa: BLE001 - a raising check is a FAIL row, not a crash of the report
+        return Record(
+            **common,
+            status="FAIL",
+            tolerance=entry.tolerance,
+            passed=False,
+            seconds=time.perf_counter() - start,
+            error="".join(traceback.format_exception_only(exc)).strip(),
+        )
+    mutants = tuple(_run_mutant(entry, name, ov) for name, ov in entry.mutants.items())
+    head = out.headline
+    ok = out.passed and all(m.failed for m in mutants)
+    return Record(
+        **common,
+        status="PASS" if ok else "FAIL",
+        tolerance=entry.tolerance,
+        quantity=head.name,
+        measured=head.measured,
+        bound=head.bound,
+        relation=head.relation,
+        passed=out.passed,
+        mutants=mutants,
+        parts=tuple(dataclasses.asdict(p) for p in out.parts),
+        details=out.details,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def run(registry: Registry = REGISTRY, ids: Iterable[str] | None = None) -> list[Record]:
+    """Run the checks of `registry` (all, or those in `ids`, in registry order).
+
+    Raises:
+        KeyError: an id in `ids` is not registered.
+    """
+    wanted = registry.ids() if ids is None else list(ids)
+    unknown = [i for i in wanted if i not in registry.ids()]
+    if unknown:
+        raise KeyError(f"unknown check id(s) {unknown}; known: {registry.ids()}")
+    return [run_check(e) for e in registry if e.id in wanted]
