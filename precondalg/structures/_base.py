@@ -165,6 +165,13 @@ class Structure(abc.ABC):
 
     def __rmatmul__(self, other: Any) -> Any:
         if isinstance(other, torch.Tensor):
+            m, n = self.shape
+            if other.ndim not in (1, 2) or other.shape[-1] != m:
+                # Checked here, before transposing, so that the message shows X's own shape.
+                raise ValueError(
+                    f"{type(self).__name__} @ (left) X: X must have shape ({m},) or (k, {m}) for a {m}×{n} "
+                    f"matrix; got {tuple(other.shape)}"
+                )
             if other.ndim == 2:
                 return _apply(self, other.mT, self._rmv, self.shape[0], "@ (left)").mT
             return _apply(self, other, self._rmv, self.shape[0], "@ (left)")

@@ -8,7 +8,7 @@ BlockDiagonal + BlockDiagonal → BlockDiagonal when the block shapes agree.  Ot
 
 from __future__ import annotations
 
-from precondalg.structures._base import Structure
+from precondalg.structures._base import Structure, check_same_kind
 from precondalg.structures._dispatch import Rules
 from precondalg.structures.block_diagonal import BlockDiagonal
 from precondalg.structures.dense import Dense
@@ -26,11 +26,13 @@ def add(A: Structure, B: Structure) -> Structure:
 
     Raises:
         ValueError: if the shapes differ.
+        TypeError: if A and B have different dtypes.
     """
     if A.shape != B.shape:
         raise ValueError(
             f"add: cannot add {type(A).__name__} of shape {A.shape} and {type(B).__name__} of shape {B.shape}"
         )
+    check_same_kind("add", A=A, B=B)
     if isinstance(A, Scalar) and isinstance(B, Scalar):
         return Scalar(A.alpha + B.alpha, A.n)
     A2, B2 = _promote(A), _promote(B)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from precondalg.structures._base import Structure
+from precondalg.structures._base import Structure, check_structures
 from precondalg.structures.block_diagonal import BlockDiagonal
 from precondalg.structures.diagonal import Diagonal
 
@@ -15,7 +15,8 @@ def block_diag(*structures: Structure) -> Structure:
     Diagonal ⊕ Diagonal ⊕ … is a `Diagonal` (same storage); nested BlockDiagonals are flattened;
     otherwise a `BlockDiagonal`.
     """
-    if structures and all(isinstance(s, Diagonal) for s in structures):
+    check_structures("block_diag", "structure", structures)
+    if all(isinstance(s, Diagonal) for s in structures):
         return Diagonal(torch.cat([s.d for s in structures]))
     blocks: list[Structure] = []
     for s in structures:

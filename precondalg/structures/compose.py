@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from precondalg.structures._base import Structure
+from precondalg.structures._base import Structure, check_same_kind
 from precondalg.structures._dispatch import Rules
 from precondalg.structures.block_diagonal import BlockDiagonal
 from precondalg.structures.dense import Dense
@@ -33,12 +33,14 @@ def compose(A: Structure, B: Structure) -> Structure:
 
     Raises:
         ValueError: if A.shape[1] != B.shape[0].
+        TypeError: if A and B have different dtypes.
     """
     if A.shape[1] != B.shape[0]:
         raise ValueError(
             f"compose: cannot multiply {type(A).__name__} of shape {A.shape} by "
             f"{type(B).__name__} of shape {B.shape}"
         )
+    check_same_kind("compose", A=A, B=B)
     if isinstance(A, Scalar) and scale_rules.lookup(B) is not None:
         return scale(B, A.alpha)
     if isinstance(B, Scalar) and scale_rules.lookup(A) is not None:

@@ -1,0 +1,8 @@
+"""torch.optim front-ends (layer 5): the generic `Preconditioned` optimizer and thin presets."""
+
+from precondalg.optim.base_rules import BASE_RULES, BaseRule, base_rule
+from precondalg.optim.fop import FOP
+from precondalg.optim.hd import HD
+from precondalg.optim.preconditioned import Preconditioned
+
+__all__ = ["BASE_RULES", "FOP", "HD", "BaseRule", "Preconditioned", "base_rule"]

@@ -1,0 +1,398 @@
+"""`Preconditioned`: the generic learned-preconditioner optimizer (layer 5).
+
+One step, for each block of parameters (ARCHITECTURE.md, "one optimizer step, as data flows"):
+
+    g  ← placement.view(grads + weight_decay·θ)            the block's gradient, (n, k)
+    ∇φ ← objective.meta_grad(φ, form, g, cache)              e.g. the hypergradient VJP
+    φ  ← fitter(φ, ∇φ)                                        e.g. Adam on φ's leaves
+    position "gradient":  s ← base(unview(P_φ g));  u ← g     P before the base rule (FOP, APO)
+    position "direction": s ← P_φ view(base(g));    u ← view(base(g))   P after it (HD, LODO)
+    θ  ← θ − lr·s;  cache ← (u, lr)
+
+Non-finite numbers: with ``nonfinite="skip"`` (the default) a step whose gradients hold a NaN or an Inf,
+or whose new parameters or preconditioner would, leaves every parameter, base-rule state, cache and
+preconditioner leaf exactly as it was and adds one to the block's ``skipped`` counter; this is decided
+on the device (`torch.where`), without a host synchronisation.  The wrapped meta-optimizer's state
+tensors are restored too; on a skipped *first* meta-step it is initialised from a zero gradient.
+``nonfinite="raise"`` raises `FloatingPointError` instead (one host synchronisation per step).
+
+Dtypes: a parameter keeps its dtype; the preconditioner φ (and the placed gradient it multiplies) is
+kept in the parameter's dtype for float32/float64 parameters and in float32 for float16/bfloat16 ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from precondalg.families import Family
+from precondalg.fitters import TorchOptimizer
+from precondalg.objectives import BlockContext, Hypergradient, Objective
+from precondalg.optim.base_rules import base_rule
+from precondalg.placement import Placement, default_placement
+
+__all__ = ["Preconditioned"]
+
+PlacementChoice = Placement | Callable[[tuple[int, ...]], Placement | None] | None
+StructureChoice = Family | Callable[[tuple[int, ...]], Family]
+_POSITIONS = ("gradient", "direction")
+_NONFINITE = ("skip", "raise")
+
+
+@dataclasses.dataclass
+class _Block:
+    """Parameters preconditioned together (not part of the state: rebuilt from the constructor)."""
+
+    params: list[torch.Tensor]
+    placement: Placement | None
+    family: Family | None = None
+    spec: pytree.TreeSpec | None = None
+    fitter: torch.optim.Optimizer | None = None
+
+
+def _precond_dtype(p: torch.Tensor) -> torch.dtype:
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+
+def _check_range(name: str, value: float, lo: float, hi: float | None = None, hi_open: bool = True) -> None:
+    ok = value >= lo and (hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        upper = "" if hi is None else (f" and < {hi}" if hi_open else f" and <= {hi}")
+        raise ValueError(f"Preconditioned: '{name}' must be >= {lo}{upper}; got {value!r}")
+
+
+class Preconditioned(torch.optim.Optimizer):
+    """A learned structured preconditioner, as a `torch.optim.Optimizer`: the five choices of
+    ARCHITECTURE.md — structure × placement × objective × fitter × base rule.
+
+    Args:
+        params: parameters or param groups, as for any torch optimizer.
+        lr: base learning rate α (schedulers change it).
+        structure: the learned structure family (`precondalg.families`: φ's init and P_φ), or a callable
+            ``shape -> Family`` choosing one per parameter shape (the block's first parameter).
+        placement: a `Placement` for every parameter, a callable ``shape -> Placement | None`` (None:
+            the parameter is not preconditioned and gets the base rule alone), or None for no
+            preconditioning at all.  Default: `precondalg.placement.default_placement`.
+        objective: the meta-objective (default: the online `Hypergradient`).
+        fitter: how φ moves (default: Adam with lr 1e-4 on φ's leaves, FOP's choice).
+        base: "sgd", "momentum", "ema", "adam" or "rmsprop" (`precondalg.optim.base_rules`).
+        position: "gradient" (P before the base rule) or "direction" (P after it).
+        momentum: μ for "momentum", β for "ema" (in [0, 1)).
+        dampening: torch.optim.SGD's dampening for "momentum".
+        nesterov: Nesterov momentum for "momentum".
+        betas: Adam's (β₁, β₂).
+        eps: Adam's / RMSprop's ε.
+        alpha: RMSprop's smoothing constant.
+        weight_decay: L2 penalty added to the gradient (torch.optim convention).
+        nonfinite: "skip" or "raise" (see the module docstring).
+        seed: seed of the generator for random initialisations of φ.
+
+    Raises:
+        ValueError: a hyperparameter out of range, an unknown base rule, position or policy.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        *,
+        structure: StructureChoice,
+        placement: PlacementChoice = default_placement,
+        objective: Objective | None = None,
+        fitter: TorchOptimizer | None = None,
+        base: str = "sgd",
+        position: str = "gradient",
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        alpha: float = 0.99,
+        weight_decay: float = 0.0,
+        nonfinite: str = "skip",
+        seed: int = 0,
+    ) -> None:
+        if not (isinstance(structure, Family) or callable(structure)):
+            raise TypeError(
+                "Preconditioned: 'structure' must be a precondalg.families.Family or a callable "
+                f"shape -> Family; got {type(structure).__name__}"
+            )
+        if position not in _POSITIONS:
+            raise ValueError(f"Preconditioned: 'position' must be one of {_POSITIONS}; got {position!r}")
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"Preconditioned: 'nonfinite' must be one of {_NONFINITE}; got {nonfinite!r}")
+        self._base = base_rule(base)
+        self._structure = structure
+        self._placement = placement
+        self._objective = objective if objective is not None else Hypergradient()
+        self._fitter = fitter if fitter is not None else TorchOptimizer(torch.optim.Adam, lr=1e-4)
+        self._position = position
+        self._nonfinite = nonfinite
+        self._generator = torch.Generator().manual_seed(seed)
+        self._blocks: list[list[_Block]] = []
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=nesterov,
+            betas=betas,
+            eps=eps,
+            alpha=alpha,
+            weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults)
+
+    # ----- param groups and blocks -----
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (torch.optim convention); validates its hyperparameters and builds its
+        blocks and their initial preconditioners."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate(group)
+        self._blocks.append(self._make_blocks(group))
+
+    @staticmethod
+    def _validate(group: dict[str, Any]) -> None:
+        _check_range("lr", group["lr"], 0.0)
+        _check_range("momentum", group["momentum"], 0.0, 1.0)
+        _check_range("dampening", group["dampening"], 0.0, 1.0, hi_open=False)
+        _check_range("betas[0]", group["betas"][0], 0.0, 1.0)
+        _check_range("betas[1]", group["betas"][1], 0.0, 1.0)
+        _check_range("eps", group["eps"], 0.0)
+        _check_range("alpha", group["alpha"], 0.0, 1.0, hi_open=False)
+        _check_range("weight_decay", group["weight_decay"], 0.0)
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                "Preconditioned: 'nesterov' needs momentum > 0 and dampening = 0; got "
+                f"momentum {group['momentum']!r}, dampening {group['dampening']!r}"
+            )
+
+    def _placement_of(self, p: torch.Tensor) -> Placement | None:
+        choice = self._placement
+        if choice is None or isinstance(choice, Placement):
+            return choice
+        return choice(tuple(p.shape))
+
+    def _make_blocks(self, group: dict[str, Any]) -> list[_Block]:
+        blocks: list[_Block] = []
+        joint: dict[Placement, list[torch.Tensor]] = {}
+        for p in group["params"]:
+            placement = self._placement_of(p)
+            if placement is not None and placement.concatenates:
+                joint.setdefault(placement, []).append(p)
+            else:
+                blocks.append(_Block([p], placement))
+        blocks.extend(_Block(ps, placement) for placement, ps in joint.items())
+        for block in blocks:
+            for p in block.params:
+                self.state[p].update(self._base.init(p))
+            if block.placement is not None:
+                self._init_block(block)
+        return blocks
+
+    def _family_of(self, p: torch.Tensor) -> Family:
+        family = self._structure if isinstance(self._structure, Family) else self._structure(tuple(p.shape))
+        if not isinstance(family, Family):
+            raise TypeError(
+                f"Preconditioned: 'structure' returned {type(family).__name__} for a parameter of "
+                f"shape {tuple(p.shape)}; expected a precondalg.families.Family"
+            )
+        return family
+
+    def _init_block(self, block: _Block) -> None:
+        anchor = block.params[0]
+        block.family = self._family_of(anchor)
+        like = torch.empty((), dtype=_precond_dtype(anchor), device=anchor.device)
+        dims = block.placement.dims([tuple(p.shape) for p in block.params])
+        phi = block.family.init(dims, like, self._generator)
+        leaves, block.spec = pytree.tree_flatten(phi)
+        leaves = [leaf.detach().clone() for leaf in leaves]
+        block.fitter = self._fitter.build(leaves)
+        self.state[anchor]["preconditioner"] = {
+            "phi": leaves,
+            "cache": {},
+            "skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
+        }
+
+    def preconditioners(self) -> list[tuple[list[torch.Tensor], Any]]:
+        """Every block's parameters and its current preconditioner P_φ (a structure), for inspection."""
+        out = []
+        for blocks in self._blocks:
+            for block in blocks:
+                if block.placement is not None:
+                    out.append((block.params, block.family.form(self._phi(block))))
+        return out
+
+    def _phi(self, block: _Block) -> Any:
+        return pytree.tree_unflatten(self.state[block.params[0]]["preconditioner"]["phi"], block.spec)
+
+    # ----- copies and checkpoints -----
+    def __getstate__(self) -> dict[str, Any]:
+        """torch.optim keeps only defaults, state and param_groups; the five choices and the blocks
+        (with their meta-optimizers) must travel too, for deepcopy and pickling.  Tree specs do not
+        (torch deprecates pickling them): `__setstate__` rebuilds them."""
+        mine = {k: v for k, v in self.__dict__.items() if k.startswith("_")}
+        mine["_blocks"] = [[dataclasses.replace(b, spec=None) for b in blocks] for blocks in self._blocks]
+        return {**super().__getstate__(), **mine}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for block in self._all_blocks():
+            block.spec = self._spec(block)
+
+    def _spec(self, block: _Block) -> pytree.TreeSpec:
+        """The tree spec of the block's φ, from a throw-away initialisation."""
+        anchor = block.params[0]
+        like = torch.empty((), dtype=_precond_dtype(anchor), device=anchor.device)
+        dims = block.placement.dims([tuple(p.shape) for p in block.params])
+        return pytree.tree_flatten(block.family.init(dims, like, torch.Generator()))[1]
+
+    # ----- checkpoints -----
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict; each block's state also holds its meta-optimizer's state dict."""
+        for block in self._all_blocks():
+            self.state[block.params[0]]["preconditioner"]["fitter"] = block.fitter.state_dict()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; restores φ's leaves (in the documented dtype), the cache, the skip counter
+        and each block's meta-optimizer, so that a resumed run equals the uninterrupted one bit for bit."""
+        super().load_state_dict(state_dict)
+        # torch.optim casts every state tensor to its parameter's dtype; the base rule's own init
+        # says which dtypes its state has (e.g. a bool flag, a float64 step count).
+        for group in self.param_groups:
+            for p in group["params"]:
+                for key, template in self._base.init(p).items():
+                    self.state[p][key] = self.state[p][key].to(template.dtype)
+        for block in self._all_blocks():
+            anchor = block.params[0]
+            pre = self.state[anchor]["preconditioner"]
+            dtype = _precond_dtype(anchor)
+            pre["phi"] = [leaf.to(dtype) for leaf in pre["phi"]]
+            if "u" in pre["cache"]:
+                pre["cache"]["u"] = pre["cache"]["u"].to(dtype)
+            block.fitter = self._fitter.build(pre["phi"])
+            block.fitter.load_state_dict(pre.pop("fitter"))
+
+    def _all_blocks(self) -> list[_Block]:
+        return [b for blocks in self._blocks for b in blocks if b.placement is not None]
+
+    # ----- the step -----
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimizer step (see the module docstring).
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional for the hypergradient).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        ok = self._grads_finite()
+        if self._nonfinite == "raise" and not bool(ok):
+            raise FloatingPointError("Preconditioned.step: a gradient holds NaN or Inf; nothing was updated")
+        for group, blocks in zip(self.param_groups, self._blocks):
+            for block in blocks:
+                if any(p.grad is not None for p in block.params):
+                    self._step_block(group, block, ok)
+        return loss
+
+    def _grads_finite(self) -> torch.Tensor:
+        flags = [
+            torch.isfinite(p.grad).all() for g in self.param_groups for p in g["params"] if p.grad is not None
+        ]
+        return torch.stack(flags).all() if flags else torch.tensor(True)
+
+    def _decayed_grads(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        wd = group["weight_decay"]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        return [g.add(p, alpha=wd) if wd else g for g, p in zip(grads, params)]
+
+    def _base_steps(
+        self, group: dict[str, Any], params: list[torch.Tensor], directions: list[torch.Tensor]
+    ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        states, steps = [], []
+        for p, d in zip(params, directions):
+            base_state = {k: v for k, v in self.state[p].items() if k != "preconditioner"}
+            new_state, s = self._base.update(d, base_state, group)
+            states.append(new_state)
+            steps.append(s)
+        return states, steps
+
+    def _step_block(self, group: dict[str, Any], block: _Block, ok: torch.Tensor) -> None:
+        params = block.params
+        active = [p.grad is not None for p in params]
+        grads = self._decayed_grads(group, params)
+        if block.placement is None:
+            states, steps = self._base_steps(group, params, grads)
+            self._commit(group, params, active, states, steps, ok)
+            return
+
+        anchor = params[0]
+        pre = self.state[anchor]["preconditioner"]
+        dtype = _precond_dtype(anchor)
+        shapes = [tuple(p.shape) for p in params]
+        form = block.family.form
+        hyper_form = block.family.hyper_form or form
+        X = block.placement.view([g.to(dtype) for g in grads])
+        meta = self._objective.meta_grad(BlockContext(self._phi(block), hyper_form, X, pre["cache"]))
+        if meta is not None:
+            self._fit(block, pre["phi"], pytree.tree_leaves(meta), ok)
+        P = form(self._phi(block))
+
+        if self._position == "gradient":
+            directions = [d.to(p.dtype) for d, p in zip(block.placement.unview(P @ X, shapes), params)]
+            states, steps = self._base_steps(group, params, directions)
+            u = X
+        else:
+            states, base_steps = self._base_steps(group, params, grads)
+            u = block.placement.view([s.to(dtype) for s in base_steps])
+            steps = [s.to(p.dtype) for s, p in zip(block.placement.unview(P @ u, shapes), params)]
+        block_ok = ok & torch.stack([torch.isfinite(s).all() for s in steps]).all()
+        self._commit(group, params, active, states, steps, block_ok)
+        previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(u)
+        pre["cache"] = {"u": torch.where(block_ok, u, previous), "lr": group["lr"]}
+        pre["skipped"] += (~block_ok).long()
+
+    def _commit(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        active: list[bool],
+        states: list[dict[str, Any]],
+        steps: list[torch.Tensor],
+        ok: torch.Tensor,
+    ) -> None:
+        """θ ← θ − lr·s and the new base-rule states, for parameters with a gradient, where `ok`
+        (else everything stays)."""
+        for p, is_active, new_state, s in zip(params, active, states, steps):
+            if not is_active:
+                continue
+            state = self.state[p]
+            p.copy_(torch.where(ok, p - group["lr"] * s, p))
+            for key, value in new_state.items():
+                state[key] = torch.where(ok, value, state[key])
+
+    def _fit(
+        self, block: _Block, leaves: list[torch.Tensor], grads: list[torch.Tensor], ok: torch.Tensor
+    ) -> None:
+        """The fitter's step on φ's leaves, undone exactly where not `ok` (see the module docstring)."""
+        kept = leaves + self._fitter_tensors(block)
+        saved = [t.clone() for t in kept]
+        safe = [torch.where(ok, g, torch.zeros_like(g)) for g in grads]
+        self._fitter.step(block.fitter, leaves, safe)
+        fine = ok & torch.stack([torch.isfinite(leaf).all() for leaf in leaves]).all()
+        for t, s in zip(kept, saved):
+            t.copy_(torch.where(fine, t, s))
+
+    @staticmethod
+    def _fitter_tensors(block: _Block) -> list[torch.Tensor]:
+        return [v for st in block.fitter.state.values() for v in st.values() if isinstance(v, torch.Tensor)]

@@ -1,0 +1,193 @@
+"""Placements: which axes of which parameters a structure acts on (layer 2).
+
+A placement turns the gradients of a *block* of parameters into the matrix X that a structure
+multiplies from the left (Y = S @ X), and turns Y back into tensors of the parameters' shapes.  Every
+placement but `Concatenated` takes one parameter per block; `Concatenated` takes all the parameters of a
+param group as one block (LODO, dense PSGD).
+
+| placement | parameter (PyTorch layout) | X = view(G) | S is | acts as |
+| --- | --- | --- | --- | --- |
+| `Flatten()` | any | vec(G), (numel, 1) | numel×numel | vec(G) ↦ S vec(G) |
+| `InputSide()` | W (out, in, …) | Gᵀ, (in·…, out) | in·…×in·… | each row g ↦ S g: G ↦ G Sᵀ (FOP) |
+| `OutputSide()` | W (out, in, …) | G, (out, in·…) | out×out | G ↦ S G |
+| `TwoSided()` | W (out, in, …) | vec(G), (out·in·…, 1) | `Kronecker(A, B)` | G ↦ A G Bᵀ (PSGD, APO, KFAC) |
+| `Spatial()` | conv kernel (o, i, h, w) | (h·w, o·i) | (h·w)×(h·w) | taps of every channel pair (FOP) |
+| `Concatenated()` | all parameters of a group | cat of vecs, (N, 1) | N×N | LODO, dense PSGD |
+
+For the symmetric preconditioners FOP uses (P = MᵀM), `InputSide` is G ↦ G P, FOP's right
+multiplication in PyTorch layout (METHODS.md §1.1); vec is row-major (`torch.flatten`), as in
+`precondalg.structures.Kronecker`.
+
+`default_placement(shape)` picks, per parameter shape: `Flatten` for 0-d and 1-d tensors (scalars,
+biases), `InputSide` for matrices and for 3-d and ≥5-d weights, `Spatial` for 4-d conv kernels.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+
+__all__ = [
+    "Concatenated",
+    "Flatten",
+    "InputSide",
+    "OutputSide",
+    "Placement",
+    "Spatial",
+    "TwoSided",
+    "default_placement",
+]
+
+Shape = tuple[int, ...]
+
+
+class Placement(abc.ABC):
+    """Abstract base: maps a block of gradients to the matrix a structure acts on, and back."""
+
+    concatenates: bool = False
+    """True when one block holds all the parameters of a param group."""
+
+    @abc.abstractmethod
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        """The dimensions of the structure: (n,) for an n×n structure, (m, n) for `TwoSided`'s
+        Kronecker factors.
+
+        Raises:
+            ValueError: the parameter shapes do not suit this placement.
+        """
+
+    @abc.abstractmethod
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The (n, k) matrix X, n = prod(dims), that the structure multiplies from the left."""
+
+    @abc.abstractmethod
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        """The inverse of `view`: tensors of the given shapes from an (n, k) matrix."""
+
+
+def _single(placement: Placement, shapes: Sequence[Shape], min_ndim: int = 0) -> Shape:
+    name = type(placement).__name__
+    if len(shapes) != 1:
+        raise ValueError(f"{name}: a block holds exactly one parameter; got {len(shapes)}")
+    shape = tuple(shapes[0])
+    if len(shape) < min_ndim:
+        raise ValueError(f"{name}: needs a parameter with at least {min_ndim} dimensions; got shape {shape}")
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten(Placement):
+    """The whole parameter flattened (row-major) into one vector: an n×n structure, n = numel."""
+
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        return (math.prod(_single(self, shapes)),)
+
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return grads[0].reshape(-1, 1)
+
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        return [X.reshape(shapes[0])]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSide(Placement):
+    """The input side of a weight W (out, in, …): each output unit's gradient row g ↦ S g (FOP).
+
+    The structure is (in·…)×(in·…) and shared across output units: G ↦ G Sᵀ, which is FOP's G·MᵀM.
+    """
+
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        return (math.prod(_single(self, shapes, min_ndim=2)[1:]),)
+
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return rearrange(grads[0], "o ... -> (...) o")
+
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        return [X.mT.reshape(shapes[0])]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSide(Placement):
+    """The output side of a weight W (out, in, …): G ↦ S G with an out×out structure."""
+
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        return (_single(self, shapes, min_ndim=2)[0],)
+
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return rearrange(grads[0], "o ... -> o (...)")
+
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        return [X.reshape(shapes[0])]
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoSided(Placement):
+    """Both sides of a weight W (out, in, …): G ↦ A G Bᵀ with the structure `Kronecker(A, B)`.
+
+    dims are (out, in·…): the factors' sizes.  PSGD's Kronecker preconditioner (Eq. 23), APO's Eq. 9
+    and KFAC's blocks act this way.
+    """
+
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        shape = _single(self, shapes, min_ndim=2)
+        return (shape[0], math.prod(shape[1:]))
+
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return grads[0].reshape(-1, 1)
+
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        return [X.reshape(shapes[0])]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spatial(Placement):
+    """The spatial taps of a conv kernel (o, i, h, w): an (h·w)×(h·w) structure shared by every
+    (output, input) channel pair — FOP's spatial preconditioner (METHODS.md §1.5); 1×1 kernels get a
+    1×1 structure (a learned per-layer scalar).
+    """
+
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        shape = _single(self, shapes)
+        if len(shape) != 4:
+            raise ValueError(f"Spatial: needs a conv kernel of shape (o, i, h, w); got shape {shape}")
+        return (shape[2] * shape[3],)
+
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return rearrange(grads[0], "o i h w -> (h w) (o i)")
+
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        o, i, h, w = shapes[0]
+        return [rearrange(X, "(h w) (o i) -> o i h w", h=h, w=w, o=o, i=i)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Concatenated(Placement):
+    """All parameters of a param group, flattened and concatenated into one vector (LODO, dense PSGD)."""
+
+    concatenates = True
+
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        if not shapes:
+            raise ValueError("Concatenated: a block needs at least one parameter; got none")
+        return (sum(math.prod(s) for s in shapes),)
+
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([g.reshape(-1) for g in grads]).unsqueeze(-1)
+
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        sizes = [math.prod(s) for s in shapes]
+        return [x.reshape(s) for x, s in zip(torch.split(X.reshape(-1), sizes), shapes)]
+
+
+def default_placement(shape: Shape) -> Placement:
+    """The default placement for a parameter of this shape (see the module docstring)."""
+    if len(shape) <= 1:
+        return Flatten()
+    if len(shape) == 4:
+        return Spatial()
+    return InputSide()
