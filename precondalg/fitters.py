@@ -1,31 +1,101 @@
 """Fitters (layer 4): how a learned structure's leaves move, given the objective's gradient.
 
-`TorchOptimizer` wraps any `torch.optim` class over φ's leaves: Adam for FOP (lr 1e-4, METHODS.md
-§1.2), LODO and APO; plain SGD for Baydin's hypergradient descent (§1.9).  The leaves live in the
-optimizer's state, so a checkpoint holds them together with the wrapped optimizer's own state.
+A fitter is a recipe; ``fitter.build(leaves, spec)`` returns the per-block `Fit`, which owns its
+state and updates the leaves *in place* on ``fit.step(grads)`` (the optimizer can then undo a skipped
+step exactly, from a snapshot of ``fit.tensors()``).
+
+- `TorchOptimizer`: any torch.optim class on φ's leaves — Adam for FOP (lr 1e-4, METHODS.md §1.2),
+  LODO and APO; plain SGD for Baydin's hypergradient descent (§1.9).
+- `LieGroup`: PSGD's normalised multiplicative step on a matrix Lie group (METHODS.md §2.2, Eq. 20):
+  R = relative gradient (from the Euclidean gradient by `relative_gradient`), then
+  Q ← (I − μ R/‖R‖)Q, with ‖R‖ the max-abs norm of the 2019 code (default, O-PSGD-1) or the 2026
+  code's Lipschitz estimate L ← max(β_L L + (1 − β_L)ℓ, ℓ), ℓ = ‖R‖₂ (§2.5).  Each Kronecker factor
+  and each diagonal block is normalised by its own norm and stepped on its own, as in PSGD's code.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
-__all__ = ["TorchOptimizer"]
+from precondalg.structures import (
+    BlockDiagonal,
+    Kronecker,
+    KroneckerSum,
+    Structure,
+    lie_step,
+    max_abs,
+    relative_gradient,
+)
+
+__all__ = ["Fit", "Fitter", "LieGroup", "TorchOptimizer"]
+
+
+class Fit(abc.ABC):
+    """The per-block fitting state built by a `Fitter`."""
+
+    @abc.abstractmethod
+    def step(self, grads: list[torch.Tensor]) -> None:
+        """Move the leaves in place, given the objective's gradient for each leaf."""
+
+    @abc.abstractmethod
+    def tensors(self) -> list[torch.Tensor]:
+        """Every state tensor the step changes in place (besides the leaves)."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The state, for checkpoints."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state from `state_dict()`'s output."""
+
+
+class Fitter(abc.ABC):
+    """Abstract base of fitters: recipes for a per-block `Fit`."""
+
+    @abc.abstractmethod
+    def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
+        """A fresh `Fit` over these leaf tensors (`spec` rebuilds the structure φ from them)."""
+
+
+class _TorchFit(Fit):
+    def __init__(self, optimizer: torch.optim.Optimizer, leaves: list[torch.Tensor]) -> None:
+        self.optimizer, self.leaves = optimizer, leaves
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        for leaf, g in zip(self.leaves, grads):
+            leaf.grad = g
+        self.optimizer.step()
+        for leaf in self.leaves:
+            leaf.grad = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [v for st in self.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
 
 
 @dataclasses.dataclass(frozen=True, init=False)
-class TorchOptimizer:
+class TorchOptimizer(Fitter):
     """Fit φ's leaves with a torch.optim optimizer.
 
     Args:
         cls: a `torch.optim.Optimizer` subclass, e.g. `torch.optim.Adam`.
-        **kwargs: its hyperparameters, e.g. ``lr=1e-4``.
+        **kwargs: its hyperparameters, e.g. ``lr=1e-4`` (validated now, by the class itself).
 
     Example:
-        >>> TorchOptimizer(torch.optim.Adam, lr=1e-4).build([torch.zeros(2)]).defaults["lr"]
-        0.0001
+        >>> TorchOptimizer(torch.optim.Adam, lr=1e-4).kwargs
+        {'lr': 0.0001}
     """
 
     cls: type[torch.optim.Optimizer]
@@ -36,18 +106,91 @@ class TorchOptimizer:
             raise TypeError(f"TorchOptimizer: 'cls' must be a torch.optim.Optimizer class; got {cls!r}")
         object.__setattr__(self, "cls", cls)
         object.__setattr__(self, "kwargs", dict(kwargs))
-        cls([torch.zeros(1)], **kwargs)  # validates the hyperparameters now, with the class's own errors
+        cls([torch.zeros(1)], **kwargs)
 
-    def build(self, leaves: list[torch.Tensor]) -> torch.optim.Optimizer:
-        """A fresh optimizer over these leaf tensors."""
-        return self.cls(leaves, **self.kwargs)
+    def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
+        return _TorchFit(self.cls(leaves, **self.kwargs), leaves)
 
-    def step(
-        self, optimizer: torch.optim.Optimizer, leaves: list[torch.Tensor], grads: list[torch.Tensor]
-    ) -> None:
-        """One step of `optimizer` (built on `leaves`) with these gradients; updates the leaves in place."""
-        for leaf, g in zip(leaves, grads):
-            leaf.grad = g
-        optimizer.step()
-        for leaf in leaves:
-            leaf.grad = None
+
+def _parts(A: Structure) -> list[Structure]:
+    """The simple group factors (of Q) or algebra terms (of R), through Kronecker and block nesting."""
+    if isinstance(A, (Kronecker, KroneckerSum)):
+        return [p for f in (A.factors if isinstance(A, Kronecker) else A.terms) for p in _parts(f)]
+    if isinstance(A, BlockDiagonal):
+        return [p for b in A.blocks for p in _parts(b)]
+    return [A]
+
+
+def _assemble(R: Structure, parts: Iterator[Structure]) -> Structure:
+    """R's nesting, with its simple terms replaced in order by `parts`."""
+    if isinstance(R, KroneckerSum):
+        return KroneckerSum(*[_assemble(t, parts) for t in R.terms])
+    if isinstance(R, BlockDiagonal):
+        return BlockDiagonal(*[_assemble(b, parts) for b in R.blocks])
+    return next(parts)
+
+
+class _LieFit(Fit):
+    def __init__(self, recipe: LieGroup, leaves: list[torch.Tensor], spec: pytree.TreeSpec) -> None:
+        self.recipe, self.leaves, self.spec = recipe, leaves, spec
+        count = len(_parts(pytree.tree_unflatten(leaves, spec)))
+        self.lipschitz = torch.zeros(count, dtype=leaves[0].dtype, device=leaves[0].device)
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        Q = pytree.tree_unflatten(self.leaves, self.spec)
+        R = relative_gradient(Q, pytree.tree_unflatten(grads, self.spec))
+        parts = _parts(R)
+        if self.recipe.normalizer == "max_abs":
+            norms = torch.stack([max_abs(r) for r in parts])
+        else:
+            ell = torch.stack([torch.linalg.matrix_norm(r.to_dense(), ord=2) for r in parts])
+            beta = self.recipe.beta_lipschitz
+            self.lipschitz.copy_(torch.maximum(beta * self.lipschitz + (1 - beta) * ell, ell))
+            norms = self.lipschitz
+        norms = torch.clamp(norms, min=torch.finfo(norms.dtype).tiny)
+        normalized = _assemble(R, iter([r / n for r, n in zip(parts, norms)]))
+        for leaf, value in zip(self.leaves, pytree.tree_leaves(lie_step(Q, normalized, self.recipe.lr))):
+            leaf.copy_(value)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.lipschitz]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lipschitz": self.lipschitz}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lipschitz = state["lipschitz"].to(dtype=self.leaves[0].dtype, device=self.leaves[0].device)
+
+
+@dataclasses.dataclass(frozen=True)
+class LieGroup(Fitter):
+    """PSGD's normalised step on a matrix Lie group: Q ← (I − μ R/‖R‖)Q (METHODS.md §2.2, Eq. 20).
+
+    Attributes:
+        lr: the normalised step μ (0 < μ < 1 keeps triangular and diagonal Q invertible, THEORY.md
+            PSGD-8; PSGD's typical value 0.01).
+        normalizer: "max_abs" (2019 code, default) or "lipschitz" (2026 code, §2.5).
+        beta_lipschitz: β_L of the Lipschitz estimate (0.9 in the 2026 code).
+
+    Raises:
+        ValueError: lr not in [0, 2], unknown normalizer, β_L not in [0, 1).
+    """
+
+    lr: float = 0.01
+    normalizer: str = "max_abs"
+    beta_lipschitz: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lr <= 2:
+            raise ValueError(f"LieGroup: 'lr' must be in [0, 2]; got {self.lr!r}")
+        if self.normalizer not in ("max_abs", "lipschitz"):
+            raise ValueError(
+                f"LieGroup: 'normalizer' must be 'max_abs' or 'lipschitz'; got {self.normalizer!r}"
+            )
+        if not 0 <= self.beta_lipschitz < 1:
+            raise ValueError(f"LieGroup: 'beta_lipschitz' must be in [0, 1); got {self.beta_lipschitz!r}")
+
+    def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
+        if spec is None:
+            raise ValueError("LieGroup.build: needs the tree spec of the structure φ")
+        return _LieFit(self, leaves, spec)

@@ -3,8 +3,16 @@
 An objective returns, per block, the Euclidean gradient of its scalar meta-loss with respect to φ's
 leaves (a pytree of φ's type), or None when it has nothing yet (e.g. the first step of an online
 hypergradient).  Fitters (`precondalg.fitters`) turn that gradient into a step on φ.
+
+| objective | meta-loss | needs | papers |
+| --- | --- | --- | --- |
+| `Hypergradient` | L(θ_t) as a function of the φ that made the step | cached u, g_t | FOP, HD, LODO |
+| `Newton` | Σ hᵀPh + vᵀP⁻¹v, h = Hv | closure returning the loss | PSGD |
+| `Fisher` | Σ hᵀPh + vᵀP⁻¹v, h = g + λv | gradient | PSGD |
 """
 
-from precondalg.objectives.hypergradient import BlockContext, Hypergradient, Objective
+from precondalg.objectives.base import BlockContext, Objective
+from precondalg.objectives.criteria import Fisher, Newton, criterion
+from precondalg.objectives.hypergradient import Hypergradient
 
-__all__ = ["BlockContext", "Hypergradient", "Objective"]
+__all__ = ["BlockContext", "Fisher", "Hypergradient", "Newton", "Objective", "criterion"]

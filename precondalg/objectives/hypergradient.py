@@ -14,7 +14,6 @@ P = MᵀM this is −α M(g_{t−1}g_tᵀ + g_t g_{t−1}ᵀ) (THEORY.md FOP-3);
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -22,40 +21,23 @@ from typing import Any
 import torch
 from torch.func import vjp
 
+from precondalg.objectives.base import BlockContext, Objective, run_closure
 from precondalg.structures import Structure
 
-__all__ = ["BlockContext", "Hypergradient", "Objective"]
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockContext:
-    """What an objective sees of one block at one step.
-
-    Attributes:
-        phi: the current learned structure φ.
-        form: φ ↦ P_φ.
-        grad: (n, k) the block's current gradient g_t in the placement's space.
-        cache: what the previous step left (``u``: (n, k) the vector P was applied to; ``lr``: the
-            learning rate α it was applied with); empty on the first step.
-    """
-
-    phi: Structure
-    form: Callable[[Structure], Structure]
-    grad: torch.Tensor
-    cache: dict[str, Any]
-
-
-class Objective(abc.ABC):
-    """Abstract base of meta-objectives."""
-
-    @abc.abstractmethod
-    def meta_grad(self, ctx: BlockContext) -> Structure | None:
-        """The gradient of the meta-loss with respect to φ (same pytree type), or None."""
+__all__ = ["Hypergradient"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Hypergradient(Objective):
-    """Online one-step hypergradient (FOP Eqs. 3–4, HD, LODO): needs only the cached u_{t−1} and g_t."""
+    """Online one-step hypergradient (FOP Eqs. 3–4, HD, LODO): needs only the cached u_{t−1} and g_t.
+
+    A closure is optional (the torch.optim convention: it calls backward and returns the loss).
+    """
+
+    def evaluate(
+        self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator
+    ) -> tuple[Any, dict[str, list[torch.Tensor]]]:
+        return run_closure(closure), {}
 
     def meta_grad(self, ctx: BlockContext) -> Structure | None:
         if "u" not in ctx.cache:

@@ -30,7 +30,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from precondalg.families import Family
-from precondalg.fitters import TorchOptimizer
+from precondalg.fitters import Fit, Fitter, TorchOptimizer
 from precondalg.objectives import BlockContext, Hypergradient, Objective
 from precondalg.optim.base_rules import base_rule
 from precondalg.placement import Placement, default_placement
@@ -51,7 +51,7 @@ class _Block:
     placement: Placement | None
     family: Family | None = None
     spec: pytree.TreeSpec | None = None
-    fitter: torch.optim.Optimizer | None = None
+    fitter: Fit | None = None
 
 
 def _precond_dtype(p: torch.Tensor) -> torch.dtype:
@@ -78,7 +78,8 @@ class Preconditioned(torch.optim.Optimizer):
             the parameter is not preconditioned and gets the base rule alone), or None for no
             preconditioning at all.  Default: `precondalg.placement.default_placement`.
         objective: the meta-objective (default: the online `Hypergradient`).
-        fitter: how φ moves (default: Adam with lr 1e-4 on φ's leaves, FOP's choice).
+        fitter: how φ moves (`precondalg.fitters`; default: Adam with lr 1e-4 on φ's leaves, FOP's
+            choice; `LieGroup` for PSGD).
         base: "sgd", "momentum", "ema", "adam" or "rmsprop" (`precondalg.optim.base_rules`).
         position: "gradient" (P before the base rule) or "direction" (P after it).
         momentum: μ for "momentum", β for "ema" (in [0, 1)).
@@ -89,7 +90,8 @@ class Preconditioned(torch.optim.Optimizer):
         alpha: RMSprop's smoothing constant.
         weight_decay: L2 penalty added to the gradient (torch.optim convention).
         nonfinite: "skip" or "raise" (see the module docstring).
-        seed: seed of the generator for random initialisations of φ.
+        seed: seed of the optimizer's generator (random initialisations of φ, the PSGD criteria's v);
+            its state is part of the checkpoint.
 
     Raises:
         ValueError: a hyperparameter out of range, an unknown base rule, position or policy.
@@ -103,7 +105,7 @@ class Preconditioned(torch.optim.Optimizer):
         structure: StructureChoice,
         placement: PlacementChoice = default_placement,
         objective: Objective | None = None,
-        fitter: TorchOptimizer | None = None,
+        fitter: Fitter | None = None,
         base: str = "sgd",
         position: str = "gradient",
         momentum: float = 0.0,
@@ -211,7 +213,7 @@ class Preconditioned(torch.optim.Optimizer):
         phi = block.family.init(dims, like, self._generator)
         leaves, block.spec = pytree.tree_flatten(phi)
         leaves = [leaf.detach().clone() for leaf in leaves]
-        block.fitter = self._fitter.build(leaves)
+        block.fitter = self._fitter.build(leaves, block.spec)
         self.state[anchor]["preconditioner"] = {
             "phi": leaves,
             "cache": {},
@@ -253,14 +255,17 @@ class Preconditioned(torch.optim.Optimizer):
 
     # ----- checkpoints -----
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict; each block's state also holds its meta-optimizer's state dict."""
+        """torch.optim's state dict; each block's state also holds its fitter's state, and the
+        top-level key "generator" the state of the optimizer's random generator."""
         for block in self._all_blocks():
             self.state[block.params[0]]["preconditioner"]["fitter"] = block.fitter.state_dict()
-        return super().state_dict()
+        return {**super().state_dict(), "generator": self._generator.get_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; restores φ's leaves (in the documented dtype), the cache, the skip counter
         and each block's meta-optimizer, so that a resumed run equals the uninterrupted one bit for bit."""
+        state_dict = dict(state_dict)
+        self._generator.set_state(state_dict.pop("generator"))
         super().load_state_dict(state_dict)
         # torch.optim casts every state tensor to its parameter's dtype; the base rule's own init
         # says which dtypes its state has (e.g. a bool flag, a float64 step count).
@@ -275,7 +280,7 @@ class Preconditioned(torch.optim.Optimizer):
             pre["phi"] = [leaf.to(dtype) for leaf in pre["phi"]]
             if "u" in pre["cache"]:
                 pre["cache"]["u"] = pre["cache"]["u"].to(dtype)
-            block.fitter = self._fitter.build(pre["phi"])
+            block.fitter = self._fitter.build(pre["phi"], block.spec)
             block.fitter.load_state_dict(pre.pop("fitter"))
 
     def _all_blocks(self) -> list[_Block]:
@@ -287,22 +292,23 @@ class Preconditioned(torch.optim.Optimizer):
         """One optimizer step (see the module docstring).
 
         Args:
-            closure: re-evaluates the model and returns the loss (optional for the hypergradient).
+            closure: re-evaluates the model and returns the loss: optional for `Hypergradient` and
+                `Fisher` (it calls backward, as in torch.optim); required by `Newton`, whose closure
+                returns the loss without calling backward.
 
         Returns:
             The closure's loss, or None.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        params = [p for group in self.param_groups for p in group["params"]]
+        loss, extras = self._objective.evaluate(params, closure, self._generator)
+        extras_of = {name: dict(zip(params, values)) for name, values in extras.items()}
         ok = self._grads_finite()
         if self._nonfinite == "raise" and not bool(ok):
             raise FloatingPointError("Preconditioned.step: a gradient holds NaN or Inf; nothing was updated")
         for group, blocks in zip(self.param_groups, self._blocks):
             for block in blocks:
                 if any(p.grad is not None for p in block.params):
-                    self._step_block(group, block, ok)
+                    self._step_block(group, block, ok, extras_of)
         return loss
 
     def _grads_finite(self) -> torch.Tensor:
@@ -327,7 +333,13 @@ class Preconditioned(torch.optim.Optimizer):
             steps.append(s)
         return states, steps
 
-    def _step_block(self, group: dict[str, Any], block: _Block, ok: torch.Tensor) -> None:
+    def _step_block(
+        self,
+        group: dict[str, Any],
+        block: _Block,
+        ok: torch.Tensor,
+        extras_of: dict[str, dict[torch.Tensor, torch.Tensor]],
+    ) -> None:
         params = block.params
         active = [p.grad is not None for p in params]
         grads = self._decayed_grads(group, params)
@@ -343,7 +355,10 @@ class Preconditioned(torch.optim.Optimizer):
         form = block.family.form
         hyper_form = block.family.hyper_form or form
         X = block.placement.view([g.to(dtype) for g in grads])
-        meta = self._objective.meta_grad(BlockContext(self._phi(block), hyper_form, X, pre["cache"]))
+        extras = {
+            name: block.placement.view([of[p].to(dtype) for p in params]) for name, of in extras_of.items()
+        }
+        meta = self._objective.meta_grad(BlockContext(self._phi(block), hyper_form, X, pre["cache"], extras))
         if meta is not None:
             self._fit(block, pre["phi"], pytree.tree_leaves(meta), ok)
         P = form(self._phi(block))
@@ -385,14 +400,10 @@ class Preconditioned(torch.optim.Optimizer):
         self, block: _Block, leaves: list[torch.Tensor], grads: list[torch.Tensor], ok: torch.Tensor
     ) -> None:
         """The fitter's step on φ's leaves, undone exactly where not `ok` (see the module docstring)."""
-        kept = leaves + self._fitter_tensors(block)
+        kept = leaves + block.fitter.tensors()
         saved = [t.clone() for t in kept]
         safe = [torch.where(ok, g, torch.zeros_like(g)) for g in grads]
-        self._fitter.step(block.fitter, leaves, safe)
+        block.fitter.step(safe)
         fine = ok & torch.stack([torch.isfinite(leaf).all() for leaf in leaves]).all()
         for t, s in zip(kept, saved):
             t.copy_(torch.where(fine, t, s))
-
-    @staticmethod
-    def _fitter_tensors(block: _Block) -> list[torch.Tensor]:
-        return [v for st in block.fitter.state.values() for v in st.values() if isinstance(v, torch.Tensor)]

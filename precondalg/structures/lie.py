@@ -41,6 +41,7 @@ from precondalg.structures.scalar import Scalar
 from precondalg.structures.triangular import Triangular
 
 project_rules = Rules("lie_project")
+relative_rules = Rules("relative_gradient")
 _SIMPLE_GROUPS = (Scalar, Diagonal, Dense, Triangular, Normalization)
 
 
@@ -191,3 +192,58 @@ def max_abs(A: Structure) -> torch.Tensor:
     """The largest absolute stored value of A: PSGD's max-abs norm ‖R‖ for a pattern structure (Eq. 20)."""
     # Empty leaves (a 1×1 Normalization's c) hold no value and have no max.
     return torch.stack([leaf.abs().max() for leaf in pytree.tree_leaves(A) if leaf.numel()]).max()
+
+
+def relative_gradient(Q: Structure, G: Structure) -> Structure:
+    """The relative (natural) gradient on Q's group from the Euclidean gradient G = ∂c/∂Q.
+
+    For the perturbation Q ← (I + E)Q with E in the Lie algebra 𝔤, this is the R ∈ 𝔤 with
+    ⟨R, E⟩_F = dc[E] for every E: R = Π_𝔤(∂c/∂Q · Qᵀ) (PSGD Eq. 17; for c = hᵀPh + vᵀP⁻¹v and P = QᵀQ
+    it is 2·Π_𝔤(Qhhᵀ Qᵀ − Q⁻ᵀvvᵀQ⁻¹), Eq. 18).  Kronecker: factor-wise, a `KroneckerSum` whose term i
+    is factor i's relative gradient (the partial traces of PSGD's Kronecker update); BlockDiagonal:
+    block-wise.
+
+    Args:
+        Q: a group structure.
+        G: the gradient of a scalar c with respect to Q's leaves, a structure of Q's type (as
+            `torch.func.grad` returns it).
+
+    Returns:
+        R, an element of 𝔤 (the type `lie_project` returns).
+
+    Raises:
+        TypeError: Q is not a group structure, or G is not of Q's type.
+    """
+    _require_group(Q, "relative_gradient")
+    if type(G) is not type(Q):
+        raise TypeError(f"relative_gradient: G must be a {type(Q).__name__} like Q; got {type(G).__name__}")
+    return relative_rules.lookup(Q)(Q, G)
+
+
+@relative_rules.register(Scalar)
+def _relative_scalar(Q: Scalar, G: Scalar) -> Scalar:
+    # E = eI: dc = (∂c/∂α)·α·e, and ⟨rI, eI⟩_F = r·e·n.
+    return Scalar(G.alpha * Q.alpha / Q.n, Q.n)
+
+
+@relative_rules.register(Diagonal)
+def _relative_diagonal(Q: Diagonal, G: Diagonal) -> Diagonal:
+    return Diagonal(G.d * Q.d)
+
+
+@relative_rules.register(Dense)
+@relative_rules.register(Triangular)
+@relative_rules.register(Normalization)
+def _relative_pattern(Q: Structure, G: Structure) -> Structure:
+    # The leaves hold the matrix entries on the pattern, so G.to_dense() is ∂c/∂Q on the pattern.
+    return lie_project(Q, G.to_dense() @ Q.to_dense().mT)
+
+
+@relative_rules.register(Kronecker)
+def _relative_kronecker(Q: Kronecker, G: Kronecker) -> KroneckerSum:
+    return KroneckerSum(*[relative_gradient(q, g) for q, g in zip(Q.factors, G.factors)])
+
+
+@relative_rules.register(BlockDiagonal)
+def _relative_block_diagonal(Q: BlockDiagonal, G: BlockDiagonal) -> BlockDiagonal:
+    return BlockDiagonal(*[relative_gradient(q, g) for q, g in zip(Q.blocks, G.blocks)])

@@ -1,0 +1,138 @@
+"""PSGD's criteria (METHODS.md §2.1): fit P to the pair (v, h) by minimising
+
+    c(P) = Σ_k h_kᵀ P h_k + v_kᵀ P⁻¹ v_k    (paper Eq. 10 / Eq. 13, summed over the placed columns k),
+
+whose minimiser satisfies P E[hhᵀ] P = E[vvᵀ].  v ~ N(0, I) is drawn from the optimizer's own
+generator (checkpointed with it).
+
+- `Newton`: h = H v, a Hessian-vector product of the loss (Eq. 9): by double backward through the
+  closure's graph ("autograd"), or by finite differences h ≈ (∇L(θ + δv) − ∇L(θ))/δ with δ = √eps
+  ("finite_difference", the psgd_np demo's variant).  The closure must return the loss WITHOUT calling
+  backward (as in psgd_torch): the optimizer differentiates it and sets every ``.grad``.
+- `Fisher`: h = g + λv (Eqs. 11–13), from the gradient alone; the closure is optional (standard).
+
+`meta_grad` returns ∂c/∂φ by `torch.func.grad` through P_φ = form(φ) (its product and its solve);
+with the `LieGroup` fitter this becomes PSGD's relative gradient (Eq. 18) and step (Eq. 20).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.func import grad
+
+from precondalg.objectives.base import BlockContext, Objective, run_closure
+from precondalg.structures import Structure
+
+__all__ = ["Fisher", "Newton", "criterion"]
+
+
+def criterion(P: Structure, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """c = Σ_k h_kᵀ P h_k + v_kᵀ P⁻¹ v_k for h, v of shape (n, k) (PSGD Eq. 10)."""
+    return (h * (P @ h)).sum() + (v * P.solve(v)).sum()
+
+
+def _draw(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """v ~ N(0, I) per parameter, drawn on the CPU generator then moved (same draws on every device)."""
+    return [
+        torch.randn(p.shape, generator=generator, dtype=torch.float64).to(dtype=p.dtype, device=p.device)
+        for p in params
+    ]
+
+
+def _meta_grad(ctx: BlockContext) -> Structure:
+    h, v = ctx.extras["h"], ctx.extras["v"]
+    return grad(lambda phi: criterion(ctx.form(phi), h, v))(ctx.phi)
+
+
+_HVP = ("autograd", "finite_difference")
+
+
+@dataclasses.dataclass(frozen=True)
+class Newton(Objective):
+    """PSGD's Newton-type criterion, h = Hv (METHODS.md §2.1–2.2).
+
+    Attributes:
+        hvp: "autograd" (double backward) or "finite_difference".
+
+    Raises:
+        ValueError: unknown hvp; at step time, a missing closure.
+    """
+
+    hvp: str = "autograd"
+
+    def __post_init__(self) -> None:
+        if self.hvp not in _HVP:
+            raise ValueError(f"Newton: 'hvp' must be one of {_HVP}; got {self.hvp!r}")
+
+    def evaluate(
+        self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator
+    ) -> tuple[Any, dict[str, list[torch.Tensor]]]:
+        if closure is None:
+            raise ValueError(
+                "Newton: step() needs a closure that returns the loss without calling backward (the "
+                "optimizer differentiates it for Hessian-vector products); got none"
+            )
+        vs = _draw(params, generator)
+        with torch.enable_grad():
+            loss = closure()
+            grads = torch.autograd.grad(loss, params, create_graph=self.hvp == "autograd")
+            if self.hvp == "autograd":
+                hs = torch.autograd.grad(grads, params, grad_outputs=vs)
+            else:
+                hs = self._finite_difference(params, closure, grads, vs)
+        for p, g in zip(params, grads):
+            p.grad = g.detach()
+        return loss.detach(), {"v": vs, "h": [h.detach() for h in hs]}
+
+    @staticmethod
+    def _finite_difference(
+        params: list[torch.Tensor],
+        closure: Callable[[], Any],
+        grads: tuple[torch.Tensor, ...],
+        vs: list[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        delta = torch.finfo(params[0].dtype).eps ** 0.5
+        with torch.no_grad():
+            for p, v in zip(params, vs):
+                p.add_(v, alpha=delta)
+        shifted = torch.autograd.grad(closure(), params)
+        with torch.no_grad():
+            for p, v in zip(params, vs):
+                p.sub_(v, alpha=delta)
+        return [(gs - g) / delta for gs, g in zip(shifted, grads)]
+
+    def meta_grad(self, ctx: BlockContext) -> Structure:
+        return _meta_grad(ctx)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fisher(Objective):
+    """PSGD's Fisher-type criterion, h = g + λv (METHODS.md §2.1, Eqs. 11–13).
+
+    Attributes:
+        damping: λ ≥ 0.
+
+    Raises:
+        ValueError: negative damping.
+    """
+
+    damping: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.damping < 0:
+            raise ValueError(f"Fisher: 'damping' must be >= 0; got {self.damping!r}")
+
+    def evaluate(
+        self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator
+    ) -> tuple[Any, dict[str, list[torch.Tensor]]]:
+        loss = run_closure(closure)
+        vs = _draw(params, generator)
+        gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        return loss, {"v": vs, "h": [g + self.damping * v for g, v in zip(gs, vs)]}
+
+    def meta_grad(self, ctx: BlockContext) -> Structure:
+        return _meta_grad(ctx)
