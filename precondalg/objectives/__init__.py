@@ -9,10 +9,24 @@ hypergradient).  Fitters (`precondalg.fitters`) turn that gradient into a step o
 | `Hypergradient` | L(θ_t) as a function of the φ that made the step | cached u, g_t | FOP, HD, LODO |
 | `Newton` | Σ hᵀPh + vᵀP⁻¹v, h = Hv | closure returning the loss | PSGD |
 | `Fisher` | Σ hᵀPh + vᵀP⁻¹v, h = g + λv | gradient | PSGD |
+| `Proximal` | J_B(θ′) + λ_FSD·FSD(B′) + λ_WSD/2‖θ′ − θ‖², θ′ = θ − P_φ u | model, batches B and B′ | APO |
 """
 
-from precondalg.objectives.base import BlockContext, Objective
+from precondalg.objectives.base import BlockContext, BlockwiseObjective, Evaluation, Objective
 from precondalg.objectives.criteria import Fisher, Newton, criterion
 from precondalg.objectives.hypergradient import Hypergradient
+from precondalg.objectives.proximal import Proximal, kl_divergence, squared_error
 
-__all__ = ["BlockContext", "Fisher", "Hypergradient", "Newton", "Objective", "criterion"]
+__all__ = [
+    "BlockContext",
+    "BlockwiseObjective",
+    "Evaluation",
+    "Fisher",
+    "Hypergradient",
+    "Newton",
+    "Objective",
+    "Proximal",
+    "criterion",
+    "kl_divergence",
+    "squared_error",
+]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from precondalg.structures import Structure
 
-__all__ = ["BlockContext", "Objective"]
+__all__ = ["BlockContext", "BlockwiseObjective", "Evaluation", "Objective", "run_closure"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,10 @@ class BlockContext:
             learning rate α it was applied with); empty on the first step.
         extras: per-step quantities the objective's `evaluate` produced, placed like `grad` (e.g.
             ``v`` and ``h`` for the PSGD criteria).
+        params: the block's parameters.
+        lookahead: (n, k) the vector P_φ is applied to at this step (the placed gradient for position
+            "gradient", the base rule's direction for "direction").
+        unview: maps an (n, k) matrix back to tensors of the parameters' shapes.
     """
 
     phi: Structure
@@ -33,13 +37,36 @@ class BlockContext:
     grad: torch.Tensor
     cache: dict[str, Any]
     extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    params: Sequence[torch.Tensor] = ()
+    lookahead: torch.Tensor | None = None
+    unview: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What an objective's `evaluate` found before the blocks.
+
+    Attributes:
+        loss: the closure's loss, or None.
+        per_param: name → {parameter: tensor of its shape} (placed for each block into
+            `BlockContext.extras`).
+        data: anything else the objective needs in `meta_grads` (e.g. `Proximal`'s batches).
+    """
+
+    loss: Any = None
+    per_param: dict[str, dict[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def of(self, name: str, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The per-parameter tensors called `name`, for these parameters."""
+        return [self.per_param[name][p] for p in params]
 
 
 class Objective(abc.ABC):
     """Abstract base of meta-objectives.
 
     Once per step the optimizer calls `evaluate` (which may run the closure and must leave every
-    parameter's ``.grad`` set), then `meta_grad` for every block.
+    parameter's ``.grad`` set), then `meta_grads` once for all its preconditioned blocks.
     """
 
     @abc.abstractmethod
@@ -48,21 +75,32 @@ class Objective(abc.ABC):
         params: list[torch.Tensor],
         closure: Callable[[], Any] | None,
         generator: torch.Generator,
-    ) -> tuple[Any, dict[str, list[torch.Tensor]]]:
+        **inputs: Any,
+    ) -> Evaluation:
         """Run what the step needs before the blocks.
 
         Args:
             params: every parameter of the optimizer, in order.
             closure: the closure given to ``step`` (or None).
             generator: the optimizer's own random generator (its state is checkpointed).
-
-        Returns:
-            The loss (or None) and extras: name → one tensor per parameter (same shapes).
+            **inputs: the keyword arguments given to ``step`` (objective-specific).
         """
 
     @abc.abstractmethod
+    def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
+        """For each block, the gradient of the meta-loss with respect to its φ (same pytree type), or
+        None where there is none this step."""
+
+
+class BlockwiseObjective(Objective):
+    """An objective whose meta-loss is a sum over blocks: `meta_grad` one block at a time."""
+
+    @abc.abstractmethod
     def meta_grad(self, ctx: BlockContext) -> Structure | None:
-        """The gradient of the meta-loss with respect to φ (same pytree type), or None."""
+        """The gradient of this block's meta-loss with respect to its φ, or None."""
+
+    def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
+        return [self.meta_grad(ctx) for ctx in blocks]
 
 
 def run_closure(closure: Callable[[], Any] | None) -> Any:
@@ -71,3 +109,9 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
         return None
     with torch.enable_grad():
         return closure()
+
+
+def reject_inputs(owner: str, inputs: dict[str, Any]) -> None:
+    """Objectives that take no per-step inputs say so clearly."""
+    if inputs:
+        raise TypeError(f"{owner}: step() takes no keyword inputs for this objective; got {sorted(inputs)}")

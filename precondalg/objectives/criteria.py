@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from torch.func import grad
 
-from precondalg.objectives.base import BlockContext, Objective, run_closure
+from precondalg.objectives.base import (
+    BlockContext,
+    BlockwiseObjective,
+    Evaluation,
+    reject_inputs,
+    run_closure,
+)
 from precondalg.structures import Structure
 
 __all__ = ["Fisher", "Newton", "criterion"]
@@ -43,6 +49,12 @@ def _draw(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.
     ]
 
 
+def _per_param(
+    params: list[torch.Tensor], **values: list[torch.Tensor]
+) -> dict[str, dict[torch.Tensor, torch.Tensor]]:
+    return {name: dict(zip(params, tensors)) for name, tensors in values.items()}
+
+
 def _meta_grad(ctx: BlockContext) -> Structure:
     h, v = ctx.extras["h"], ctx.extras["v"]
     return grad(lambda phi: criterion(ctx.form(phi), h, v))(ctx.phi)
@@ -52,7 +64,7 @@ _HVP = ("autograd", "finite_difference")
 
 
 @dataclasses.dataclass(frozen=True)
-class Newton(Objective):
+class Newton(BlockwiseObjective):
     """PSGD's Newton-type criterion, h = Hv (METHODS.md §2.1–2.2).
 
     Attributes:
@@ -69,8 +81,13 @@ class Newton(Objective):
             raise ValueError(f"Newton: 'hvp' must be one of {_HVP}; got {self.hvp!r}")
 
     def evaluate(
-        self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator
-    ) -> tuple[Any, dict[str, list[torch.Tensor]]]:
+        self,
+        params: list[torch.Tensor],
+        closure: Callable[[], Any] | None,
+        generator: torch.Generator,
+        **inputs: Any,
+    ) -> Evaluation:
+        reject_inputs("Newton", inputs)
         if closure is None:
             raise ValueError(
                 "Newton: step() needs a closure that returns the loss without calling backward (the "
@@ -86,7 +103,7 @@ class Newton(Objective):
                 hs = self._finite_difference(params, closure, grads, vs)
         for p, g in zip(params, grads):
             p.grad = g.detach()
-        return loss.detach(), {"v": vs, "h": [h.detach() for h in hs]}
+        return Evaluation(loss.detach(), _per_param(params, v=vs, h=[h.detach() for h in hs]))
 
     @staticmethod
     def _finite_difference(
@@ -110,7 +127,7 @@ class Newton(Objective):
 
 
 @dataclasses.dataclass(frozen=True)
-class Fisher(Objective):
+class Fisher(BlockwiseObjective):
     """PSGD's Fisher-type criterion, h = g + λv (METHODS.md §2.1, Eqs. 11–13).
 
     Attributes:
@@ -127,12 +144,17 @@ class Fisher(Objective):
             raise ValueError(f"Fisher: 'damping' must be >= 0; got {self.damping!r}")
 
     def evaluate(
-        self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator
-    ) -> tuple[Any, dict[str, list[torch.Tensor]]]:
+        self,
+        params: list[torch.Tensor],
+        closure: Callable[[], Any] | None,
+        generator: torch.Generator,
+        **inputs: Any,
+    ) -> Evaluation:
+        reject_inputs("Fisher", inputs)
         loss = run_closure(closure)
         vs = _draw(params, generator)
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        return loss, {"v": vs, "h": [g + self.damping * v for g, v in zip(gs, vs)]}
+        return Evaluation(loss, _per_param(params, v=vs, h=[g + self.damping * v for g, v in zip(gs, vs)]))
 
     def meta_grad(self, ctx: BlockContext) -> Structure:
         return _meta_grad(ctx)

@@ -21,23 +21,34 @@ from typing import Any
 import torch
 from torch.func import vjp
 
-from precondalg.objectives.base import BlockContext, Objective, run_closure
+from precondalg.objectives.base import (
+    BlockContext,
+    BlockwiseObjective,
+    Evaluation,
+    reject_inputs,
+    run_closure,
+)
 from precondalg.structures import Structure
 
 __all__ = ["Hypergradient"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Hypergradient(Objective):
+class Hypergradient(BlockwiseObjective):
     """Online one-step hypergradient (FOP Eqs. 3–4, HD, LODO): needs only the cached u_{t−1} and g_t.
 
     A closure is optional (the torch.optim convention: it calls backward and returns the loss).
     """
 
     def evaluate(
-        self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator
-    ) -> tuple[Any, dict[str, list[torch.Tensor]]]:
-        return run_closure(closure), {}
+        self,
+        params: list[torch.Tensor],
+        closure: Callable[[], Any] | None,
+        generator: torch.Generator,
+        **inputs: Any,
+    ) -> Evaluation:
+        reject_inputs("Hypergradient", inputs)
+        return Evaluation(run_closure(closure))
 
     def meta_grad(self, ctx: BlockContext) -> Structure | None:
         if "u" not in ctx.cache:

@@ -23,6 +23,7 @@ kept in the parameter's dtype for float32/float64 parameters and in float32 for 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,7 +32,7 @@ import torch.utils._pytree as pytree
 
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer
-from precondalg.objectives import BlockContext, Hypergradient, Objective
+from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective
 from precondalg.optim.base_rules import base_rule
 from precondalg.placement import Placement, default_placement
 
@@ -52,6 +53,21 @@ class _Block:
     family: Family | None = None
     spec: pytree.TreeSpec | None = None
     fitter: Fit | None = None
+
+
+@dataclasses.dataclass
+class _Plan:
+    """One block's step in progress (see `Preconditioned._plan`)."""
+
+    group: dict[str, Any]
+    block: _Block
+    active: list[bool]
+    grads: list[torch.Tensor]
+    shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
+    X: torch.Tensor | None = None
+    u: torch.Tensor | None = None
+    states: list[dict[str, Any]] | None = None
+    context: BlockContext | None = None
 
 
 def _precond_dtype(p: torch.Tensor) -> torch.dtype:
@@ -288,28 +304,42 @@ class Preconditioned(torch.optim.Optimizer):
 
     # ----- the step -----
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, **inputs: Any) -> Any:
         """One optimizer step (see the module docstring).
 
         Args:
-            closure: re-evaluates the model and returns the loss: optional for `Hypergradient` and
-                `Fisher` (it calls backward, as in torch.optim); required by `Newton`, whose closure
-                returns the loss without calling backward.
+            closure: re-evaluates the model and returns the loss: optional for `Hypergradient`,
+                `Fisher` and `Proximal` (it calls backward, as in torch.optim); required by `Newton`,
+                whose closure returns the loss without calling backward.
+            **inputs: what the objective takes per step (e.g. `Proximal`'s ``batch`` and ``fsd_batch``).
 
         Returns:
             The closure's loss, or None.
         """
         params = [p for group in self.param_groups for p in group["params"]]
-        loss, extras = self._objective.evaluate(params, closure, self._generator)
-        extras_of = {name: dict(zip(params, values)) for name, values in extras.items()}
+        evaluation = self._objective.evaluate(params, closure, self._generator, **inputs)
         ok = self._grads_finite()
         if self._nonfinite == "raise" and not bool(ok):
             raise FloatingPointError("Preconditioned.step: a gradient holds NaN or Inf; nothing was updated")
-        for group, blocks in zip(self.param_groups, self._blocks):
-            for block in blocks:
-                if any(p.grad is not None for p in block.params):
-                    self._step_block(group, block, ok, extras_of)
-        return loss
+        plans = [
+            self._plan(group, block, evaluation)
+            for group, blocks in zip(self.param_groups, self._blocks)
+            for block in blocks
+            if any(p.grad is not None for p in block.params)
+        ]
+        learned = [plan for plan in plans if plan.context is not None]
+        metas = self._objective.meta_grads([plan.context for plan in learned], evaluation) if learned else []
+        for plan, meta in zip(learned, metas):
+            if meta is not None:
+                self._fit(
+                    plan.block,
+                    self.state[plan.block.params[0]]["preconditioner"]["phi"],
+                    pytree.tree_leaves(meta),
+                    ok,
+                )
+        for plan in plans:
+            self._finish(plan, ok)
+        return evaluation.loss
 
     def _grads_finite(self) -> torch.Tensor:
         flags = [
@@ -333,48 +363,60 @@ class Preconditioned(torch.optim.Optimizer):
             steps.append(s)
         return states, steps
 
-    def _step_block(
-        self,
-        group: dict[str, Any],
-        block: _Block,
-        ok: torch.Tensor,
-        extras_of: dict[str, dict[torch.Tensor, torch.Tensor]],
-    ) -> None:
+    def _plan(self, group: dict[str, Any], block: _Block, evaluation: Evaluation) -> _Plan:
+        """Everything of a block's step that does not depend on φ's update: gradients, their placed
+        view, the objective's context, and for position "direction" the base rule's step."""
         params = block.params
-        active = [p.grad is not None for p in params]
-        grads = self._decayed_grads(group, params)
+        plan = _Plan(group, block, [p.grad is not None for p in params], self._decayed_grads(group, params))
         if block.placement is None:
-            states, steps = self._base_steps(group, params, grads)
-            self._commit(group, params, active, states, steps, ok)
-            return
-
+            return plan
         anchor = params[0]
         pre = self.state[anchor]["preconditioner"]
         dtype = _precond_dtype(anchor)
-        shapes = [tuple(p.shape) for p in params]
-        form = block.family.form
-        hyper_form = block.family.hyper_form or form
-        X = block.placement.view([g.to(dtype) for g in grads])
-        extras = {
-            name: block.placement.view([of[p].to(dtype) for p in params]) for name, of in extras_of.items()
-        }
-        meta = self._objective.meta_grad(BlockContext(self._phi(block), hyper_form, X, pre["cache"], extras))
-        if meta is not None:
-            self._fit(block, pre["phi"], pytree.tree_leaves(meta), ok)
-        P = form(self._phi(block))
-
-        if self._position == "gradient":
-            directions = [d.to(p.dtype) for d, p in zip(block.placement.unview(P @ X, shapes), params)]
-            states, steps = self._base_steps(group, params, directions)
-            u = X
+        plan.shapes = [tuple(p.shape) for p in params]
+        plan.X = block.placement.view([g.to(dtype) for g in plan.grads])
+        if self._position == "direction":
+            plan.states, base_steps = self._base_steps(group, params, plan.grads)
+            plan.u = block.placement.view([s.to(dtype) for s in base_steps])
         else:
-            states, base_steps = self._base_steps(group, params, grads)
-            u = block.placement.view([s.to(dtype) for s in base_steps])
-            steps = [s.to(p.dtype) for s, p in zip(block.placement.unview(P @ u, shapes), params)]
+            plan.u = plan.X
+        extras = {
+            name: block.placement.view([of.to(dtype) for p, of in zip(params, evaluation.of(name, params))])
+            for name in evaluation.per_param
+        }
+        plan.context = BlockContext(
+            self._phi(block),
+            block.family.hyper_form or block.family.form,
+            plan.X,
+            pre["cache"],
+            extras,
+            params=params,
+            lookahead=plan.u,
+            unview=functools.partial(block.placement.unview, shapes=plan.shapes),
+        )
+        return plan
+
+    def _finish(self, plan: _Plan, ok: torch.Tensor) -> None:
+        """Apply P_φ (φ already fitted), the base rule, and commit where `ok`."""
+        group, block, params = plan.group, plan.block, plan.block.params
+        if block.placement is None:
+            states, steps = self._base_steps(group, params, plan.grads)
+            self._commit(group, params, plan.active, states, steps, ok)
+            return
+        pre = self.state[params[0]]["preconditioner"]
+        P = block.family.form(self._phi(block))
+        if self._position == "gradient":
+            directions = [
+                d.to(p.dtype) for d, p in zip(block.placement.unview(P @ plan.X, plan.shapes), params)
+            ]
+            states, steps = self._base_steps(group, params, directions)
+        else:
+            states = plan.states
+            steps = [s.to(p.dtype) for s, p in zip(block.placement.unview(P @ plan.u, plan.shapes), params)]
         block_ok = ok & torch.stack([torch.isfinite(s).all() for s in steps]).all()
-        self._commit(group, params, active, states, steps, block_ok)
-        previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(u)
-        pre["cache"] = {"u": torch.where(block_ok, u, previous), "lr": group["lr"]}
+        self._commit(group, params, plan.active, states, steps, block_ok)
+        previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(plan.u)
+        pre["cache"] = {"u": torch.where(block_ok, plan.u, previous), "lr": group["lr"]}
         pre["skipped"] += (~block_ok).long()
 
     def _commit(

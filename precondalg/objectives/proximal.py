@@ -1,0 +1,127 @@
+"""APO's proximal meta-objective (Bae et al. 2022; METHODS.md §4.2, Eq. 8).
+
+With the one-step lookahead θ′(φ) = θ − P_φ u (Eq. 7: no learning rate and no 0.9 inside, O-APO-5;
+u is the block's placed gradient, or the base rule's direction with the optimizer state held fixed,
+footnote 1), the meta-loss of all preconditioned blocks together is
+
+    Q(φ) = J_B(θ′) + λ_FSD · (1/|B′|) Σ_{x̃∈B′} ρ(f(x̃, θ′), f(x̃, θ)) + (λ_WSD/2) ‖θ′ − θ‖²,
+
+the loss term on the SAME batch B as the gradient (a different batch makes the learning rate collapse,
+App. D), the function-space discrepancy (FSD) on a separate batch B′, f(x̃, θ) a constant target.
+ρ is KL(softmax f(x̃,θ) ‖ softmax f(x̃,θ′)) for classifiers (O-APO-7), ½‖f(x̃,θ′) − f(x̃,θ)‖² for
+regression (O-APO-12), or a user function.  ∇_φ Q is taken by `torch.func.grad` through
+`torch.func.functional_call` on the user's module: one forward on B and two on B′ plus one backward.
+Parameters outside the optimizer's preconditioned blocks stay at θ in the lookahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad
+
+from precondalg.objectives.base import BlockContext, Evaluation, Objective, run_closure
+from precondalg.structures import Structure
+
+__all__ = ["Proximal", "kl_divergence", "squared_error"]
+
+Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def kl_divergence(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """(1/|B′|) Σ KL(softmax(old) ‖ softmax(new)) over the batch (rows) of logits."""
+    return F.kl_div(
+        F.log_softmax(new, dim=-1), F.log_softmax(old, dim=-1), log_target=True, reduction="batchmean"
+    )
+
+
+def squared_error(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """(1/|B′|) Σ ½‖new − old‖² over the batch (rows) of outputs."""
+    return 0.5 * (new - old).square().sum() / new.shape[0]
+
+
+_DIVERGENCES: dict[str, Divergence] = {"kl": kl_divergence, "squared": squared_error}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Proximal(Objective):
+    """APO's proximal meta-objective (Eq. 8).
+
+    Per step, ``optimizer.step(batch=(inputs, targets), fsd_batch=inputs′)`` after the usual backward
+    on the same batch; without ``batch`` the step makes no meta-update (APO meta-updates every K
+    steps, Algorithm 1).  The closure, if given, follows torch.optim's convention.
+
+    Attributes:
+        model: the module whose parameters the optimizer updates.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (the training loss J_B).
+        fsd: "kl", "squared" or a function ``ρ(new_outputs, old_outputs) -> scalar`` (batch mean).
+        lam_fsd: λ_FSD ≥ 0.
+        lam_wsd: λ_WSD ≥ 0.
+
+    Raises:
+        ValueError: an unknown fsd name or a negative λ; at step time, a missing ``fsd_batch`` when
+            λ_FSD > 0, or parameters the model does not own.
+    """
+
+    model: torch.nn.Module
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    fsd: str | Divergence = "kl"
+    lam_fsd: float = 0.0
+    lam_wsd: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fsd, str) and self.fsd not in _DIVERGENCES:
+            raise ValueError(
+                f"Proximal: 'fsd' must be one of {tuple(_DIVERGENCES)} or a callable; got {self.fsd!r}"
+            )
+        for name in ("lam_fsd", "lam_wsd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Proximal: '{name}' must be >= 0; got {getattr(self, name)!r}")
+
+    def evaluate(
+        self,
+        params: list[torch.Tensor],
+        closure: Callable[[], Any] | None,
+        generator: torch.Generator,
+        **inputs: Any,
+    ) -> Evaluation:
+        unknown = set(inputs) - {"batch", "fsd_batch"}
+        if unknown:
+            raise TypeError(f"Proximal: step() takes 'batch' and 'fsd_batch'; got {sorted(unknown)}")
+        if inputs.get("batch") is not None and self.lam_fsd > 0 and inputs.get("fsd_batch") is None:
+            raise ValueError("Proximal: λ_FSD > 0 needs step(..., fsd_batch=inputs′), a batch other than B")
+        return Evaluation(run_closure(closure), data=inputs)
+
+    def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
+        batch = evaluation.data.get("batch")
+        if batch is None:
+            return [None] * len(blocks)
+        names = {p: name for name, p in self.model.named_parameters()}
+        missing = [tuple(p.shape) for b in blocks for p in b.params if p not in names]
+        if missing:
+            raise ValueError(
+                f"Proximal: the optimizer holds parameters the model does not own (shapes {missing})"
+            )
+        theta = {name: p.detach() for p, name in names.items()}
+        inputs, targets = batch
+        fsd_inputs = evaluation.data.get("fsd_batch")
+        rho = _DIVERGENCES[self.fsd] if isinstance(self.fsd, str) else self.fsd
+        old = functional_call(self.model, theta, (fsd_inputs,)).detach() if self.lam_fsd > 0 else None
+
+        def meta_loss(phis: list[Structure]) -> torch.Tensor:
+            moved = dict(theta)
+            wsd = 0.0
+            for ctx, phi in zip(blocks, phis):
+                for p, step in zip(ctx.params, ctx.unview(ctx.form(phi) @ ctx.lookahead)):
+                    moved[names[p]] = theta[names[p]] - step.to(p.dtype)
+                    wsd = wsd + step.square().sum()
+            loss = self.loss_fn(functional_call(self.model, moved, (inputs,)), targets)
+            if self.lam_fsd > 0:
+                loss = loss + self.lam_fsd * rho(functional_call(self.model, moved, (fsd_inputs,)), old)
+            return loss + 0.5 * self.lam_wsd * wsd
+
+        return grad(meta_loss)([ctx.phi for ctx in blocks])
