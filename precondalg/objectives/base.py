@@ -30,6 +30,9 @@ class BlockContext:
         lookahead: (n, k) the vector P_φ is applied to at this step (the placed gradient for position
             "gradient", the base rule's direction for "direction").
         unview: maps an (n, k) matrix back to tensors of the parameters' shapes.
+        view: maps tensors of the parameters' shapes to the (n, k) matrix (the placement's view, in
+            φ's dtype).
+        lr: the learning rate α of this step.
     """
 
     phi: Structure
@@ -40,6 +43,8 @@ class BlockContext:
     params: Sequence[torch.Tensor] = ()
     lookahead: torch.Tensor | None = None
     unview: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+    view: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
+    lr: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,12 @@ computed with `torch.func.vjp` from the cached u_{t−1} and the new gradient g_
 backward pass (the online, one-step-delayed form of Almeida et al. and Baydin et al.).  For FOP with
 P = MᵀM this is −α M(g_{t−1}g_tᵀ + g_t g_{t−1}ᵀ) (THEORY.md FOP-3); for a scalar learning rate it is
 −α⟨g_t, u_{t−1}⟩ (Baydin's h).
+
+With ``mode="unroll"`` the meta-gradient is instead the exact derivative of the current batch's loss
+after this step's update, d/dφ L_B(θ − α P_φ u_t): the optimizer's parameters are moved to the
+lookahead, the closure (torch.optim's convention) is evaluated there once more, and the VJP takes the
+lookahead gradient as cotangent.  It is exact for the base rule "sgd"; with momentum or Adam it
+differentiates the P-dependent part of the step (the base rule's own transformation is not unrolled).
 """
 
 from __future__ import annotations
@@ -33,12 +39,27 @@ from precondalg.structures import Structure
 __all__ = ["Hypergradient"]
 
 
+_MODES = ("online", "unroll")
+
+
 @dataclasses.dataclass(frozen=True)
 class Hypergradient(BlockwiseObjective):
-    """Online one-step hypergradient (FOP Eqs. 3–4, HD, LODO): needs only the cached u_{t−1} and g_t.
+    """One-step hypergradient (FOP Eqs. 3–4, HD, LODO).
 
-    A closure is optional (the torch.optim convention: it calls backward and returns the loss).
+    Attributes:
+        mode: "online" (default: the cached u_{t−1} and g_t, no extra pass; a closure is optional) or
+            "unroll" (the exact one-step unroll on the current batch; needs a closure that calls
+            backward and returns the loss, evaluated once more at the lookahead).
+
+    Raises:
+        ValueError: unknown mode; at step time, "unroll" without a closure.
     """
+
+    mode: str = "online"
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"Hypergradient: 'mode' must be one of {_MODES}; got {self.mode!r}")
 
     def evaluate(
         self,
@@ -48,12 +69,48 @@ class Hypergradient(BlockwiseObjective):
         **inputs: Any,
     ) -> Evaluation:
         reject_inputs("Hypergradient", inputs)
-        return Evaluation(run_closure(closure))
+        if self.mode == "unroll" and closure is None:
+            raise ValueError(
+                "Hypergradient(mode='unroll'): step() needs a closure (it is evaluated again at "
+                "the lookahead θ − αP_φu); got none"
+            )
+        return Evaluation(run_closure(closure), data={"closure": closure})
+
+    def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
+        if self.mode == "online":
+            return [self.meta_grad(ctx) for ctx in blocks]
+        cotangents = _lookahead_grads(blocks, evaluation.data["closure"])
+        return [_vjp(ctx, ctx.lookahead, -ctx.lr * ct) for ctx, ct in zip(blocks, cotangents)]
 
     def meta_grad(self, ctx: BlockContext) -> Structure | None:
         if "u" not in ctx.cache:
             return None
-        u, lr = ctx.cache["u"], ctx.cache["lr"]
-        _, pullback = vjp(lambda phi: ctx.form(phi) @ u, ctx.phi)
-        (grad,) = pullback(-lr * ctx.grad)
-        return grad
+        return _vjp(ctx, ctx.cache["u"], -ctx.cache["lr"] * ctx.grad)
+
+
+def _vjp(ctx: BlockContext, u: torch.Tensor, cotangent: torch.Tensor) -> Structure:
+    """The VJP of φ ↦ P_φ u with this cotangent."""
+    _, pullback = vjp(lambda phi: ctx.form(phi) @ u, ctx.phi)
+    (grad,) = pullback(cotangent)
+    return grad
+
+
+def _lookahead_grads(blocks: list[BlockContext], closure: Callable[[], Any]) -> list[torch.Tensor]:
+    """The placed gradients at θ − αP_φu for every block at once (params and .grad restored after)."""
+    params = [p for ctx in blocks for p in ctx.params]
+    saved = [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for p in params]
+    with torch.no_grad():
+        for ctx in blocks:
+            for p, step in zip(ctx.params, ctx.unview(ctx.form(ctx.phi) @ ctx.lookahead)):
+                p.sub_(ctx.lr * step.to(p.dtype))
+        for p in params:
+            p.grad = None
+    run_closure(closure)
+    cotangents = [
+        ctx.view([torch.zeros_like(p) if p.grad is None else p.grad for p in ctx.params]) for ctx in blocks
+    ]
+    with torch.no_grad():
+        for p, (value, g) in zip(params, saved):
+            p.copy_(value)
+            p.grad = g
+    return cotangents

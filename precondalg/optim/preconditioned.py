@@ -393,6 +393,8 @@ class Preconditioned(torch.optim.Optimizer):
             params=params,
             lookahead=plan.u,
             unview=functools.partial(block.placement.unview, shapes=plan.shapes),
+            view=lambda tensors: block.placement.view([t.to(dtype) for t in tensors]),
+            lr=group["lr"],
         )
         return plan
 
