@@ -178,6 +178,8 @@ def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor
                 f"BlockDiagonal Q; got {type(E).__name__}"
             )
         return BlockDiagonal(*[lie_step(b, e, mu) for b, e in zip(Q.blocks, E.blocks)])
+    if isinstance(Q, Dense) and not isinstance(E, Dense):
+        E = Dense(E.to_dense())  # 𝔤𝔩(n) holds every n×n matrix, whatever structure E came in
     identity = Scalar(torch.ones((), dtype=Q.dtype, device=Q.device), Q.shape[0])
     out = compose(add(identity, scale(E, -mu)), Q)
     if type(out) is not type(Q):

@@ -53,5 +53,6 @@ class Triangular(Structure):
 
     def cost(self) -> Cost:
         n = self.R.shape[0]
-        tri = n * (n + 1) // 2
-        return Cost(stored=n * n, matvec=tri, solve=tri)
+        # The product is a dense matmul with triu(R) (no triangular-multiply kernel); the solve is a
+        # back-substitution that reads only the upper triangle.
+        return Cost(stored=n * n, matvec=n * n, solve=n * (n + 1) // 2)
