@@ -6,6 +6,8 @@ Class E (exact identity) is `rtol = 1e-10, atol = 1e-12·scale`; the checks use 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 import precondalg as pa
@@ -51,3 +53,19 @@ def off_pattern(X: torch.Tensor, pattern: torch.Tensor) -> float:
 def log_uniform(shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
     """Magnitudes 10^U(lo, hi): data spanning tiny to huge scales."""
     return 10 ** (lo + (hi - lo) * torch.rand(shape, generator=gen))
+
+
+def central_diff(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, h: float) -> torch.Tensor:
+    """The gradient of a scalar f at x by central finite differences, (f(x + h eᵢ) − f(x − h eᵢ))/2h."""
+    grad = torch.empty_like(x).reshape(-1)
+    for i in range(grad.numel()):
+        e = torch.zeros_like(grad)
+        e[i] = h
+        e = e.reshape(x.shape)
+        grad[i] = (f(x + e) - f(x - e)) / (2 * h)
+    return grad.reshape(x.shape)
+
+
+def numerical_rank(A: torch.Tensor, atol: float) -> int:
+    """The number of singular values of A above `atol`."""
+    return int((torch.linalg.svdvals(A) > atol).sum())
