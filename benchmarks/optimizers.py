@@ -1,0 +1,691 @@
+"""Speed and memory of precondalg's optimizers against torch.optim, measured side by side (QUALITY.md §4).
+
+Run from the repository root:
+
+    python benchmarks/optimizers.py                       # CPU, default repeats, writes benchmarks/results/
+    python benchmarks/optimizers.py --device cuda         # the same on a GPU
+    python benchmarks/optimizers.py --repeats 40 --json out.json
+
+What it measures (docs/benchmarks.md describes the protocol in full):
+
+1. Step time.  On (a) an MLP 64-100-100-10 and (b) a small CNN, both on scikit-learn's ``load_digits``
+   (batch 128, cross-entropy), every method trains its own copy of the *same* initial model on the
+   *same* sequence of batches.  After a warm-up, the methods are run in interleaved rounds (the order is
+   shuffled every round); in each round each method runs ``--steps`` consecutive training steps, each
+   timed twice with ``time.perf_counter`` (``torch.cuda.synchronize`` before every clock read on CUDA):
+   the whole training step (zero_grad + forward + backward + ``opt.step()``) and ``opt.step()`` alone.
+   A round's figure is the median over its steps; a method's ratio to a baseline is the median over
+   rounds of (method / baseline in the same round), so that slow drift of a shared machine cancels.
+2. Optimizer-state memory: the bytes of every tensor in ``opt.state_dict()`` (for precondalg's
+   optimizers that includes φ, the cache, the skip counter and each block's meta-optimizer state),
+   each storage counted once, divided by the number of model parameters; Adam keeps 2 floats = 8 B.
+3. Growth: the time of one preconditioner application P @ G (G the placed gradient of a Linear(n, 100)
+   layer, shape (n, 100)) and of one optimizer step on that layer, as n grows, for full FOP
+   (P = MᵀM, O(n²) per column) and low-rank FOP (P = I + MᵀM, M r×n, O(nr) per column).
+4. With ``--profile``: cProfile of full FOP's ``opt.step()`` on the MLP and on one Linear(1024, 100)
+   layer, by phase of ``Preconditioned.step``.
+
+Tests never assert on these numbers; this script only measures and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import pstats
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import precondalg
+from precondalg.families import dense_gram, low_rank_gram
+from precondalg.fitters import TorchOptimizer
+from precondalg.objectives import Hypergradient
+from precondalg.optim import FOP, HD, Preconditioned
+from precondalg.placement import InputSide, Spatial
+
+# Targets from the FOP paper (Moskovitz et al. 2019): training-step time relative to momentum SGD.
+TARGETS = {
+    ("mlp", "FOP (full)"): 1.30,
+    ("cnn", "FOP (spatial)"): 1.05,
+}
+
+LR_SGD = 0.05
+LR_ADAM = 1e-3
+HYPER_LR = 1e-4
+RANK = 8
+BATCH = 128
+
+
+# ----------------------------------------------------------------------------------------- machine
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """The machine, in words and numbers: CPU model (/proc/cpuinfo), cores, torch, threads, GPU."""
+    cpu_model, family, model = platform.processor() or "unknown", None, None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name" and cpu_model in ("unknown", platform.processor()):
+                cpu_model = value
+            elif key == "cpu family" and family is None:
+                family = value
+            elif key == "model" and model is None:
+                model = value
+    except OSError:
+        pass
+    info = {
+        "cpu_model": cpu_model,
+        "cpu_family": family,
+        "cpu_model_number": model,
+        "logical_cores": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "precondalg": getattr(precondalg, "__version__", "unknown"),
+        "precondalg_path": str(Path(precondalg.__file__).resolve().parent),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    try:
+        import subprocess
+
+        root = Path(precondalg.__file__).resolve().parent.parent  # the checkout precondalg is imported from
+
+        def git(*a: str) -> str:
+            run = subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)
+            return run.stdout.strip()
+
+        info["git_commit"] = git("rev-parse", "--short", "HEAD") or None
+        info["git_dirty_precondalg"] = (
+            bool(git("status", "--porcelain", "--", "precondalg")) if info["git_commit"] else None
+        )
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"], info["git_dirty_precondalg"] = None, None
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        info["load_average"] = None
+    return info
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    cpu = info["cpu_model"]
+    if info["cpu_family"] is not None:
+        cpu += f" (family {info['cpu_family']}, model {info['cpu_model_number']})"
+    line = (
+        f"CPU {cpu}, {info['cores_available']} of {info['logical_cores']} logical cores available; "
+        f"torch {info['torch']} with {info['torch_threads']} intra-op thread(s); Python {info['python']}; "
+        f"device {info['device']}"
+    )
+    if info["gpu"]:
+        line += f" ({info['gpu']})"
+    if info.get("git_commit"):
+        line += f"; precondalg at {info['git_commit']}" + (
+            " (+ uncommitted changes)" if info["git_dirty_precondalg"] else ""
+        )
+    else:
+        line += f"; precondalg from {info['precondalg_path']} (not a git checkout)"
+    if info["load_average"]:
+        line += "; load average at start " + ", ".join(f"{x:.2f}" for x in info["load_average"])
+    return line
+
+
+# -------------------------------------------------------------------------------------- data, models
+def digits_batches(device: torch.device, n_batches: int, seed: int) -> tuple[list, list]:
+    """Fixed shuffled batches of load_digits (pixels / 16), as (x_flat, x_image, y) per batch."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    X = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    flat, image = [], []
+    order = torch.empty(0, dtype=torch.long)
+    while len(flat) < n_batches:
+        if order.numel() < BATCH:
+            order = torch.cat([order, torch.randperm(len(X), generator=g)])
+        idx, order = order[:BATCH], order[BATCH:]
+        xb, yb = X[idx].to(device), y[idx].to(device)
+        flat.append((xb, yb))
+        image.append((xb.reshape(-1, 1, 8, 8), yb))
+    return flat, image
+
+
+def make_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def make_cnn() -> nn.Module:
+    # 1×8×8 → conv3×3 16 → pool → 16×4×4 → conv3×3 32 → pool → 32×2×2 → linear 128 → 10.
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
+
+
+# --------------------------------------------------------------------------------------- optimizers
+def _spatial_only(shape: tuple[int, ...]) -> Spatial | None:
+    """Spatial FOP on conv kernels only; linear layers and biases get the base rule alone."""
+    return Spatial() if len(shape) == 4 else None
+
+
+def fop_spatial_only(params, lr: float) -> Preconditioned:
+    """FOP's configuration (dense_gram, hypergradient, Adam 1e-4 on M, momentum 0.9) on conv taps only."""
+    return Preconditioned(
+        params,
+        lr,
+        structure=dense_gram(),
+        placement=_spatial_only,
+        objective=Hypergradient(),
+        fitter=TorchOptimizer(torch.optim.Adam, lr=HYPER_LR),
+        base="momentum",
+        position="gradient",
+        momentum=0.9,
+    )
+
+
+Maker = Callable[[Any], torch.optim.Optimizer]
+
+BASELINES: dict[str, Maker] = {
+    "SGD momentum": lambda p: torch.optim.SGD(p, lr=LR_SGD, momentum=0.9),
+    "Adam": lambda p: torch.optim.Adam(p, lr=LR_ADAM),
+}
+
+HD_ARGS = dict(base="momentum", momentum=0.9, hyper_optimizer="adam")
+
+METHODS: dict[str, dict[str, Maker]] = {
+    "mlp": {
+        **BASELINES,
+        "FOP (full)": lambda p: FOP(p, LR_SGD, momentum=0.9, hyper_lr=HYPER_LR),
+        f"FOP (low rank r={RANK})": lambda p: FOP(p, LR_SGD, momentum=0.9, hyper_lr=HYPER_LR, rank=RANK),
+        "S-HD": lambda p: HD(p, LR_SGD, HYPER_LR, granularity="layer", **HD_ARGS),
+        "PP-HD": lambda p: HD(p, LR_SGD, HYPER_LR, granularity="parameter", **HD_ARGS),
+    },
+    "cnn": {
+        **BASELINES,
+        "FOP (spatial)": lambda p: fop_spatial_only(p, LR_SGD),
+        "FOP (spatial + full head)": lambda p: FOP(p, LR_SGD, momentum=0.9, hyper_lr=HYPER_LR),
+        f"FOP (spatial + r={RANK} head)": lambda p: FOP(
+            p, LR_SGD, momentum=0.9, hyper_lr=HYPER_LR, rank=RANK
+        ),
+        "S-HD": lambda p: HD(p, LR_SGD, HYPER_LR, granularity="layer", **HD_ARGS),
+        "PP-HD": lambda p: HD(p, LR_SGD, HYPER_LR, granularity="parameter", **HD_ARGS),
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------- memory
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _bytes(tensors: list[torch.Tensor], seen: set) -> int:
+    total = 0
+    for t in tensors:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+        if key in seen and t.numel() > 0:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def state_bytes(opt: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of every tensor in opt.state_dict(), split into base-rule state, φ, meta-optimizer state,
+    cache and the rest (skip counters); each storage counted once."""
+    sd = opt.state_dict()
+    seen: set = set()
+    parts = {"base": 0, "phi": 0, "meta_optimizer": 0, "cache": 0, "other": 0, "top_level": 0}
+    for st in sd["state"].values():
+        for key, value in st.items():
+            if key == "preconditioner":
+                parts["phi"] += _bytes(_tensors(value.get("phi", [])), seen)
+                parts["meta_optimizer"] += _bytes(_tensors(value.get("fitter", {})), seen)
+                parts["cache"] += _bytes(_tensors(value.get("cache", {})), seen)
+                rest = {k: v for k, v in value.items() if k not in ("phi", "fitter", "cache")}
+                parts["other"] += _bytes(_tensors(rest), seen)
+            else:
+                parts["base"] += _bytes(_tensors(value), seen)
+    parts["other"] += _bytes(_tensors(sd["param_groups"]), seen)
+    # Keys beside "state" and "param_groups" (Preconditioned's "generator": the RNG state, a fixed
+    # ~5 KB per optimizer, not per parameter).
+    parts["top_level"] += _bytes(
+        _tensors({k: v for k, v in sd.items() if k not in ("state", "param_groups")}), seen
+    )
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+# --------------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Runner:
+    """One method: its own model copy, optimizer and position in the shared batch sequence."""
+
+    name: str
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    batches: list
+    step_index: int = 0
+    last_loss: float = math.nan
+
+    def train_step(self, device: torch.device) -> tuple[float, float]:
+        """One training step; returns (whole step seconds, optimizer step seconds)."""
+        x, y = self.batches[self.step_index % len(self.batches)]
+        self.step_index += 1
+        _sync(device)
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(self.model(x), y)
+        loss.backward()
+        _sync(device)
+        t1 = time.perf_counter()
+        self.opt.step()
+        _sync(device)
+        t2 = time.perf_counter()
+        self.last_loss = float(loss.detach())
+        return t2 - t0, t2 - t1
+
+
+def bench_model(
+    kind: str,
+    device: torch.device,
+    batches: list,
+    repeats: int,
+    steps: int,
+    warmup: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Time every method on one model, interleaved; returns one record per method."""
+    torch.manual_seed(seed)
+    reference = (make_mlp if kind == "mlp" else make_cnn)().to(device)
+    n_params = sum(p.numel() for p in reference.parameters())
+    runners = []
+    for name, maker in METHODS[kind].items():
+        model = copy.deepcopy(reference)
+        runners.append(Runner(name, model, maker(model.parameters()), batches))
+    log(f"[{kind}] {n_params} parameters; warm-up {warmup} steps per method")
+    for r in runners:
+        for _ in range(warmup):
+            r.train_step(device)
+    rounds: dict[str, dict[str, list[float]]] = {r.name: {"train": [], "opt": []} for r in runners}
+    rng = random.Random(seed)
+    t_start = time.perf_counter()
+    for k in range(repeats):
+        order = runners[:]
+        rng.shuffle(order)
+        for r in order:
+            train, opt = zip(*(r.train_step(device) for _ in range(steps)))
+            rounds[r.name]["train"].append(statistics.median(train))
+            rounds[r.name]["opt"].append(statistics.median(opt))
+        if (k + 1) % max(1, repeats // 5) == 0 or k + 1 == repeats:
+            log(f"[{kind}] round {k + 1}/{repeats} ({time.perf_counter() - t_start:.1f} s)")
+
+    def ratio(name: str, base: str, what: str) -> dict[str, float]:
+        rs = [a / b for a, b in zip(rounds[name][what], rounds[base][what])]
+        q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
+        return {"median": statistics.median(rs), "q1": q[0], "q3": q[2]}
+
+    records = []
+    for r in runners:
+        mem = state_bytes(r.opt)
+        rec = {
+            "model": kind,
+            "method": r.name,
+            "n_params": n_params,
+            "train_step_ms": 1e3 * statistics.median(rounds[r.name]["train"]),
+            "opt_step_ms": 1e3 * statistics.median(rounds[r.name]["opt"]),
+            "train_vs_sgdm": ratio(r.name, "SGD momentum", "train"),
+            "train_vs_adam": ratio(r.name, "Adam", "train"),
+            "opt_vs_sgdm": ratio(r.name, "SGD momentum", "opt"),
+            "opt_vs_adam": ratio(r.name, "Adam", "opt"),
+            "state_bytes": mem,
+            "state_bytes_per_param": mem["total"] / n_params,
+            "state_vs_adam": None,
+            "target_train_vs_sgdm": TARGETS.get((kind, r.name)),
+            "final_loss": r.last_loss,
+            "steps_taken": r.step_index,
+        }
+        records.append(rec)
+    adam = next(rec for rec in records if rec["method"] == "Adam")["state_bytes_per_param"]
+    for rec in records:
+        rec["state_vs_adam"] = rec["state_bytes_per_param"] / adam
+        t = rec["target_train_vs_sgdm"]
+        rec["target_met"] = None if t is None else rec["train_vs_sgdm"]["median"] <= t
+    return records
+
+
+# --------------------------------------------------------------------------------------------- growth
+def _median_time(fn: Callable[[], Any], device: torch.device, repeats: int, inner: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
+
+
+def growth(
+    device: torch.device, sizes: list[int], out_features: int, repeats: int, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """P @ G and the optimizer step on one Linear(n, out) layer, as n grows."""
+    rows = []
+    for n in sizes:
+        torch.manual_seed(0)
+        G = InputSide().view([torch.randn(out_features, n, device=device)])  # (n, out)
+        like = torch.empty((), device=device)
+        gen = torch.Generator().manual_seed(0)
+        forms = {
+            "full": dense_gram().form(dense_gram().init((n,), like, gen)),
+            f"low rank r={RANK}": low_rank_gram(RANK).form(low_rank_gram(RANK).init((n,), like, gen)),
+        }
+        row: dict[str, Any] = {"n": n, "k": out_features}
+        for label, P in forms.items():
+            row[f"apply_us[{label}]"] = 1e6 * _median_time(lambda P=P, G=G: P @ G, device, repeats, 10)
+        makers = {
+            "SGD momentum": BASELINES["SGD momentum"],
+            "full": lambda p: FOP(p, LR_SGD, hyper_lr=HYPER_LR),
+            f"low rank r={RANK}": lambda p: FOP(p, LR_SGD, hyper_lr=HYPER_LR, rank=RANK),
+        }
+        for label, maker in makers.items():
+            layer = nn.Linear(n, out_features, bias=False).to(device)
+            opt = maker(layer.parameters())
+            layer.weight.grad = 1e-3 * torch.randn_like(layer.weight)
+            row[f"step_us[{label}]"] = 1e6 * _median_time(opt.step, device, repeats, 5)
+        rows.append(row)
+        log(
+            f"[growth] n={n:5d}: P@G full {row['apply_us[full]']:9.1f} us, "
+            f"r={RANK} {row[f'apply_us[low rank r={RANK}]']:7.1f} us; "
+            f"step full {row['step_us[full]']:9.1f} us, "
+            f"r={RANK} {row[f'step_us[low rank r={RANK}]']:8.1f} us, "
+            f"SGD-m {row['step_us[SGD momentum]']:7.1f} us"
+        )
+    return rows
+
+
+def loglog_slope(xs: list[float], ys: list[float]) -> float:
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+# -------------------------------------------------------------------------------------------- profile
+PHASES = [
+    ("Preconditioned.step (total)", "preconditioned.py", "step"),
+    ("  _grads_finite (isfinite of all grads)", "preconditioned.py", "_grads_finite"),
+    ("  _step_block (per block)", "preconditioned.py", "_step_block"),
+    ("    Hypergradient.meta_grad (torch.func.vjp)", "hypergradient.py", "meta_grad"),
+    ("    _fit (meta-optimizer Adam on φ + skip guard)", "preconditioned.py", "_fit"),
+    ("      TorchOptimizer.step (Adam.step alone)", "fitters.py", "step"),
+    ("    structure matmuls P @ X (all, incl. inside vjp)", "_base.py", "__matmul__"),
+    ("    _base_steps (momentum rule)", "preconditioned.py", "_base_steps"),
+    ("    _commit (θ ← where(ok, θ − lr·s, θ))", "preconditioned.py", "_commit"),
+    ("    pytree flatten/unflatten", "_pytree.py", "tree_flatten"),
+]
+
+
+def profile_fop(
+    device: torch.device, model: nn.Module, batches: list, steps: int, label: str, log: Callable[[str], None]
+) -> list[dict]:
+    """cProfile of full FOP's optimizer step alone (gradient fixed): cumulative time per phase and step."""
+    opt = FOP(model.parameters(), LR_SGD, hyper_lr=HYPER_LR)
+    for i in range(20):
+        x, y = batches[i % len(batches)]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    x, y = batches[20 % len(batches)]
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        opt.step()
+    _sync(device)
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
+    rows = []
+    total = None
+    for phase, fname, func in PHASES:
+        ct = sum(v[3] for k, v in stats.items() if k[0].endswith(fname) and k[2] == func)
+        nc = sum(v[1] for k, v in stats.items() if k[0].endswith(fname) and k[2] == func)
+        if total is None:
+            total = ct
+        rows.append(
+            {
+                "model": label,
+                "phase": phase,
+                "ms_per_step": 1e3 * ct / steps,
+                "share": ct / total,
+                "calls_per_step": nc / steps,
+            }
+        )
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:8]
+    log(f"[profile] full FOP, {label}, opt.step() only, cProfile cumulative time per step ({steps} steps):")
+    for r in rows:
+        log(
+            f"  {r['phase']:<52s} {r['ms_per_step']:8.3f} ms  {100 * r['share']:5.1f}%  "
+            f"({r['calls_per_step']:.0f} calls)"
+        )
+    log(f"[profile] {label}: top self-time functions:")
+    for (file, line, func), v in top:
+        log(f"  {Path(file).name}:{line}({func}) {1e3 * v[2] / steps:8.3f} ms/step")
+        rows.append(
+            {
+                "model": label,
+                "phase": f"self: {Path(file).name}:{line}({func})",
+                "ms_per_step": 1e3 * v[2] / steps,
+                "share": v[2] / total,
+                "calls_per_step": v[1] / steps,
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- output
+def fmt_ratio(r: dict[str, float]) -> str:
+    return f"{r['median']:.2f} [{r['q1']:.2f}-{r['q3']:.2f}]"
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'model':<5} {'method':<27} {'train ms':>9} {'train/SGDm [IQR]':>19} {'train/Adam':>10} "
+        f"{'opt ms':>8} {'opt/SGDm':>9} {'opt/Adam':>9} {'state B/param':>13} {'vs Adam':>8} {'target':>14}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in records:
+        t = r["target_train_vs_sgdm"]
+        target = "" if t is None else f"<= {t:.2f}x {'met' if r['target_met'] else 'MISSED'}"
+        lines.append(
+            f"{r['model']:<5} {r['method']:<27} {r['train_step_ms']:9.3f} "
+            f"{fmt_ratio(r['train_vs_sgdm']):>19} {r['train_vs_adam']['median']:10.2f} "
+            f"{r['opt_step_ms']:8.3f} {r['opt_vs_sgdm']['median']:9.2f} {r['opt_vs_adam']['median']:9.2f} "
+            f"{r['state_bytes_per_param']:13.2f} {r['state_vs_adam']:8.2f} {target:>14}"
+        )
+    return "\n".join(lines)
+
+
+def growth_table(rows: list[dict[str, Any]]) -> str:
+    keys = [k for k in rows[0] if k not in ("n", "k")]
+    head = f"{'n':>6} " + " ".join(f"{k:>26}" for k in keys)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['n']:>6} " + " ".join(f"{r[k]:26.1f}" for k in keys))
+    ns = [r["n"] for r in rows]
+    lines.append(
+        "log-log slope vs n: " + ", ".join(f"{k} {loglog_slope(ns, [r[k] for r in rows]):.2f}" for k in keys)
+    )
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    flat = []
+    for r in records:
+        row = {}
+        for k, v in r.items():
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    row[f"{k}.{kk}"] = vv
+            else:
+                row[k] = v
+        flat.append(row)
+    fields = list(dict.fromkeys(k for row in flat for k in row))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(flat)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--repeats", type=int, default=30, help="interleaved timed rounds per model (default 30)")
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps per method per round")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed steps per method before timing")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: 1 on cpu, torch's default on cuda; 0 = torch's default)",
+    )
+    ap.add_argument("--growth-sizes", default="64,128,256,512,1024")
+    ap.add_argument("--growth-repeats", type=int, default=15)
+    ap.add_argument(
+        "--profile", action="store_true", help="also cProfile full FOP's step (MLP; Linear(1024, 100))"
+    )
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/optimizers_<device>.json)",
+    )
+    ap.add_argument("--csv", type=Path, default=None, help="CSV path (default: the JSON path with .csv)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available here", file=sys.stderr)
+        return 2
+    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    json_path = args.json or Path(__file__).parent / "results" / f"optimizers_{device.type}.json"
+    csv_path = args.csv or json_path.with_suffix(".csv")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+
+    t_all = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_all:6.1f}s] {msg}", flush=True)
+
+    info = machine_info(device)
+    log("machine: " + describe_machine(info))
+    n_batches = args.warmup + args.repeats * args.steps + 1
+    flat, image = digits_batches(device, max(n_batches, 64), args.seed)
+    records = []
+    for kind, batches in (("mlp", flat), ("cnn", image)):
+        records += bench_model(kind, device, batches, args.repeats, args.steps, args.warmup, args.seed, log)
+    sizes = [int(s) for s in args.growth_sizes.split(",") if s]
+    grow = growth(device, sizes, 100, args.growth_repeats, log)
+    prof = None
+    if args.profile:
+        torch.manual_seed(0)
+        prof = profile_fop(device, make_mlp().to(device), flat, 200, "MLP 64-100-100-10", log)
+        torch.manual_seed(0)
+        wide = [(torch.randn(BATCH, 1024, device=device), y) for _, y in flat[:32]]
+        prof += profile_fop(device, nn.Linear(1024, 100).to(device), wide, 20, "Linear(1024, 100)", log)
+
+    print()
+    print("Machine: " + describe_machine(info))
+    print(f"Date: {info['date']}")
+    print(
+        f"Ratios: median over {args.repeats} interleaved rounds of (method / baseline in the same round), "
+        f"[IQR]; each round = median of {args.steps} steps; warm-up {args.warmup} steps excluded."
+    )
+    print(
+        "Targets (FOP paper): spatial FOP <= 1.05x and full FOP on the MLP <= 1.30x "
+        "the momentum-SGD training step."
+    )
+    print()
+    print(table(records))
+    print()
+    print(
+        "Growth: one Linear(n, 100) layer; P @ G with G (n, 100), and one opt.step(); "
+        f"microseconds (median of {args.growth_repeats})."
+    )
+    print(growth_table(grow))
+    print()
+    print(f"Total time {time.perf_counter() - t_all:.1f} s")
+
+    out = {
+        "machine": info,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "threads": torch.get_num_threads(),
+        "hyperparameters": {
+            "lr_sgd": LR_SGD,
+            "lr_adam": LR_ADAM,
+            "hyper_lr": HYPER_LR,
+            "rank": RANK,
+            "batch": BATCH,
+        },
+        "records": records,
+        "growth": grow,
+        "growth_slopes": {
+            k: loglog_slope([r["n"] for r in grow], [r[k] for r in grow])
+            for k in grow[0]
+            if k not in ("n", "k")
+        },
+        "profile": prof,
+    }
+    json_path.write_text(json.dumps(out, indent=2))
+    write_csv(csv_path, records)
+    write_csv(csv_path.with_name(csv_path.stem + "_growth.csv"), grow)
+    print(f"Wrote {json_path}, {csv_path} and {csv_path.with_name(csv_path.stem + '_growth.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
