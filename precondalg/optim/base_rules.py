@@ -40,6 +40,10 @@ class BaseRule:
     update: Callable[[torch.Tensor, State, Group], tuple[State, torch.Tensor]]
 
 
+def _sgd_init(p: torch.Tensor) -> State:
+    return {}  # a named function, not a lambda: the optimizer holds its rule and must pickle
+
+
 def _sgd(d: torch.Tensor, state: State, group: Group) -> tuple[State, torch.Tensor]:
     return state, d
 
@@ -98,7 +102,7 @@ def _rmsprop(d: torch.Tensor, state: State, group: Group) -> tuple[State, torch.
 
 
 BASE_RULES: dict[str, BaseRule] = {
-    "sgd": BaseRule("sgd", lambda p: {}, _sgd),
+    "sgd": BaseRule("sgd", _sgd_init, _sgd),
     "momentum": BaseRule("momentum", _momentum_init, _momentum),
     "ema": BaseRule("ema", _ema_init, _ema),
     "adam": BaseRule("adam", _adam_init, _adam),

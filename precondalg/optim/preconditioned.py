@@ -282,7 +282,17 @@ class Preconditioned(torch.optim.Optimizer):
         and each block's meta-optimizer, so that a resumed run equals the uninterrupted one bit for bit."""
         state_dict = dict(state_dict)
         self._generator.set_state(state_dict.pop("generator"))
+        # torch.optim casts every state tensor to its parameter's dtype, the preconditioner's too: lossy
+        # for bfloat16/float16 parameters (φ, the cache and the fitter's state are float32) and it turns
+        # the int64 skip counter into a float.  Keep the preconditioner's state as it was saved.
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        saved_pre = {i: s["preconditioner"] for i, s in state_dict["state"].items() if "preconditioner" in s}
         super().load_state_dict(state_dict)
+        pre_of = {
+            id(p): saved_pre[i]
+            for p, i in zip((p for group in self.param_groups for p in group["params"]), saved_ids)
+            if i in saved_pre
+        }
         # torch.optim casts every state tensor to its parameter's dtype; the base rule's own init
         # says which dtypes its state has (e.g. a bool flag, a float64 step count).
         for group in self.param_groups:
@@ -291,7 +301,11 @@ class Preconditioned(torch.optim.Optimizer):
                     self.state[p][key] = self.state[p][key].to(template.dtype)
         for block in self._all_blocks():
             anchor = block.params[0]
-            pre = self.state[anchor]["preconditioner"]
+            pre = pytree.tree_map(
+                lambda v, device=anchor.device: v.to(device, copy=True) if isinstance(v, torch.Tensor) else v,
+                pre_of[id(anchor)],
+            )
+            self.state[anchor]["preconditioner"] = pre
             dtype = _precond_dtype(anchor)
             pre["phi"] = [leaf.to(dtype) for leaf in pre["phi"]]
             if "u" in pre["cache"]:
@@ -403,7 +417,9 @@ class Preconditioned(torch.optim.Optimizer):
         group, block, params = plan.group, plan.block, plan.block.params
         if block.placement is None:
             states, steps = self._base_steps(group, params, plan.grads)
-            self._commit(group, params, plan.active, states, steps, ok)
+            self._commit(
+                group, params, plan.active, states, steps, ok & self._finite_update(group, params, steps)
+            )
             return
         pre = self.state[params[0]]["preconditioner"]
         P = block.family.form(self._phi(block))
@@ -415,11 +431,18 @@ class Preconditioned(torch.optim.Optimizer):
         else:
             states = plan.states
             steps = [s.to(p.dtype) for s, p in zip(block.placement.unview(P @ plan.u, plan.shapes), params)]
-        block_ok = ok & torch.stack([torch.isfinite(s).all() for s in steps]).all()
+        block_ok = ok & self._finite_update(group, params, steps)
         self._commit(group, params, plan.active, states, steps, block_ok)
         previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(plan.u)
         pre["cache"] = {"u": torch.where(block_ok, plan.u, previous), "lr": group["lr"]}
         pre["skipped"] += (~block_ok).long()
+
+    @staticmethod
+    def _finite_update(
+        group: dict[str, Any], params: list[torch.Tensor], steps: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Whether every new parameter θ − lr·s of the block is finite (so is s, then)."""
+        return torch.stack([torch.isfinite(p - group["lr"] * s).all() for p, s in zip(params, steps)]).all()
 
     def _commit(
         self,
