@@ -132,13 +132,15 @@ def _assemble(R: Structure, parts: Iterator[Structure]) -> Structure:
 
 class _LieFit(Fit):
     def __init__(self, recipe: LieGroup, leaves: list[torch.Tensor], spec: pytree.TreeSpec) -> None:
-        self.recipe, self.leaves, self.spec = recipe, leaves, spec
-        count = len(_parts(pytree.tree_unflatten(leaves, spec)))
+        # A structure over the leaves, not the tree spec: torch deprecates copying and pickling specs.
+        self.recipe, self.leaves, self.template = recipe, leaves, pytree.tree_unflatten(leaves, spec)
+        count = len(_parts(self.template))
         self.lipschitz = torch.zeros(count, dtype=leaves[0].dtype, device=leaves[0].device)
 
     def step(self, grads: list[torch.Tensor]) -> None:
-        Q = pytree.tree_unflatten(self.leaves, self.spec)
-        R = relative_gradient(Q, pytree.tree_unflatten(grads, self.spec))
+        spec = pytree.tree_structure(self.template)
+        Q = pytree.tree_unflatten(self.leaves, spec)
+        R = relative_gradient(Q, pytree.tree_unflatten(grads, spec))
         parts = _parts(R)
         if self.recipe.normalizer == "max_abs":
             norms = torch.stack([max_abs(r) for r in parts])

@@ -13,7 +13,7 @@ hypergradient).  Fitters (`precondalg.fitters`) turn that gradient into a step o
 """
 
 from precondalg.objectives.base import BlockContext, BlockwiseObjective, Evaluation, Objective
-from precondalg.objectives.criteria import Fisher, Newton, criterion
+from precondalg.objectives.criteria import Fisher, Newton, closed_form_relative_gradient, criterion
 from precondalg.objectives.hypergradient import Hypergradient
 from precondalg.objectives.proximal import Proximal, kl_divergence, squared_error
 
@@ -26,6 +26,7 @@ __all__ = [
     "Newton",
     "Objective",
     "Proximal",
+    "closed_form_relative_gradient",
     "criterion",
     "kl_divergence",
     "squared_error",

@@ -31,9 +31,9 @@ from precondalg.objectives.base import (
     reject_inputs,
     run_closure,
 )
-from precondalg.structures import Structure
+from precondalg.structures import Kronecker, KroneckerSum, Structure, lie_project
 
-__all__ = ["Fisher", "Newton", "criterion"]
+__all__ = ["Fisher", "Newton", "closed_form_relative_gradient", "criterion"]
 
 
 def criterion(P: Structure, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -158,3 +158,33 @@ class Fisher(BlockwiseObjective):
 
     def meta_grad(self, ctx: BlockContext) -> Structure:
         return _meta_grad(ctx)
+
+
+def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor) -> Structure:
+    """PSGD's closed-form relative gradient of the criterion at P = QᵀQ (METHODS.md §2.2–2.3).
+
+    R = 2·Π_𝔤(a aᵀ − b bᵀ) with a = Q h and b = Q⁻ᵀ v (paper Eq. 18; the 2019 code's
+    ``triu(a aᵀ − b bᵀ)`` up to the factor 2, which the normalised step cancels).  For a Kronecker
+    Q = Q₁ ⊗ ⋯ ⊗ Q_K the factor-i term is 2·Π_𝔤ᵢ(Aᵢ Aᵢᵀ − Bᵢ Bᵢᵀ) with Aᵢ the mode-i unfolding of
+    Q h viewed as a tensor (the code's ``A Aᵀ`` and ``Aᵀ A`` for K = 2).  It equals
+    `relative_gradient(Q, ∂c/∂Q)` from autograd (tested in tests/test_objectives.py).
+
+    Args:
+        Q: a Triangular, Diagonal, Normalization, Dense or Scalar, or a Kronecker of these.
+        h: (n, k) placed h (Hv or g + λv).
+        v: (n, k) placed v.
+    """
+    a, b = Q @ h, Q.T.solve(v)
+    if isinstance(Q, Kronecker):
+        dims = [f.shape[0] for f in Q.factors]
+        A, B = a.mT.reshape(-1, *dims), b.mT.reshape(-1, *dims)
+        return KroneckerSum(
+            *[lie_project(f, 2 * (_mode_gram(A, i) - _mode_gram(B, i))) for i, f in enumerate(Q.factors)]
+        )
+    return lie_project(Q, 2 * (a @ a.mT - b @ b.mT))
+
+
+def _mode_gram(T: torch.Tensor, axis: int) -> torch.Tensor:
+    """Σ over every index but `axis` (and the batch axis 0) of T Tᵀ: the mode-`axis` Gram matrix."""
+    moved = torch.movedim(T, axis + 1, 1).reshape(T.shape[0], T.shape[axis + 1], -1)
+    return torch.einsum("kia,kja->ij", moved, moved)
