@@ -33,6 +33,7 @@ class BlockContext:
         view: maps tensors of the parameters' shapes to the (n, k) matrix (the placement's view, in
             φ's dtype).
         lr: the learning rate α of this step.
+        form_vjp: the family's closed-form VJP of φ ↦ form(φ) @ u (`Family.hyper_vjp`), or None.
     """
 
     phi: Structure
@@ -45,6 +46,7 @@ class BlockContext:
     unview: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
     view: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
     lr: float = 0.0
+    form_vjp: Callable[[Structure, torch.Tensor, torch.Tensor], Structure] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

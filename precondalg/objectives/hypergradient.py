@@ -89,7 +89,9 @@ class Hypergradient(BlockwiseObjective):
 
 
 def _vjp(ctx: BlockContext, u: torch.Tensor, cotangent: torch.Tensor) -> Structure:
-    """The VJP of φ ↦ P_φ u with this cotangent."""
+    """The VJP of φ ↦ P_φ u with this cotangent (the family's closed form where it has one)."""
+    if ctx.form_vjp is not None:
+        return ctx.form_vjp(ctx.phi, u, cotangent)
     _, pullback = vjp(lambda phi: ctx.form(phi) @ u, ctx.phi)
     (grad,) = pullback(cotangent)
     return grad

@@ -10,10 +10,13 @@ One step, for each block of parameters (ARCHITECTURE.md, "one optimizer step, as
     θ  ← θ − lr·s;  cache ← (u, lr)
 
 Non-finite numbers: with ``nonfinite="skip"`` (the default) a step whose gradients hold a NaN or an Inf,
-or whose new parameters or preconditioner would, leaves every parameter, base-rule state, cache and
+or whose new parameters or preconditioner would, leaves every parameter, base-rule state and
 preconditioner leaf exactly as it was and adds one to the block's ``skipped`` counter; this is decided
-on the device (`torch.where`), without a host synchronisation.  The wrapped meta-optimizer's state
-tensors are restored too; on a skipped *first* meta-step it is initialised from a zero gradient.
+on the device (`torch.where`), without a host synchronisation.  Two traces remain, because a sync-free
+skip cannot un-create state (tests/test_optim_bad_numbers.py pins them): a skipped *first* step leaves
+the hypergradient cache at u = 0 instead of empty (the next meta-gradient is then zero), and a skipped
+first meta-step initialises a wrapped torch meta-optimizer's state from a zero gradient (its step count
+then runs one ahead).  Once the meta-optimizer has state, a skipped step changes nothing at all.
 ``nonfinite="raise"`` raises `FloatingPointError` instead (one host synchronisation per step).
 
 Dtypes: a parameter keeps its dtype; the preconditioner φ (and the placed gradient it multiplies) is
@@ -72,6 +75,11 @@ class _Plan:
 
 def _precond_dtype(p: torch.Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One device boolean: every entry of every tensor is finite (no host synchronisation)."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
 def _check_range(name: str, value: float, lo: float, hi: float | None = None, hi_open: bool = True) -> None:
@@ -356,10 +364,8 @@ class Preconditioned(torch.optim.Optimizer):
         return evaluation.loss
 
     def _grads_finite(self) -> torch.Tensor:
-        flags = [
-            torch.isfinite(p.grad).all() for g in self.param_groups for p in g["params"] if p.grad is not None
-        ]
-        return torch.stack(flags).all() if flags else torch.tensor(True)
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        return _all_finite(grads) if grads else torch.tensor(True)
 
     def _decayed_grads(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
         wd = group["weight_decay"]
@@ -409,6 +415,7 @@ class Preconditioned(torch.optim.Optimizer):
             unview=functools.partial(block.placement.unview, shapes=plan.shapes),
             view=lambda tensors: block.placement.view([t.to(dtype) for t in tensors]),
             lr=group["lr"],
+            form_vjp=block.family.hyper_vjp,
         )
         return plan
 
@@ -417,9 +424,8 @@ class Preconditioned(torch.optim.Optimizer):
         group, block, params = plan.group, plan.block, plan.block.params
         if block.placement is None:
             states, steps = self._base_steps(group, params, plan.grads)
-            self._commit(
-                group, params, plan.active, states, steps, ok & self._finite_update(group, params, steps)
-            )
+            news = [p - group["lr"] * s for p, s in zip(params, steps)]
+            self._commit(params, plan.active, states, news, ok & _all_finite(news))
             return
         pre = self.state[params[0]]["preconditioner"]
         P = block.family.form(self._phi(block))
@@ -431,35 +437,28 @@ class Preconditioned(torch.optim.Optimizer):
         else:
             states = plan.states
             steps = [s.to(p.dtype) for s, p in zip(block.placement.unview(P @ plan.u, plan.shapes), params)]
-        block_ok = ok & self._finite_update(group, params, steps)
-        self._commit(group, params, plan.active, states, steps, block_ok)
+        news = [p - group["lr"] * s for p, s in zip(params, steps)]
+        block_ok = ok & _all_finite(news)
+        self._commit(params, plan.active, states, news, block_ok)
         previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(plan.u)
         pre["cache"] = {"u": torch.where(block_ok, plan.u, previous), "lr": group["lr"]}
         pre["skipped"] += (~block_ok).long()
 
-    @staticmethod
-    def _finite_update(
-        group: dict[str, Any], params: list[torch.Tensor], steps: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """Whether every new parameter θ − lr·s of the block is finite (so is s, then)."""
-        return torch.stack([torch.isfinite(p - group["lr"] * s).all() for p, s in zip(params, steps)]).all()
-
     def _commit(
         self,
-        group: dict[str, Any],
         params: list[torch.Tensor],
         active: list[bool],
         states: list[dict[str, Any]],
-        steps: list[torch.Tensor],
+        news: list[torch.Tensor],
         ok: torch.Tensor,
     ) -> None:
-        """θ ← θ − lr·s and the new base-rule states, for parameters with a gradient, where `ok`
+        """The new parameters θ − lr·s and base-rule states, for parameters with a gradient, where `ok`
         (else everything stays)."""
-        for p, is_active, new_state, s in zip(params, active, states, steps):
+        for p, is_active, new_state, new in zip(params, active, states, news):
             if not is_active:
                 continue
             state = self.state[p]
-            p.copy_(torch.where(ok, p - group["lr"] * s, p))
+            p.copy_(torch.where(ok, new, p))
             for key, value in new_state.items():
                 state[key] = torch.where(ok, value, state[key])
 
@@ -471,6 +470,6 @@ class Preconditioned(torch.optim.Optimizer):
         saved = [t.clone() for t in kept]
         safe = [torch.where(ok, g, torch.zeros_like(g)) for g in grads]
         block.fitter.step(safe)
-        fine = ok & torch.stack([torch.isfinite(leaf).all() for leaf in leaves]).all()
+        fine = ok & _all_finite(leaves)
         for t, s in zip(kept, saved):
             t.copy_(torch.where(fine, t, s))
