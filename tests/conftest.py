@@ -3,11 +3,17 @@
 The ``default`` profile draws fresh examples each run; ``ci`` (selected when the environment variable
 ``CI`` is set) derandomizes them so that a CI run is reproducible.  Per-test ``@settings`` choose
 ``max_examples``; both profiles disable the per-example deadline (first calls pay torch's warm-up).
+
+Torch runs on one intra-op thread: every tensor in the suite is tiny, and on a shared 2-core machine
+two threads contending made whole files 5–20× slower without changing a single result.
 """
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+torch.set_num_threads(1)
 
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(

@@ -22,7 +22,8 @@ from precondalg.fitters import TorchOptimizer
 from precondalg.optim import FOP, HD, Preconditioned
 from precondalg.placement import Concatenated
 
-# The tensors here are tiny: one thread avoids oversubscribing a shared machine (20× faster under load).
+# One thread, as in conftest.py: the fresh-process resume script imports this module, and its run must
+# sum in the same order as the pytest process's for a bit-for-bit comparison.
 torch.set_num_threads(1)
 
 # A fitter whose steps leave φ exactly where it is: the "meta learning rate 0" of the reductions.
