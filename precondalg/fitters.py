@@ -28,6 +28,7 @@ from precondalg.structures import (
     Kronecker,
     KroneckerSum,
     Structure,
+    is_lie_group,
     lie_step,
     max_abs,
     relative_gradient,
@@ -195,4 +196,11 @@ class LieGroup(Fitter):
     def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
         if spec is None:
             raise ValueError("LieGroup.build: needs the tree spec of the structure φ")
+        phi = pytree.tree_unflatten(leaves, spec)
+        if not is_lie_group(phi):
+            raise TypeError(
+                "LieGroup: the learned structure φ must be a matrix Lie group (Scalar, Diagonal, square "
+                "Dense, Triangular, Normalization, or Kronecker/BlockDiagonal of these); got "
+                f"{type(phi).__name__} of shape {phi.shape}"
+            )
         return _LieFit(self, leaves, spec)

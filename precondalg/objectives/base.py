@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -74,7 +74,13 @@ class Objective(abc.ABC):
 
     Once per step the optimizer calls `evaluate` (which may run the closure and must leave every
     parameter's ``.grad`` set), then `meta_grads` once for all its preconditioned blocks.
+
+    `requires` names the operations of the preconditioner P_φ the objective uses beyond ``P @ X``
+    (e.g. ``("solve",)``); the optimizer checks them when it builds each block, so that a structure
+    without them is refused at construction with an error naming the operation.
     """
+
+    requires: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def evaluate(

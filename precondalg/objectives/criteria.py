@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.func import grad
@@ -75,6 +75,7 @@ class Newton(BlockwiseObjective):
     """
 
     hvp: str = "autograd"
+    requires: ClassVar[tuple[str, ...]] = ("solve",)
 
     def __post_init__(self) -> None:
         if self.hvp not in _HVP:
@@ -138,6 +139,7 @@ class Fisher(BlockwiseObjective):
     """
 
     damping: float = 0.0
+    requires: ClassVar[tuple[str, ...]] = ("solve",)
 
     def __post_init__(self) -> None:
         if self.damping < 0:

@@ -38,6 +38,7 @@ from precondalg.fitters import Fit, Fitter, TorchOptimizer
 from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective
 from precondalg.optim.base_rules import base_rule
 from precondalg.placement import Placement, default_placement
+from precondalg.structures import NotInvertibleError
 
 __all__ = ["Preconditioned"]
 
@@ -235,6 +236,7 @@ class Preconditioned(torch.optim.Optimizer):
         like = torch.empty((), dtype=_precond_dtype(anchor), device=anchor.device)
         dims = block.placement.dims([tuple(p.shape) for p in block.params])
         phi = block.family.init(dims, like, self._generator)
+        self._check_operations(block, phi, like)
         leaves, block.spec = pytree.tree_flatten(phi)
         leaves = [leaf.detach().clone() for leaf in leaves]
         block.fitter = self._fitter.build(leaves, block.spec)
@@ -243,6 +245,21 @@ class Preconditioned(torch.optim.Optimizer):
             "cache": {},
             "skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
         }
+
+    def _check_operations(self, block: _Block, phi: Any, like: torch.Tensor) -> None:
+        """Refuse, at construction, a structure lacking an operation the objective needs."""
+        P = block.family.form(phi)
+        for operation in self._objective.requires:
+            probe = torch.zeros(P.shape[1], 1, dtype=like.dtype, device=like.device)
+            try:
+                getattr(P, operation)(probe)
+            except NotInvertibleError as err:
+                shapes = [tuple(p.shape) for p in block.params]
+                raise ValueError(
+                    f"Preconditioned: objective {type(self._objective).__name__} needs the preconditioner's "
+                    f"'{operation}', which {type(P).__name__} (for parameters of shapes {shapes}) does not "
+                    f"have: {err}"
+                ) from err
 
     def preconditioners(self) -> list[tuple[list[torch.Tensor], Any]]:
         """Every block's parameters and its current preconditioner P_φ (a structure), for inspection."""

@@ -1,0 +1,126 @@
+"""Every structure family × objective × fitter, through `Preconditioned`: each combination either runs,
+with its steps recomputed exactly from the reported preconditioner, or is refused at construction with
+an error naming what is missing (QUALITY.md §2; issue 3's cross-product; docs/concepts/index.md)."""
+
+import functools
+
+import pytest
+import torch
+
+import precondalg as pa
+from precondalg import families
+from precondalg.families import Family
+from precondalg.fitters import LieGroup, TorchOptimizer
+from precondalg.objectives import Fisher, Hypergradient, Newton, Proximal, squared_error
+from precondalg.optim import Preconditioned
+from precondalg.placement import Concatenated, Flatten, InputSide, TwoSided
+
+F64 = torch.float64
+LR = 0.05
+
+
+def _triangular_init(dims, like, gen):
+    return pa.Triangular(torch.eye(dims[0], dtype=like.dtype))
+
+
+def _network_init(dims, like, gen):
+    return pa.permutation_network(dims[0], depth=2, block_size=2, generator=gen, dtype=like.dtype)
+
+
+FAMILIES = {
+    "dense_gram": (families.dense_gram(), InputSide()),
+    "normalized_dense_gram": (families.normalized_dense_gram(), InputSide()),
+    "low_rank_gram": (families.low_rank_gram(2, std=0.1), InputSide()),
+    "scalar": (families.scalar(1.0), Flatten()),
+    "diagonal": (families.diagonal(1.0), Flatten()),
+    "kronecker_gram": (families.kronecker_gram(), TwoSided()),
+    "triangular_gram": (Family(init=_triangular_init, form=pa.gram), Flatten()),
+    "permutation_gram": (Family(init=_network_init, form=pa.gram), Concatenated()),
+}
+OBJECTIVES = {
+    "hypergradient": lambda model: Hypergradient(),
+    "hypergradient_unroll": lambda model: Hypergradient(mode="unroll"),
+    "newton": lambda model: Newton(),
+    "newton_fd": lambda model: Newton(hvp="finite_difference"),
+    "fisher": lambda model: Fisher(damping=0.1),
+    "proximal": lambda model: Proximal(model, squared_error, fsd="squared", lam_fsd=0.5, lam_wsd=0.1),
+}
+FITTERS = {
+    "adam": functools.partial(TorchOptimizer, torch.optim.Adam, lr=1e-2),
+    "lie_group": functools.partial(LieGroup, lr=0.1),
+}
+NO_SOLVE = {"permutation_gram"}  # gram of a rectangular ñ×n network: no inverse, so no PSGD criterion
+NOT_A_GROUP = {"low_rank_gram", "permutation_gram"}  # φ is a rectangular M / network
+COMBINATIONS = [(f, o, t) for f in FAMILIES for o in OBJECTIVES for t in FITTERS]
+
+
+def _problem(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(4, 3, bias=False).to(F64)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(3, 4, generator=gen, dtype=F64))
+    x, y = torch.randn(16, 4, generator=gen, dtype=F64), torch.randn(16, 3, generator=gen, dtype=F64)
+    return model, x, y, torch.randn(6, 4, generator=gen, dtype=F64)
+
+
+def _expected_refusal(family: str, objective: str, fitter: str) -> type[Exception] | None:
+    if objective.startswith(("newton", "fisher")) and family in NO_SOLVE:
+        return ValueError
+    if fitter == "lie_group" and family in NOT_A_GROUP:
+        return TypeError
+    return None
+
+
+@pytest.mark.parametrize(("family", "objective", "fitter"), COMBINATIONS)
+def test_combination(family, objective, fitter):
+    model, x, y, x_fsd = _problem()
+    structure, placement = FAMILIES[family]
+
+    def build():
+        return Preconditioned(
+            model.parameters(),
+            lr=LR,
+            structure=structure,
+            placement=placement,
+            objective=OBJECTIVES[objective](model),
+            fitter=FITTERS[fitter](),
+            base="sgd",
+        )
+
+    refusal = _expected_refusal(family, objective, fitter)
+    if refusal is not None:
+        expected = (
+            "needs the preconditioner's 'solve'" if refusal is ValueError else "must be a matrix Lie group"
+        )
+        with pytest.raises(refusal, match=expected):
+            build()
+        return
+    opt = build()
+    phi0 = [leaf.clone() for leaf in opt.state[model.weight]["preconditioner"]["phi"]]
+
+    def loss():
+        return squared_error(model(x), y)
+
+    def backward_closure():
+        model.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    for _ in range(3):
+        W = model.weight.detach().clone()
+        if objective.startswith("newton"):
+            opt.step(loss)
+        elif objective == "proximal":
+            backward_closure()
+            opt.step(batch=(x, y), fsd_batch=x_fsd)
+        else:
+            opt.step(backward_closure)
+        ((_, P),) = opt.preconditioners()
+        g = model.weight.grad
+        step = placement.unview(P @ placement.view([g]), [tuple(g.shape)])[0]
+        assert (model.weight.detach() - (W - LR * step)).abs().max() <= 1e-14 * W.abs().max()
+    phi = opt.state[model.weight]["preconditioner"]["phi"]
+    assert all(torch.isfinite(leaf).all() for leaf in phi)
+    assert any(not torch.equal(a, b) for a, b in zip(phi, phi0)), "φ never moved: no meta-learning happened"
+    assert int(opt.state[model.weight]["preconditioner"]["skipped"]) == 0
