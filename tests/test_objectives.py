@@ -110,6 +110,35 @@ def test_newton_hessian_vector_products(hvp):
     assert torch.equal(v, torch.randn(4, generator=torch.Generator().manual_seed(3), dtype=F64))
 
 
+def test_newton_torch_func_hvp_is_forward_over_reverse_of_the_functional_loss():
+    """h by torch.func (functional_call, jvp of grad) equals the explicit Hessian of the flat loss."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(F64)
+    x, y = torch.randn(10, 3, dtype=F64), torch.randn(10, 2, dtype=F64)
+    params = list(model.parameters())
+    sizes = [p.numel() for p in params]
+
+    def flat_loss(theta: torch.Tensor) -> torch.Tensor:
+        chunks = dict(zip(dict(model.named_parameters()), torch.split(theta, sizes)))
+        named = {name: c.reshape(p.shape) for (name, p), c in zip(model.named_parameters(), chunks.values())}
+        return squared_error(torch.func.functional_call(model, named, (x,)), y)
+
+    objective = Newton(hvp="torch.func", model=model, loss_fn=squared_error)
+    evaluation = objective.evaluate(params, None, torch.Generator().manual_seed(2), batch=(x, y))
+    v = torch.cat([t.reshape(-1) for t in evaluation.of("v", params)])
+    h = torch.cat([t.reshape(-1) for t in evaluation.of("h", params)])
+    theta = torch.cat([p.detach().reshape(-1) for p in params])
+    H = torch.autograd.functional.hessian(flat_loss, theta)
+    assert (h - H @ v).abs().max() <= 1e-12 * (H @ v).abs().max()
+    g = torch.cat([p.grad.reshape(-1) for p in params])
+    assert (g - torch.func.grad(flat_loss)(theta)).abs().max() <= 1e-15
+    assert torch.equal(evaluation.loss, flat_loss(theta))
+    with pytest.raises(ValueError, match="hvp='torch.func' needs 'model' and 'loss_fn'"):
+        Newton(hvp="torch.func")
+    with pytest.raises(TypeError, match="takes batch=\\(inputs, targets\\) and no closure"):
+        objective.evaluate(params, lambda: 0.0, torch.Generator(), batch=(x, y))
+
+
 def test_fisher_pairs_and_damping():
     x = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=F64))
     x.grad = torch.tensor([0.5, -0.25], dtype=F64)

@@ -42,6 +42,7 @@ OBJECTIVES = {
     "hypergradient_unroll": lambda model: Hypergradient(mode="unroll"),
     "newton": lambda model: Newton(),
     "newton_fd": lambda model: Newton(hvp="finite_difference"),
+    "newton_torch_func": lambda model: Newton(hvp="torch.func", model=model, loss_fn=squared_error),
     "fisher": lambda model: Fisher(damping=0.1),
     "proximal": lambda model: Proximal(model, squared_error, fsd="squared", lam_fsd=0.5, lam_wsd=0.1),
 }
@@ -109,7 +110,9 @@ def test_combination(family, objective, fitter):
 
     for _ in range(3):
         W = model.weight.detach().clone()
-        if objective.startswith("newton"):
+        if objective == "newton_torch_func":
+            opt.step(batch=(x, y))
+        elif objective.startswith("newton"):
             opt.step(loss)
         elif objective == "proximal":
             backward_closure()

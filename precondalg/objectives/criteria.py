@@ -6,9 +6,10 @@ whose minimiser satisfies P E[hhᵀ] P = E[vvᵀ].  v ~ N(0, I) is drawn from th
 generator (checkpointed with it).
 
 - `Newton`: h = H v, a Hessian-vector product of the loss (Eq. 9): by double backward through the
-  closure's graph ("autograd"), or by finite differences h ≈ (∇L(θ + δv) − ∇L(θ))/δ with δ = √eps
-  ("finite_difference", the psgd_np demo's variant).  The closure must return the loss WITHOUT calling
-  backward (as in psgd_torch): the optimizer differentiates it and sets every ``.grad``.
+  closure's graph ("autograd"), by finite differences h ≈ (∇L(θ + δv) − ∇L(θ))/δ with δ = √eps
+  ("finite_difference", the psgd_np demo's variant) — for both, the closure returns the loss WITHOUT
+  calling backward (as in psgd_torch) — or forward-over-reverse with `torch.func` on a functional
+  loss ("torch.func").  The optimizer sets every ``.grad``.
 - `Fisher`: h = g + λv (Eqs. 11–13), from the gradient alone; the closure is optional (standard).
 
 `meta_grad` returns ∂c/∂φ by `torch.func.grad` through P_φ = form(φ) (its product and its solve);
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from torch.func import grad
+from torch.func import functional_call, grad, grad_and_value, jvp
 
 from precondalg.objectives.base import (
     BlockContext,
@@ -60,26 +61,45 @@ def _meta_grad(ctx: BlockContext) -> Structure:
     return grad(lambda phi: criterion(ctx.form(phi), h, v))(ctx.phi)
 
 
-_HVP = ("autograd", "finite_difference")
+_HVP = ("autograd", "finite_difference", "torch.func")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Newton(BlockwiseObjective):
     """PSGD's Newton-type criterion, h = Hv (METHODS.md §2.1–2.2).
 
+    Three ways to the Hessian-vector product (THEORY.md PSGD-4):
+
+    - "autograd" (default): double backward through the graph of a closure that returns the loss
+      WITHOUT calling backward (psgd_torch's convention);
+    - "finite_difference": (∇L(θ + δv) − ∇L(θ))/δ, δ = √eps, from two evaluations of such a closure;
+    - "torch.func": forward-over-reverse, ``torch.func.jvp(torch.func.grad(L), (θ,), (v,))``, with L
+      written functionally by `torch.func.functional_call` on `model`; the step then takes
+      ``step(batch=(inputs, targets))`` and no closure.
+
     Attributes:
-        hvp: "autograd" (double backward) or "finite_difference".
+        hvp: "autograd", "finite_difference" or "torch.func".
+        model: the module (needed by "torch.func").
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (needed by "torch.func").
 
     Raises:
-        ValueError: unknown hvp; at step time, a missing closure.
+        ValueError: unknown hvp, or "torch.func" without model and loss_fn; at step time, a missing
+            closure (or batch, for "torch.func").
     """
 
     hvp: str = "autograd"
+    model: torch.nn.Module | None = None
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
     requires: ClassVar[tuple[str, ...]] = ("solve",)
 
     def __post_init__(self) -> None:
         if self.hvp not in _HVP:
             raise ValueError(f"Newton: 'hvp' must be one of {_HVP}; got {self.hvp!r}")
+        if self.hvp == "torch.func" and (self.model is None or self.loss_fn is None):
+            raise ValueError(
+                "Newton: hvp='torch.func' needs 'model' and 'loss_fn'; got "
+                f"model={type(self.model).__name__}, loss_fn={type(self.loss_fn).__name__}"
+            )
 
     def evaluate(
         self,
@@ -88,23 +108,50 @@ class Newton(BlockwiseObjective):
         generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
-        reject_inputs("Newton", inputs)
-        if closure is None:
-            raise ValueError(
-                "Newton: step() needs a closure that returns the loss without calling backward (the "
-                "optimizer differentiates it for Hessian-vector products); got none"
-            )
         vs = _draw(params, generator)
-        with torch.enable_grad():
-            loss = closure()
-            grads = torch.autograd.grad(loss, params, create_graph=self.hvp == "autograd")
-            if self.hvp == "autograd":
-                hs = torch.autograd.grad(grads, params, grad_outputs=vs)
-            else:
-                hs = self._finite_difference(params, closure, grads, vs)
+        if self.hvp == "torch.func":
+            loss, grads, hs = self._forward_over_reverse(params, vs, closure, inputs)
+        else:
+            reject_inputs("Newton", inputs)
+            if closure is None:
+                raise ValueError(
+                    "Newton: step() needs a closure that returns the loss without calling backward (the "
+                    "optimizer differentiates it for Hessian-vector products); got none"
+                )
+            with torch.enable_grad():
+                loss = closure()
+                grads = torch.autograd.grad(loss, params, create_graph=self.hvp == "autograd")
+                if self.hvp == "autograd":
+                    hs = torch.autograd.grad(grads, params, grad_outputs=vs)
+                else:
+                    hs = self._finite_difference(params, closure, grads, vs)
         for p, g in zip(params, grads):
             p.grad = g.detach()
         return Evaluation(loss.detach(), _per_param(params, v=vs, h=[h.detach() for h in hs]))
+
+    def _forward_over_reverse(
+        self, params: list[torch.Tensor], vs: list[torch.Tensor], closure: Any, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        if closure is not None or set(inputs) != {"batch"}:
+            raise TypeError(
+                "Newton(hvp='torch.func'): step() takes batch=(inputs, targets) and no closure; got "
+                f"closure={type(closure).__name__}, inputs {sorted(inputs)}"
+            )
+        names = {p: name for name, p in self.model.named_parameters()}
+        if any(p not in names for p in params):
+            raise ValueError(
+                "Newton(hvp='torch.func'): the optimizer holds parameters the model does not own"
+            )
+        fixed = {name: p.detach() for p, name in names.items()}
+        x, y = inputs["batch"]
+
+        def loss(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.loss_fn(functional_call(self.model, {**fixed, **theta}, (x,)), y)
+
+        primal = {names[p]: p.detach() for p in params}
+        tangent = {names[p]: v for p, v in zip(params, vs)}
+        (grads, value), (hvps, _) = jvp(grad_and_value(loss), (primal,), (tangent,))
+        return value, [grads[names[p]] for p in params], [hvps[names[p]] for p in params]
 
     @staticmethod
     def _finite_difference(
