@@ -140,12 +140,15 @@ def _one_plus_gram(phi: Structure) -> Structure:
 def low_rank_gram(rank: int, std: float = 1e-3) -> Family:
     """P = I + MᵀM with M (rank×n), entries N(0, std²): low-rank FOP (Eq. 5 reconstructed, O-FOP-1).
 
+    std = 0 starts at M = 0, a stationary point of the hypergradient (its VJP is M(·) = 0): P then stays
+    I, which reproduces the base optimizer exactly but never learns.
+
     Raises:
         ValueError: rank < 1 or std < 0 (rank > n is reported when the placement's n is known).
     """
-    if not isinstance(rank, int) or rank < 1:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"low_rank_gram: 'rank' must be a positive int; got {rank!r}")
-    if std < 0:
+    if not std >= 0:
         raise ValueError(f"low_rank_gram: 'std' must be >= 0; got {std!r}")
 
     return Family(init=functools.partial(_low_rank_init, rank, std), form=_one_plus_gram, hyper_vjp=_gram_vjp)

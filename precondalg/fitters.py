@@ -86,7 +86,7 @@ class _TorchFit(Fit):
         self.optimizer.load_state_dict(state)
 
 
-@dataclasses.dataclass(frozen=True, init=False)
+@dataclasses.dataclass(frozen=True, init=False, eq=False)
 class TorchOptimizer(Fitter):
     """Fit φ's leaves with a torch.optim optimizer.
 
@@ -170,13 +170,14 @@ class LieGroup(Fitter):
     """PSGD's normalised step on a matrix Lie group: Q ← (I − μ R/‖R‖)Q (METHODS.md §2.2, Eq. 20).
 
     Attributes:
-        lr: the normalised step μ (0 < μ < 1 keeps triangular and diagonal Q invertible, THEORY.md
-            PSGD-8; PSGD's typical value 0.01).
+        lr: the normalised step μ: in [0, 1) with the max-abs normaliser, which keeps triangular and
+            diagonal Q invertible (THEORY.md PSGD-8; PSGD's typical value 0.01); in [0, 2] with the
+            Lipschitz one (the 2026 code's range).
         normalizer: "max_abs" (2019 code, default) or "lipschitz" (2026 code, §2.5).
         beta_lipschitz: β_L of the Lipschitz estimate (0.9 in the 2026 code).
 
     Raises:
-        ValueError: lr not in [0, 2], unknown normalizer, β_L not in [0, 1).
+        ValueError: lr out of its range, unknown normalizer, β_L not in [0, 1).
     """
 
     lr: float = 0.01
@@ -184,12 +185,14 @@ class LieGroup(Fitter):
     beta_lipschitz: float = 0.9
 
     def __post_init__(self) -> None:
-        if not 0 <= self.lr <= 2:
-            raise ValueError(f"LieGroup: 'lr' must be in [0, 2]; got {self.lr!r}")
         if self.normalizer not in ("max_abs", "lipschitz"):
             raise ValueError(
                 f"LieGroup: 'normalizer' must be 'max_abs' or 'lipschitz'; got {self.normalizer!r}"
             )
+        if self.normalizer == "max_abs" and not 0 <= self.lr < 1:
+            raise ValueError(f"LieGroup: 'lr' must be in [0, 1) with the max-abs normalizer; got {self.lr!r}")
+        if not 0 <= self.lr <= 2:
+            raise ValueError(f"LieGroup: 'lr' must be in [0, 2]; got {self.lr!r}")
         if not 0 <= self.beta_lipschitz < 1:
             raise ValueError(f"LieGroup: 'beta_lipschitz' must be in [0, 1); got {self.beta_lipschitz!r}")
 

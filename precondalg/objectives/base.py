@@ -11,7 +11,7 @@ import torch
 
 from precondalg.structures import Structure
 
-__all__ = ["BlockContext", "BlockwiseObjective", "Evaluation", "Objective", "run_closure"]
+__all__ = ["BlockContext", "BlockwiseObjective", "Evaluation", "Objective", "fresh_buffers", "run_closure"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +122,16 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
         return None
     with torch.enable_grad():
         return closure()
+
+
+def fresh_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the model's buffers for one `torch.func.functional_call`.
+
+    Call it inside the function a torch.func transform differentiates: a module in training mode
+    updates its buffers (BatchNorm's running statistics) in place, which torch.func refuses on
+    captured tensors, and which must not leak into the real model from a lookahead.
+    """
+    return {name: b.clone() for name, b in model.named_buffers()}
 
 
 def reject_inputs(owner: str, inputs: dict[str, Any]) -> None:

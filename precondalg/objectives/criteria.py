@@ -29,6 +29,7 @@ from precondalg.objectives.base import (
     BlockContext,
     BlockwiseObjective,
     Evaluation,
+    fresh_buffers,
     reject_inputs,
     run_closure,
 )
@@ -48,6 +49,11 @@ def _draw(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.
         torch.randn(p.shape, generator=generator, dtype=torch.float64).to(dtype=p.dtype, device=p.device)
         for p in params
     ]
+
+
+def _grads(loss: torch.Tensor, params: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor | None]:
+    """∂loss/∂p for every parameter, None for parameters the loss does not use."""
+    return list(torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True))
 
 
 def _per_param(
@@ -120,14 +126,25 @@ class Newton(BlockwiseObjective):
                 )
             with torch.enable_grad():
                 loss = closure()
-                grads = torch.autograd.grad(loss, params, create_graph=self.hvp == "autograd")
+                grads = _grads(loss, params, create_graph=self.hvp == "autograd")
                 if self.hvp == "autograd":
-                    hs = torch.autograd.grad(grads, params, grad_outputs=vs)
+                    used = [
+                        (p, g, v) for p, g, v in zip(params, grads, vs) if g is not None and g.requires_grad
+                    ]
+                    second = torch.autograd.grad(
+                        [g for _, g, _ in used],
+                        [p for p, _, _ in used],
+                        grad_outputs=[v for _, _, v in used],
+                        allow_unused=True,
+                    )
+                    of = {p: h for (p, _, _), h in zip(used, second)}
+                    hs = [of.get(p) for p in params]
                 else:
                     hs = self._finite_difference(params, closure, grads, vs)
         for p, g in zip(params, grads):
-            p.grad = g.detach()
-        return Evaluation(loss.detach(), _per_param(params, v=vs, h=[h.detach() for h in hs]))
+            p.grad = None if g is None else g.detach()  # unused parameters keep no gradient (skipped)
+        hs = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hs)]
+        return Evaluation(loss.detach(), _per_param(params, v=vs, h=hs))
 
     def _forward_over_reverse(
         self, params: list[torch.Tensor], vs: list[torch.Tensor], closure: Any, inputs: dict[str, Any]
@@ -146,7 +163,8 @@ class Newton(BlockwiseObjective):
         x, y = inputs["batch"]
 
         def loss(theta: dict[str, torch.Tensor]) -> torch.Tensor:
-            return self.loss_fn(functional_call(self.model, {**fixed, **theta}, (x,)), y)
+            state = {**fixed, **fresh_buffers(self.model), **theta}
+            return self.loss_fn(functional_call(self.model, state, (x,)), y)
 
         primal = {names[p]: p.detach() for p in params}
         tangent = {names[p]: v for p, v in zip(params, vs)}
@@ -157,18 +175,21 @@ class Newton(BlockwiseObjective):
     def _finite_difference(
         params: list[torch.Tensor],
         closure: Callable[[], Any],
-        grads: tuple[torch.Tensor, ...],
+        grads: list[torch.Tensor | None],
         vs: list[torch.Tensor],
     ) -> list[torch.Tensor]:
         delta = torch.finfo(params[0].dtype).eps ** 0.5
-        with torch.no_grad():
-            for p, v in zip(params, vs):
-                p.add_(v, alpha=delta)
-        shifted = torch.autograd.grad(closure(), params)
-        with torch.no_grad():
-            for p, v in zip(params, vs):
-                p.sub_(v, alpha=delta)
-        return [(gs - g) / delta for gs, g in zip(shifted, grads)]
+        saved = [p.detach().clone() for p in params]
+        try:
+            with torch.no_grad():
+                for p, v in zip(params, vs):
+                    p.add_(v, alpha=delta)
+            shifted = _grads(closure(), params, create_graph=False)
+        finally:
+            with torch.no_grad():  # restored exactly: θ + δv − δv is not θ in floating point
+                for p, value in zip(params, saved):
+                    p.copy_(value)
+        return [None if g is None else (gs - g) / delta for gs, g in zip(shifted, grads)]
 
     def meta_grad(self, ctx: BlockContext) -> Structure:
         return _meta_grad(ctx)

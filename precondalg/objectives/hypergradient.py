@@ -27,13 +27,7 @@ from typing import Any
 import torch
 from torch.func import vjp
 
-from precondalg.objectives.base import (
-    BlockContext,
-    BlockwiseObjective,
-    Evaluation,
-    reject_inputs,
-    run_closure,
-)
+from precondalg.objectives.base import BlockContext, Evaluation, Objective, reject_inputs, run_closure
 from precondalg.structures import Structure
 
 __all__ = ["Hypergradient"]
@@ -43,7 +37,7 @@ _MODES = ("online", "unroll")
 
 
 @dataclasses.dataclass(frozen=True)
-class Hypergradient(BlockwiseObjective):
+class Hypergradient(Objective):
     """One-step hypergradient (FOP Eqs. 3–4, HD, LODO).
 
     Attributes:
@@ -83,6 +77,7 @@ class Hypergradient(BlockwiseObjective):
         return [_vjp(ctx, ctx.lookahead, -ctx.lr * ct) for ctx, ct in zip(blocks, cotangents)]
 
     def meta_grad(self, ctx: BlockContext) -> Structure | None:
+        """The online hypergradient of one block (None on its first step, before a cached u exists)."""
         if "u" not in ctx.cache:
             return None
         return _vjp(ctx, ctx.cache["u"], -ctx.cache["lr"] * ctx.grad)
@@ -101,18 +96,20 @@ def _lookahead_grads(blocks: list[BlockContext], closure: Callable[[], Any]) -> 
     """The placed gradients at θ − αP_φu for every block at once (params and .grad restored after)."""
     params = [p for ctx in blocks for p in ctx.params]
     saved = [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for p in params]
-    with torch.no_grad():
-        for ctx in blocks:
-            for p, step in zip(ctx.params, ctx.unview(ctx.form(ctx.phi) @ ctx.lookahead)):
-                p.sub_(ctx.lr * step.to(p.dtype))
-        for p in params:
-            p.grad = None
-    run_closure(closure)
-    cotangents = [
-        ctx.view([torch.zeros_like(p) if p.grad is None else p.grad for p in ctx.params]) for ctx in blocks
-    ]
-    with torch.no_grad():
-        for p, (value, g) in zip(params, saved):
-            p.copy_(value)
-            p.grad = g
-    return cotangents
+    try:
+        with torch.no_grad():
+            for ctx in blocks:
+                for p, step in zip(ctx.params, ctx.unview(ctx.form(ctx.phi) @ ctx.lookahead)):
+                    p.sub_(ctx.lr * step.to(p.dtype))
+            for p in params:
+                p.grad = None
+        run_closure(closure)
+        return [
+            ctx.view([torch.zeros_like(p) if p.grad is None else p.grad for p in ctx.params])
+            for ctx in blocks
+        ]
+    finally:  # θ and its gradients come back exactly, even if the closure raised
+        with torch.no_grad():
+            for p, (value, g) in zip(params, saved):
+                p.copy_(value)
+                p.grad = g

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
 
-from precondalg.objectives.base import BlockContext, Evaluation, Objective, run_closure
+from precondalg.objectives.base import BlockContext, Evaluation, Objective, fresh_buffers, run_closure
 from precondalg.structures import Structure
 
 __all__ = ["Proximal", "kl_divergence", "squared_error"]
@@ -110,7 +110,12 @@ class Proximal(Objective):
         inputs, targets = batch
         fsd_inputs = evaluation.data.get("fsd_batch")
         rho = _DIVERGENCES[self.fsd] if isinstance(self.fsd, str) else self.fsd
-        old = functional_call(self.model, theta, (fsd_inputs,)).detach() if self.lam_fsd > 0 else None
+        model = self.model
+
+        def outputs(state: dict[str, torch.Tensor], x: Any) -> torch.Tensor:
+            return functional_call(model, {**state, **fresh_buffers(model)}, (x,))
+
+        old = outputs(theta, fsd_inputs).detach() if self.lam_fsd > 0 else None
 
         def meta_loss(phis: list[Structure]) -> torch.Tensor:
             moved = dict(theta)
@@ -119,9 +124,9 @@ class Proximal(Objective):
                 for p, step in zip(ctx.params, ctx.unview(ctx.form(phi) @ ctx.lookahead)):
                     moved[names[p]] = theta[names[p]] - step.to(p.dtype)
                     wsd = wsd + step.square().sum()
-            loss = self.loss_fn(functional_call(self.model, moved, (inputs,)), targets)
+            loss = self.loss_fn(outputs(moved, inputs), targets)
             if self.lam_fsd > 0:
-                loss = loss + self.lam_fsd * rho(functional_call(self.model, moved, (fsd_inputs,)), old)
+                loss = loss + self.lam_fsd * rho(outputs(moved, fsd_inputs), old)
             return loss + 0.5 * self.lam_wsd * wsd
 
         return grad(meta_loss)([ctx.phi for ctx in blocks])

@@ -84,7 +84,7 @@ def FOP(
         ValueError: hyper_lr < 0, low_rank_std < 0, rank < 1 or larger than a layer's input size, rank
             with normalized, or any `Preconditioned` hyperparameter out of range.
     """
-    if hyper_lr < 0:
+    if not hyper_lr >= 0:
         raise ValueError(f"FOP: 'hyper_lr' must be >= 0; got {hyper_lr!r}")
     if low_rank_std < 0:
         raise ValueError(f"FOP: 'low_rank_std' must be >= 0; got {low_rank_std!r}")

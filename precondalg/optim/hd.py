@@ -70,9 +70,9 @@ def HD(
     Raises:
         ValueError: lr or hyper_lr < 0, an unknown granularity, base or hyper_optimizer.
     """
-    if lr < 0:
+    if not lr >= 0:
         raise ValueError(f"HD: 'lr' must be >= 0; got {lr!r}")
-    if hyper_lr < 0:
+    if not hyper_lr >= 0:
         raise ValueError(f"HD: 'hyper_lr' must be >= 0; got {hyper_lr!r}")
     if granularity not in _GRANULARITIES:
         raise ValueError(f"HD: 'granularity' must be one of {_GRANULARITIES}; got {granularity!r}")

@@ -11,13 +11,17 @@ One step, for each block of parameters (ARCHITECTURE.md, "one optimizer step, as
 
 Non-finite numbers: with ``nonfinite="skip"`` (the default) a step whose gradients hold a NaN or an Inf,
 or whose new parameters or preconditioner would, leaves every parameter, base-rule state and
-preconditioner leaf exactly as it was and adds one to the block's ``skipped`` counter; this is decided
-on the device (`torch.where`), without a host synchronisation.  Two traces remain, because a sync-free
-skip cannot un-create state (tests/test_optim_bad_numbers.py pins them): a skipped *first* step leaves
-the hypergradient cache at u = 0 instead of empty (the next meta-gradient is then zero), and a skipped
-first meta-step initialises a wrapped torch meta-optimizer's state from a zero gradient (its step count
-then runs one ahead).  Once the meta-optimizer has state, a skipped step changes nothing at all.
-``nonfinite="raise"`` raises `FloatingPointError` instead (one host synchronisation per step).
+preconditioner leaf exactly as it was and adds one to the block's ``skipped`` counter; a meta-step whose
+meta-gradient, new preconditioner or fitter state would be non-finite is undone the same way (the
+parameter step then uses the kept preconditioner) and counted in ``meta_skipped``.  This is decided on
+the device (`torch.where`), without a host synchronisation.  A sync-free skip cannot un-create state,
+so state that a skipped step creates is set to its fresh value instead: a wrapped torch
+meta-optimizer's new state goes back to zeros (Adam's fresh state: exact; an optimizer whose fresh
+state is not zeros keeps a trace), and a skipped *first* step leaves the hypergradient cache at u = 0
+instead of empty (the next meta-gradient is then zero; with Adam its step count then runs one ahead).
+tests/test_optim_bad_numbers.py pins both.  Otherwise a skipped step changes nothing at all.
+``nonfinite="raise"`` raises `FloatingPointError` instead (host synchronisations: one per step for the
+gradients, one per meta-step).
 
 Dtypes: a parameter keeps its dtype; the preconditioner φ (and the placed gradient it multiplies) is
 kept in the parameter's dtype for float32/float64 parameters and in float32 for float16/bfloat16 ones.
@@ -84,6 +88,7 @@ def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _check_range(name: str, value: float, lo: float, hi: float | None = None, hi_open: bool = True) -> None:
+    # Written so that NaN fails every comparison and is refused.
     ok = value >= lo and (hi is None or (value < hi if hi_open else value <= hi))
     if not ok:
         upper = "" if hi is None else (f" and < {hi}" if hi_open else f" and <= {hi}")
@@ -177,10 +182,13 @@ class Preconditioned(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (torch.optim convention); validates its hyperparameters and builds its
         blocks and their initial preconditioners."""
+        self._validate({**self.defaults, **param_group})
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        self._validate(group)
-        self._blocks.append(self._make_blocks(group))
+        try:
+            self._blocks.append(self._make_blocks(self.param_groups[-1]))
+        except Exception:
+            self.param_groups.pop()  # a group without its blocks would never be stepped
+            raise
 
     @staticmethod
     def _validate(group: dict[str, Any]) -> None:
@@ -244,6 +252,7 @@ class Preconditioned(torch.optim.Optimizer):
             "phi": leaves,
             "cache": {},
             "skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
+            "meta_skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
         }
 
     def _check_operations(self, block: _Block, phi: Any, like: torch.Tensor) -> None:
@@ -298,9 +307,16 @@ class Preconditioned(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state dict; each block's state also holds its fitter's state, and the
         top-level key "generator" the state of the optimizer's random generator."""
+        packed = super().state_dict()
+        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
         for block in self._all_blocks():
-            self.state[block.params[0]]["preconditioner"]["fitter"] = block.fitter.state_dict()
-        return {**super().state_dict(), "generator": self._generator.get_state()}
+            i = index[block.params[0]]
+            entry = packed["state"][i]
+            packed["state"][i] = {
+                **entry,
+                "preconditioner": {**entry["preconditioner"], "fitter": block.fitter.state_dict()},
+            }
+        return {**packed, "generator": self._generator.get_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; restores φ's leaves (in the documented dtype), the cache, the skip counter
@@ -326,6 +342,12 @@ class Preconditioned(torch.optim.Optimizer):
                     self.state[p][key] = self.state[p][key].to(template.dtype)
         for block in self._all_blocks():
             anchor = block.params[0]
+            if id(anchor) not in pre_of:
+                raise ValueError(
+                    "Preconditioned.load_state_dict: the state dict holds no preconditioner for the block of "
+                    f"parameters of shapes {[tuple(p.shape) for p in block.params]}; it must come from an "
+                    "optimizer with the same structure and placement"
+                )
             pre = pytree.tree_map(
                 lambda v, device=anchor.device: v.to(device, copy=True) if isinstance(v, torch.Tensor) else v,
                 pre_of[id(anchor)],
@@ -362,7 +384,7 @@ class Preconditioned(torch.optim.Optimizer):
             raise FloatingPointError("Preconditioned.step: a gradient holds NaN or Inf; nothing was updated")
         plans = [
             self._plan(group, block, evaluation)
-            for group, blocks in zip(self.param_groups, self._blocks)
+            for group, blocks in zip(self.param_groups, self._blocks, strict=True)
             for block in blocks
             if any(p.grad is not None for p in block.params)
         ]
@@ -487,6 +509,17 @@ class Preconditioned(torch.optim.Optimizer):
         saved = [t.clone() for t in kept]
         safe = [torch.where(ok, g, torch.zeros_like(g)) for g in grads]
         block.fitter.step(safe)
-        fine = ok & _all_finite(leaves)
+        after = block.fitter.tensors()
+        fine = ok & _all_finite(leaves + after)
         for t, s in zip(kept, saved):
             t.copy_(torch.where(fine, t, s))
+        known = {id(t) for t in kept}
+        for t in after:  # state the step created: back to zeros, a torch optimizer's fresh state
+            if id(t) not in known:
+                t.copy_(torch.where(fine, t, torch.zeros_like(t)))
+        self.state[block.params[0]]["preconditioner"]["meta_skipped"] += (ok & ~fine).long()
+        if self._nonfinite == "raise" and not bool(ok <= fine):
+            raise FloatingPointError(
+                "Preconditioned.step: the meta-gradient or the fitted preconditioner holds NaN or Inf for "
+                f"parameters of shapes {[tuple(p.shape) for p in block.params]}; the preconditioner was kept"
+            )

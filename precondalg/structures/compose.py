@@ -137,17 +137,17 @@ def _dense_diag(A: Dense, B: Diagonal) -> Dense:
 
 @rules.register(Triangular, Triangular)
 def _tri_tri(A: Triangular, B: Triangular) -> Triangular:
-    return Triangular(A.R @ B.R)
+    return Triangular(torch.triu(A.R) @ torch.triu(B.R))  # triu: an unflattened R may hold a lower part
 
 
 @rules.register(Diagonal, Triangular)
 def _diag_tri(A: Diagonal, B: Triangular) -> Triangular:
-    return Triangular(A.d.unsqueeze(-1) * B.R)
+    return Triangular(A.d.unsqueeze(-1) * torch.triu(B.R))
 
 
 @rules.register(Triangular, Diagonal)
 def _tri_diag(A: Triangular, B: Diagonal) -> Triangular:
-    return Triangular(A.R * B.d)
+    return Triangular(torch.triu(A.R) * B.d)
 
 
 @rules.register(Normalization, Normalization)
