@@ -114,3 +114,9 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="'rank' must be a positive int; got True"):
         pa.families.low_rank_gram(True)
     hash(pa.fitters.TorchOptimizer(torch.optim.SGD, lr=0.1))
+
+
+def test_inverse_of_a_structure_without_solve_is_refused_at_once():
+    S = pa.Sum(pa.Dense(torch.eye(2)), pa.Dense(torch.eye(2)))
+    with pytest.raises(pa.NotInvertibleError, match="Sum has no solve: its inverse could never be applied"):
+        pa.inverse(S)

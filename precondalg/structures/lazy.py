@@ -168,6 +168,8 @@ class Inverse(Structure):
         m, n = self.A.shape
         if m != n:
             raise not_invertible(self.A, f"it is {m}×{n}, not square")
+        if self.A.cost().solve is None:
+            raise not_invertible(self.A, "its inverse could never be applied")
 
     @property
     def shape(self) -> tuple[int, int]:
