@@ -192,9 +192,7 @@ class Inverse(Structure):
         return self.A._solve(torch.eye(n, dtype=self.dtype, device=self.device))
 
     def cost(self) -> Cost:
-        c = self.A.cost()
-        if c.solve is None:
-            raise not_invertible(self.A, "it has no solve, so its inverse cannot be applied")
+        c = self.A.cost()  # the constructor refused an A without a solve
         return Cost(stored=c.stored, matvec=c.solve, solve=c.matvec)
 
 
