@@ -497,7 +497,7 @@ class Preconditioned(torch.optim.Optimizer):
             if not is_active:
                 continue
             state = self.state[p]
-            p.copy_(torch.where(ok, new, p))
+            torch.where(ok, new, p, out=p)
             for key, value in new_state.items():
                 state[key] = torch.where(ok, value, state[key])
 
@@ -512,11 +512,11 @@ class Preconditioned(torch.optim.Optimizer):
         after = block.fitter.tensors()
         fine = ok & _all_finite(leaves + after)
         for t, s in zip(kept, saved):
-            t.copy_(torch.where(fine, t, s))
+            torch.where(fine, t, s, out=t)
         known = {id(t) for t in kept}
         for t in after:  # state the step created: back to zeros, a torch optimizer's fresh state
             if id(t) not in known:
-                t.copy_(torch.where(fine, t, torch.zeros_like(t)))
+                torch.where(fine, t, torch.zeros_like(t), out=t)
         self.state[block.params[0]]["preconditioner"]["meta_skipped"] += (ok & ~fine).long()
         if self._nonfinite == "raise" and not bool(ok <= fine):
             raise FloatingPointError(
