@@ -369,10 +369,12 @@ class Preconditioned(torch.optim.Optimizer):
         """One optimizer step (see the module docstring).
 
         Args:
-            closure: re-evaluates the model and returns the loss: optional for `Hypergradient`,
-                `Fisher` and `Proximal` (it calls backward, as in torch.optim); required by `Newton`,
-                whose closure returns the loss without calling backward.
-            **inputs: what the objective takes per step (e.g. `Proximal`'s ``batch`` and ``fsd_batch``).
+            closure: re-evaluates the model and returns the loss: optional for `Hypergradient`
+                (required with ``mode="unroll"``), `Fisher` and `Proximal` (it calls backward, as in
+                torch.optim); required by `Newton`'s "autograd" and "finite_difference" modes, whose
+                closure returns the loss without calling backward.
+            **inputs: what the objective takes per step (``batch`` and ``fsd_batch`` for `Proximal`,
+                ``batch`` for ``Newton(hvp="torch.func")``).
 
         Returns:
             The closure's loss, or None.
