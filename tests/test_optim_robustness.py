@@ -120,3 +120,36 @@ def test_inverse_of_a_structure_without_solve_is_refused_at_once():
     S = pa.Sum(pa.Dense(torch.eye(2)), pa.Dense(torch.eye(2)))
     with pytest.raises(pa.NotInvertibleError, match="Sum has no solve: its inverse could never be applied"):
         pa.inverse(S)
+
+
+def test_functional_objectives_refuse_parameters_the_model_does_not_own():
+    model, stranger = torch.nn.Linear(3, 2), torch.nn.Parameter(torch.ones(4, 5))
+    x, y = torch.randn(6, 3), torch.randn(6, 2)
+    params = [*model.parameters(), stranger]
+    squared_error(model(x), y).backward()
+    stranger.grad = torch.ones(4, 5)
+    newton = Newton(hvp="torch.func", model=model, loss_fn=squared_error)
+    with pytest.raises(
+        ValueError, match=r"Newton\(hvp='torch.func'\): .* does not own \(shapes \[\(4, 5\)\]\)"
+    ):
+        newton.evaluate(params, None, torch.Generator(), batch=(x, y))
+    opt = Preconditioned(
+        params, 0.1, structure=dense_gram(), placement=Flatten(), objective=Proximal(model, squared_error)
+    )
+    with pytest.raises(ValueError, match=r"Proximal: .* does not own \(shapes \[\(4, 5\)\]\)"):
+        opt.step(batch=(x, y))
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: pa.objectives.Fisher(damping=float("nan")), "Fisher: 'damping' must be >= 0; got nan"),
+        (
+            lambda: Proximal(torch.nn.Linear(1, 1), squared_error, lam_fsd=float("nan")),
+            "'lam_fsd' must be >= 0; got nan",
+        ),
+    ],
+)
+def test_nan_hyperparameters_of_objectives_are_refused(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()

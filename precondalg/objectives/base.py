@@ -8,10 +8,20 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
+from torch.func import functional_call
 
 from precondalg.structures import Structure
 
-__all__ = ["BlockContext", "BlockwiseObjective", "Evaluation", "Objective", "fresh_buffers", "run_closure"]
+__all__ = [
+    "BlockContext",
+    "BlockwiseObjective",
+    "Evaluation",
+    "Objective",
+    "fresh_buffers",
+    "functional_outputs",
+    "parameter_names",
+    "run_closure",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +142,27 @@ def fresh_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     captured tensors, and which must not leak into the real model from a lookahead.
     """
     return {name: b.clone() for name, b in model.named_buffers()}
+
+
+def parameter_names(
+    model: torch.nn.Module, params: Sequence[torch.Tensor], owner: str
+) -> dict[torch.Tensor, str]:
+    """Each parameter's name in `model`, for `torch.func.functional_call`.
+
+    Raises:
+        ValueError: a parameter the model does not own (naming `owner` and the shapes).
+    """
+    names = {p: name for name, p in model.named_parameters()}
+    missing = [tuple(p.shape) for p in params if p not in names]
+    if missing:
+        raise ValueError(f"{owner}: the optimizer holds parameters the model does not own (shapes {missing})")
+    return names
+
+
+def functional_outputs(model: torch.nn.Module, state: dict[str, torch.Tensor], inputs: Any) -> torch.Tensor:
+    """``model(inputs)`` with the parameters in `state` (name → tensor; the others as they are) and fresh
+    copies of the buffers (see `fresh_buffers`), by `torch.func.functional_call`."""
+    return functional_call(model, {**state, **fresh_buffers(model)}, (inputs,))
 
 
 def reject_inputs(owner: str, inputs: dict[str, Any]) -> None:

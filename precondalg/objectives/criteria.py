@@ -23,13 +23,14 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from torch.func import functional_call, grad, grad_and_value, jvp
+from torch.func import grad, grad_and_value, jvp
 
 from precondalg.objectives.base import (
     BlockContext,
     BlockwiseObjective,
     Evaluation,
-    fresh_buffers,
+    functional_outputs,
+    parameter_names,
     reject_inputs,
     run_closure,
 )
@@ -62,16 +63,22 @@ def _per_param(
     return {name: dict(zip(params, tensors)) for name, tensors in values.items()}
 
 
-def _meta_grad(ctx: BlockContext) -> Structure:
-    h, v = ctx.extras["h"], ctx.extras["v"]
-    return grad(lambda phi: criterion(ctx.form(phi), h, v))(ctx.phi)
+class _Criterion(BlockwiseObjective):
+    """The PSGD criterion c(P) = Σ hᵀPh + vᵀP⁻¹v over the (v, h) pairs `evaluate` leaves in the extras;
+    Newton and Fisher differ only in how they make h."""
+
+    requires: ClassVar[tuple[str, ...]] = ("solve",)
+
+    def meta_grad(self, ctx: BlockContext) -> Structure:
+        h, v = ctx.extras["h"], ctx.extras["v"]
+        return grad(lambda phi: criterion(ctx.form(phi), h, v))(ctx.phi)
 
 
 _HVP = ("autograd", "finite_difference", "torch.func")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Newton(BlockwiseObjective):
+class Newton(_Criterion):
     """PSGD's Newton-type criterion, h = Hv (METHODS.md §2.1–2.2).
 
     Three ways to the Hessian-vector product (THEORY.md PSGD-4):
@@ -96,7 +103,6 @@ class Newton(BlockwiseObjective):
     hvp: str = "autograd"
     model: torch.nn.Module | None = None
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
-    requires: ClassVar[tuple[str, ...]] = ("solve",)
 
     def __post_init__(self) -> None:
         if self.hvp not in _HVP:
@@ -154,17 +160,12 @@ class Newton(BlockwiseObjective):
                 "Newton(hvp='torch.func'): step() takes batch=(inputs, targets) and no closure; got "
                 f"closure={type(closure).__name__}, inputs {sorted(inputs)}"
             )
-        names = {p: name for name, p in self.model.named_parameters()}
-        if any(p not in names for p in params):
-            raise ValueError(
-                "Newton(hvp='torch.func'): the optimizer holds parameters the model does not own"
-            )
+        names = parameter_names(self.model, params, "Newton(hvp='torch.func')")
         fixed = {name: p.detach() for p, name in names.items()}
         x, y = inputs["batch"]
 
         def loss(theta: dict[str, torch.Tensor]) -> torch.Tensor:
-            state = {**fixed, **fresh_buffers(self.model), **theta}
-            return self.loss_fn(functional_call(self.model, state, (x,)), y)
+            return self.loss_fn(functional_outputs(self.model, {**fixed, **theta}, x), y)
 
         primal = {names[p]: p.detach() for p in params}
         tangent = {names[p]: v for p, v in zip(params, vs)}
@@ -191,12 +192,9 @@ class Newton(BlockwiseObjective):
                     p.copy_(value)
         return [None if g is None else (gs - g) / delta for gs, g in zip(shifted, grads)]
 
-    def meta_grad(self, ctx: BlockContext) -> Structure:
-        return _meta_grad(ctx)
-
 
 @dataclasses.dataclass(frozen=True)
-class Fisher(BlockwiseObjective):
+class Fisher(_Criterion):
     """PSGD's Fisher-type criterion, h = g + λv (METHODS.md §2.1, Eqs. 11–13).
 
     Attributes:
@@ -207,10 +205,9 @@ class Fisher(BlockwiseObjective):
     """
 
     damping: float = 0.0
-    requires: ClassVar[tuple[str, ...]] = ("solve",)
 
     def __post_init__(self) -> None:
-        if self.damping < 0:
+        if not self.damping >= 0:
             raise ValueError(f"Fisher: 'damping' must be >= 0; got {self.damping!r}")
 
     def evaluate(
@@ -225,9 +222,6 @@ class Fisher(BlockwiseObjective):
         vs = _draw(params, generator)
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         return Evaluation(loss, _per_param(params, v=vs, h=[g + self.damping * v for g, v in zip(gs, vs)]))
-
-    def meta_grad(self, ctx: BlockContext) -> Structure:
-        return _meta_grad(ctx)
 
 
 def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor) -> Structure:

@@ -22,9 +22,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad
+from torch.func import grad
 
-from precondalg.objectives.base import BlockContext, Evaluation, Objective, fresh_buffers, run_closure
+from precondalg.objectives.base import (
+    BlockContext,
+    Evaluation,
+    Objective,
+    functional_outputs,
+    parameter_names,
+    run_closure,
+)
 from precondalg.structures import Structure
 
 __all__ = ["Proximal", "kl_divergence", "squared_error"]
@@ -79,7 +86,7 @@ class Proximal(Objective):
                 f"Proximal: 'fsd' must be one of {tuple(_DIVERGENCES)} or a callable; got {self.fsd!r}"
             )
         for name in ("lam_fsd", "lam_wsd"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"Proximal: '{name}' must be >= 0; got {getattr(self, name)!r}")
 
     def evaluate(
@@ -100,22 +107,12 @@ class Proximal(Objective):
         batch = evaluation.data.get("batch")
         if batch is None:
             return [None] * len(blocks)
-        names = {p: name for name, p in self.model.named_parameters()}
-        missing = [tuple(p.shape) for b in blocks for p in b.params if p not in names]
-        if missing:
-            raise ValueError(
-                f"Proximal: the optimizer holds parameters the model does not own (shapes {missing})"
-            )
+        names = parameter_names(self.model, [p for b in blocks for p in b.params], "Proximal")
         theta = {name: p.detach() for p, name in names.items()}
         inputs, targets = batch
         fsd_inputs = evaluation.data.get("fsd_batch")
         rho = _DIVERGENCES[self.fsd] if isinstance(self.fsd, str) else self.fsd
-        model = self.model
-
-        def outputs(state: dict[str, torch.Tensor], x: Any) -> torch.Tensor:
-            return functional_call(model, {**state, **fresh_buffers(model)}, (x,))
-
-        old = outputs(theta, fsd_inputs).detach() if self.lam_fsd > 0 else None
+        old = functional_outputs(self.model, theta, fsd_inputs).detach() if self.lam_fsd > 0 else None
 
         def meta_loss(phis: list[Structure]) -> torch.Tensor:
             moved = dict(theta)
@@ -124,9 +121,9 @@ class Proximal(Objective):
                 for p, step in zip(ctx.params, ctx.unview(ctx.form(phi) @ ctx.lookahead)):
                     moved[names[p]] = theta[names[p]] - step.to(p.dtype)
                     wsd = wsd + step.square().sum()
-            loss = self.loss_fn(outputs(moved, inputs), targets)
+            loss = self.loss_fn(functional_outputs(self.model, moved, inputs), targets)
             if self.lam_fsd > 0:
-                loss = loss + self.lam_fsd * rho(outputs(moved, fsd_inputs), old)
+                loss = loss + self.lam_fsd * rho(functional_outputs(self.model, moved, fsd_inputs), old)
             return loss + 0.5 * self.lam_wsd * wsd
 
         return grad(meta_loss)([ctx.phi for ctx in blocks])
