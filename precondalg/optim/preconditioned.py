@@ -82,6 +82,14 @@ def _precond_dtype(p: torch.Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
+def _initial_phi(block: _Block, generator: torch.Generator) -> Any:
+    """The block family's φ₀ for the block's dimensions, in the preconditioner's dtype (see the module
+    docstring) on the block's device."""
+    anchor = block.params[0]
+    like = torch.empty((), dtype=_precond_dtype(anchor), device=anchor.device)
+    return block.family.init(block.placement.dims([tuple(p.shape) for p in block.params]), like, generator)
+
+
 def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     """One device boolean: every entry of every tensor is finite (no host synchronisation)."""
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
@@ -241,10 +249,8 @@ class Preconditioned(torch.optim.Optimizer):
     def _init_block(self, block: _Block) -> None:
         anchor = block.params[0]
         block.family = self._family_of(anchor)
-        like = torch.empty((), dtype=_precond_dtype(anchor), device=anchor.device)
-        dims = block.placement.dims([tuple(p.shape) for p in block.params])
-        phi = block.family.init(dims, like, self._generator)
-        self._check_operations(block, phi, like)
+        phi = _initial_phi(block, self._generator)
+        self._check_operations(block, phi)
         leaves, block.spec = pytree.tree_flatten(phi)
         leaves = [leaf.detach().clone() for leaf in leaves]
         block.fitter = self._fitter.build(leaves, block.spec)
@@ -255,11 +261,11 @@ class Preconditioned(torch.optim.Optimizer):
             "meta_skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
         }
 
-    def _check_operations(self, block: _Block, phi: Any, like: torch.Tensor) -> None:
+    def _check_operations(self, block: _Block, phi: Any) -> None:
         """Refuse, at construction, a structure lacking an operation the objective needs."""
         P = block.family.form(phi)
         for operation in self._objective.requires:
-            probe = torch.zeros(P.shape[1], 1, dtype=like.dtype, device=like.device)
+            probe = torch.zeros(P.shape[1], 1, dtype=P.dtype, device=P.device)
             try:
                 getattr(P, operation)(probe)
             except NotInvertibleError as err:
@@ -298,10 +304,7 @@ class Preconditioned(torch.optim.Optimizer):
 
     def _spec(self, block: _Block) -> pytree.TreeSpec:
         """The tree spec of the block's φ, from a throw-away initialisation."""
-        anchor = block.params[0]
-        like = torch.empty((), dtype=_precond_dtype(anchor), device=anchor.device)
-        dims = block.placement.dims([tuple(p.shape) for p in block.params])
-        return pytree.tree_flatten(block.family.init(dims, like, torch.Generator()))[1]
+        return pytree.tree_structure(_initial_phi(block, torch.Generator()))
 
     # ----- checkpoints -----
     def state_dict(self) -> dict[str, Any]:
