@@ -1,4 +1,5 @@
-"""Tests of the `theory_checks` package: every check passes, every mutant fails, the CLI works.
+"""Tests of the `theory_checks` package: every check passes, every mutant fails, the CLI works, and
+the report claims no more than is checked (ids it cites exist, no design files, proven bounds).
 
 THEORY.md §1.3 (mutation self-test, report row) and QUALITY.md §3.
 """
@@ -7,14 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import theory_checks
 from theory_checks import REGISTRY, Check, Measures, Registry, run, run_check
-from theory_checks.cli import main
+from theory_checks.cli import format_report, main
+from theory_checks.psgd import MU0, PSGD8_N
 from theory_checks.runner import json_safe
 
 SIX = ("PSGD-11", "PSGD-8", "LODO-1", "LODO-2", "FOP-4", "APO-7")
@@ -23,6 +28,11 @@ CHECKS = tuple(dict.fromkeys(SIX + FOP))
 NOT_TESTED = ("FOP-THM1", "LODO-THM4.2", "PSGD-SCALEINV", "APO-ROBUST")
 REPORT_FIELDS = ("id", "paper", "statement", "measured", "bound", "tolerance", "status", "mutants", "seconds",
                  "provenance")
+CITED_ID = re.compile(r"\b((?:FOP|PSGD|LODO|APO)-\d+)\b(?! \(planned\))")
+"""A check id cited in a record's text, unless "(planned)" follows it."""
+DESIGN_FILES = re.compile(r"THEORY\.md|METHODS\.md|ARCHITECTURE\.md|QUALITY\.md|EXPERIMENTS\.md|§7")
+"""Design documents users do not have (and THEORY.md's §7, which the report used to cite)."""
+E_RTOL = 1e-10
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +222,120 @@ def test_exit_status_is_nonzero_when_a_check_fails(capsys, tmp_path):
     assert main(["--only", "X-3"], registry=reg) == 0
     assert main(["--only", "X-2"], registry=reg) == 1
     assert [r["status"] for r in json.loads(path.read_text())] == ["FAIL", "FAIL", "PASS"]
+
+
+# ----- the report claims no more than is checked -----
+
+
+def _strings(x) -> list[str]:
+    """Every string in nested JSON data (dict keys included)."""
+    if isinstance(x, dict):
+        return [t for k, v in x.items() for t in [k, *_strings(v)]]
+    if isinstance(x, list):
+        return [t for v in x for t in _strings(v)]
+    return [x] if isinstance(x, str) else []
+
+
+def test_cited_id_pattern_skips_planned_checks_only():
+    text = "will be checked by FOP-2 (planned); a sub-case of PSGD-1, see LODO-9 (planned) and APO-7."
+    assert CITED_ID.findall(text) == ["PSGD-1", "APO-7"]
+
+
+def test_every_check_id_cited_by_a_record_is_registered_or_planned(records):
+    cited = {
+        (r.id, m)
+        for r in records.values()
+        for text in _strings(r.to_json())
+        for m in CITED_ID.findall(text)
+    }
+    assert cited, "the pattern should at least find each check's own id"
+    unregistered = sorted((where, id) for where, id in cited if id not in REGISTRY.ids())
+    assert unregistered == []
+
+
+def test_not_tested_reasons_cite_no_unregistered_check():
+    for entry in REGISTRY:
+        if not isinstance(entry, Check):
+            assert entry.reason
+            assert all(id in REGISTRY.ids() for id in CITED_ID.findall(entry.reason)), entry.reason
+
+
+def test_report_and_records_name_no_design_file(records, capsys, tmp_path):
+    everything = list(records.values())
+    text = format_report(everything)
+    assert DESIGN_FILES.findall(text) == []
+    assert "not tested: " in text
+    assert DESIGN_FILES.findall(json.dumps([r.to_json() for r in everything], ensure_ascii=False)) == []
+    path = tmp_path / "r.json"
+    assert main(["--only", "FOP-5,APO-7", "--json", str(path)]) == 0
+    assert DESIGN_FILES.findall(capsys.readouterr().out + path.read_text(encoding="utf-8")) == []
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "mutation self-tests" in help_text and DESIGN_FILES.findall(help_text) == []
+
+
+def test_package_sources_cite_no_design_file():
+    """Docstrings and messages of theory_checks cite the papers, never the engineers' design files."""
+    for path in sorted(pathlib.Path(theory_checks.__file__).parent.glob("*.py")):
+        hits = DESIGN_FILES.findall(path.read_text(encoding="utf-8"))
+        assert hits == [], f"{path.name} cites {hits}"
+
+
+def test_registry_error_cites_no_design_file():
+    with pytest.raises(ValueError) as exc:
+        Registry().check(id="B-1", paper="p", statement="s", tolerance="E", provenance="PAPER", mutants={})(
+            lambda x=0.0: None
+        )
+    assert str(exc.value) == "B-1: a check needs at least one mutant (the mutation self-test); got none"
+
+
+def test_no_check_has_a_vacuous_bound(records):
+    """No part compares with infinity, and none is a bare "> 0" (a positive quantity has a proven floor)."""
+    for id in CHECKS:
+        for p in records[id].parts:
+            assert math.isfinite(p["bound"]), (id, p)
+            assert not (p["relation"] == ">" and p["bound"] == 0), (id, p)
+
+
+def test_psgd8_bounds_are_the_proven_floors(records):
+    """Eq. 20 with |E_ij| ≤ 1 and E upper triangular: q_ii′/q_ii ∈ [1 − μ₀, 1 + μ₀] and
+    |det Q′|/|det Q| ≥ (1 − μ₀)ⁿ, with 0 < μ₀ < 1."""
+    assert 0 < MU0 < 1
+    r = records["PSGD-8"]
+    parts = {p["name"].split(" over ")[0].split(" (bound")[0]: p for p in r.parts}
+    low, high, det = parts["min q_ii′/q_ii"], parts["max q_ii′/q_ii"], parts["min |det Q′|/|det Q|"]
+    assert (low["relation"], low["bound"]) == (">=", pytest.approx((1 - MU0) * (1 - E_RTOL), rel=1e-15))
+    assert (high["relation"], high["bound"]) == ("<=", pytest.approx((1 + MU0) * (1 + E_RTOL), rel=1e-15))
+    det_floor = (1 - MU0) ** PSGD8_N * (1 - E_RTOL)
+    assert (det["relation"], det["bound"]) == (">=", pytest.approx(det_floor, rel=1e-15))
+    assert (r.quantity, r.relation, r.bound) == (low["name"], ">=", low["bound"])
+    # the floor 1 − μ₀ is reached (a diagonal entry of E equal to 1) and 1 + μ₀ too: the bounds are sharp
+    assert low["measured"] == pytest.approx(1 - MU0, rel=1e-12)
+    assert high["measured"] == pytest.approx(1 + MU0, rel=1e-12)
+    assert sum(g["steps"] for g in r.details["per group"].values()) == 10_000
+    assert not any("cond" in p["name"] for p in r.parts)
+
+
+def test_psgd8_mutants_fail_on_the_diagonal_floor(records):
+    mutants = {m.name: m for m in records["PSGD-8"].mutants}
+    over = mutants["step μ = 1.5 (outside (0, 1))"]
+    edge = mutants["step μ = 1 (I − μE singular when E_ii = 1)"]
+    assert over.quantity.startswith("min q_ii′/q_ii") and over.measured == pytest.approx(1 - 1.5, rel=1e-12)
+    assert edge.quantity.startswith("min q_ii′/q_ii") and edge.measured == 0.0
+    assert any(name.startswith("min |det Q′|/|det Q|") for name in edge.caught_by)
+
+
+def test_strengthened_bounds_of_other_checks(records):
+    """FOP-4(d): the per-step floor λ_min(P_t) ≥ (1 − ρε(b−a))²λ_min(P_{t−1}) instead of λ_min > 0; FOP-8: the
+    exact first-step closed form and σ² scaling instead of ±10%; PSGD-11: det identities instead of 1/cond."""
+    fop4 = {p["name"]: p for p in records["FOP-4"].parts}
+    floor = fop4["(d) min_t λ_min(P_t) / [(1 − ρε(b−a))²·λ_min(P_{t−1})] (30 steps)"]
+    assert (floor["relation"], floor["bound"]) == (">=", pytest.approx(1 - E_RTOL, rel=1e-15))
+    assert floor["measured"] == pytest.approx(1.0, rel=1e-9)  # reached at the first step, from M₀ = I
+    fop8 = [p for p in records["FOP-8"].parts if p["name"].startswith("low rank")]
+    assert len(fop8) == 2 and all((p["relation"], p["bound"]) == ("<=", E_RTOL) for p in fop8)
+    psgd11 = [p for p in records["PSGD-11"].parts if "det" in p["name"]]
+    assert [(p["relation"], p["bound"]) for p in psgd11] == [("<=", E_RTOL)]
+    assert not any("cond" in p["name"] for p in records["PSGD-11"].parts)

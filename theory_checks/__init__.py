@@ -1,7 +1,9 @@
-"""Runnable theory checks for precondalg (THEORY.md): one module per paper, a registry, a runner, a CLI.
+"""Runnable theory checks for precondalg: claims of the FOP (Moskovitz 2019), PSGD (Li 2019), LODO (Liao
+2023) and APO (Bae 2022) papers checked numerically against the real implementation, one module per
+paper, with a registry, a runner and a CLI.
 
-Importing the package registers every check of `fop`, `psgd`, `lodo` and `apo`, and the THEORY.md §7
-claims of `untested`, in `REGISTRY`.
+Importing the package registers every check of `fop`, `psgd`, `lodo` and `apo`, and the claims of
+`untested` (not numerically checkable as stated), in `REGISTRY`.
 Run ``python -m theory_checks`` for the report, or use the runner API::
 
     from theory_checks import REGISTRY, run

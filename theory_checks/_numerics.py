@@ -1,4 +1,4 @@
-"""Shared numerics of the checks: THEORY.md §1.3 tolerance classes and dense read-outs of operators.
+"""Shared numerics of the checks: the tolerance classes and dense read-outs of operators.
 
 Class E (exact identity) is `rtol = 1e-10, atol = 1e-12·scale`; the checks use its normwise form,
 ``max|a − b| / max|b| ≤ 1e-10``, and ``1e-12·scale`` for quantities that should be exactly zero.

@@ -2,7 +2,7 @@
 meta-gradient of the proximal objective through the one-step unroll.
 
 The paper writes P = (A ⊗ B) diag(vec S)² (A ⊗ B)ᵀ with column-major vec and W ∈ R^{m×n}
-(METHODS.md §4.5).  precondalg's `Kronecker` is row-major, so the same operator on ``G.flatten()`` is
+(Bae 2022, Eq. 9).  precondalg's `Kronecker` is row-major, so the same operator on ``G.flatten()`` is
 ``K diag(S.flatten())² Kᵀ`` with ``K = Kronecker(Dense(B), Dense(A))``, built here as
 ``gram(Diagonal(S.flatten()) @ K.T)``.
 """
@@ -28,7 +28,7 @@ from theory_checks.registry import Measures, Outcome, check
 
 Builder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], pa.Structure]
 SHAPES = ((1, 1), (1, 4), (3, 1), (2, 3), (3, 2), (4, 4))
-"""(m, n) shapes of W checked by APO-7 (THEORY.md §6: m, n ∈ [1, 4])."""
+"""(m, n) shapes of W checked by APO-7 (m, n ∈ [1, 4], corners included)."""
 
 
 def structured_preconditioner(A: torch.Tensor, B: torch.Tensor, S: torch.Tensor) -> pa.Structure:
@@ -75,8 +75,9 @@ def _unsquared_preconditioner(A: torch.Tensor, B: torch.Tensor, S: torch.Tensor)
     id="APO-7",
     paper="APO Eqs. 9-10 (Bae 2022)",
     statement=(
-        "P = (A⊗B) diag(vec S)² (A⊗B)ᵀ equals the fast form B[(BᵀGA)⊙S⊙S]Aᵀ, is PSD, stores "
-        "m²+n²+mn values, and is the identity at A=I, B=I, S=1."
+        "Identities for P = (A⊗B) diag(vec S)² (A⊗B)ᵀ as a precondalg structure, 6 shapes: P vec(G) equals "
+        "the fast form B[(BᵀGA)⊙S⊙S]Aᵀ and the paper's column-major form, P is PSD, cost() declares "
+        "m²+n²+mn stored values, and P = I at A=I, B=I, S=1."
     ),
     tolerance=f"{E_TOL}; λ_min/‖P‖ >= -1e-12; exact: parameter count",
     provenance="PAPER+DERIVED",
@@ -90,7 +91,7 @@ def apo_7(
     shapes: tuple[tuple[int, int], ...] = SHAPES,
     seed: int = 7,
 ) -> Outcome:
-    """APO-7 (THEORY.md §5): properties of APO's structured preconditioner, Eqs. 9–10.
+    """APO-7 (Bae 2022, Eqs. 9–10): properties of APO's structured preconditioner.
 
     For each (m, n), random A, B, G and S with mixed signs: Eq. 10 against ``P @ G.flatten()`` and
     against the paper's column-major dense form; λ_min of the dense P (operator on basis vectors);
@@ -209,8 +210,10 @@ def _loss_on_b_prime(batch: tuple, fsd_batch: torch.Tensor) -> tuple[tuple, torc
     id="APO-8",
     paper="APO Eq. 8 and footnote 1 (Bae 2022)",
     statement=(
-        "Through the one-step unroll u = θ − P g: ∂Q/∂P = −[∇J_B(u) + λ_F∇FSD(u) + λ_W(u − θ)]gᵀ and "
-        "∂Q/∂η = −[∇J_B(u) + λ_F∇FSD(u)]ᵀg + λ_Wη‖g‖², with the optimizer state held fixed."
+        "Closed form: the Proximal objective's meta-gradient, as Preconditioned takes it through the "
+        "one-step unroll u = θ − P g, is ∂Q/∂P = −[∇J_B(u) + λ_F∇FSD(u) + λ_W(u − θ)]gᵀ (also vs central "
+        "differences) and ∂Q/∂η = −[∇J_B(u) + λ_F∇FSD(u)]ᵀg + λ_Wη‖g‖², with the base optimizer's "
+        "(Adam's) state held fixed."
     ),
     tolerance=f"{E_TOL} vs the closed form; 1e-7 vs central differences",
     provenance="DERIVED",
@@ -225,7 +228,8 @@ def apo_8(
     lam_wsd: float = 0.3,
     seed: int = 8,
 ) -> Outcome:
-    """APO-8 (THEORY.md §5): the `Proximal` objective's meta-gradient, taken by `Preconditioned`.
+    """APO-8 (Bae 2022, Eq. 8 and footnote 1): the `Proximal` objective's meta-gradient, taken by
+    `Preconditioned`.
 
     A dense P (P = φ, n = 20 parameters of a tanh MLP) and a learning rate (P = ηI) are fitted by one
     plain-SGD step of lr 1, so φ₀ − φ₁ is ∂Q/∂φ; it is compared with the closed forms built from

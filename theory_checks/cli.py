@@ -1,7 +1,9 @@
 """Command line: ``python -m theory_checks [--only ID ...] [--json PATH] [--list]``.
 
-Prints one row per check (THEORY.md §1.3 report row) and a summary line.  Exit status: 0 when every
-check passes and every mutant fails, 1 otherwise, 2 for a usage error such as an unknown id.
+Prints one row per check (id, paper reference, statement, measured value, bound, tolerance class,
+result, mutants failed, seconds), notes on failures and on the claims not tested, and a summary line.
+Exit status: 0 when every check passes and every mutant fails, 1 otherwise, 2 for a usage error such as
+an unknown id.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from theory_checks.runner import Record, run
 COLUMNS = ("id", "paper ref", "statement", "measured", "bound", "tol", "result", "mutants failed", "s")
 WIDTHS = (13, 36, 44, 10, 11, 7, 10, 14, 5)
 TOLERANCE_CLASSES = ("E", "S", "MC", "D", "exact")
-"""THEORY.md §1.3 tolerance classes, plus "exact" for counts and bit-exact zeros."""
+"""The tolerance classes: E (exact identity, rel. 1e-10), S (solved by an optimizer, rel. 1e-6), MC (Monte
+Carlo, within 5 standard errors), D (stochastic dynamics), plus "exact" for counts and bit-exact zeros."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m theory_checks",
-        description="Run precondalg's theory checks (THEORY.md) with their mutation self-tests.",
+        description=(
+            "Run precondalg's theory checks (numerical checks of identities, invariants, closed forms, "
+            "bounds and cost counts from the FOP, PSGD, LODO and APO papers) with their mutation self-tests."
+        ),
     )
     parser.add_argument(
         "--only",
@@ -97,7 +103,7 @@ def _notes(records: list[Record]) -> list[str]:
                 why = f"raised {m.error}" if m.error else "passed: the check is non-discriminating"
                 notes.append(f"{r.id}: mutant '{m.name}' {why}")
         if r.status == "NOT TESTED":
-            notes.append(f"{r.id} {r.provenance} not tested (THEORY.md §7): {r.reason}")
+            notes.append(f"{r.id} {r.provenance} not tested: {r.reason}")
     return ["", *notes] if notes else []
 
 

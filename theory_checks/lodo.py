@@ -1,6 +1,6 @@
 """LODO (Liao 2023) theory checks: LODO-1 (G = α₀I at init, symmetric PSD) and LODO-2 (cost).
 
-LODO's preconditioner is G(θ) = α₀ EᵀAᵀAE with A = B_N Π_N ⋯ B_1 Π_1 (METHODS.md §3.1, paper Eq. 2):
+LODO's preconditioner is G(θ) = α₀ EᵀAᵀAE with A = B_N Π_N ⋯ B_1 Π_1 (Liao 2023, Eq. 2):
 in precondalg ``scale(gram(A), α₀)`` for a `PermutationNetwork` A.  Mutants replace A's forward or
 transpose kernel (`_mv` / `_rmv`) on one instance, so every other piece stays the real one.
 """
@@ -25,7 +25,7 @@ REAL_RMV: Kernel = pa.PermutationNetwork._rmv
 ALPHA0 = 0.5
 """α₀ used by LODO-1 (any positive value; the code's default is 1.0)."""
 EDGE_CONFIGS = ((1, 1, 2), (1, 16, 4), (40, 16, 4), (40, 1, 2), (2, 16, 2), (20, 8, 4))
-"""(n, N, k) corners of THEORY.md's ranges n ∈ [1, 40], N ∈ [1, 16], k ∈ {2, 4}."""
+"""(n, N, k) corners of the ranges checked: n ∈ [1, 40], N ∈ [1, 16], k ∈ {2, 4}."""
 COST_CONFIGS = ((1, 1, 2), (10, 4, 4), (40, 16, 4), (100, 16, 4))
 """(n, N, k) of LODO-2; (100, 16, 4) is the code's default depth and block at n = 100 (ñ = 204)."""
 
@@ -75,7 +75,7 @@ def _dense_layer_rmv(self: pa.PermutationNetwork, X: torch.Tensor) -> torch.Tens
 
 def explicit_G(A: pa.PermutationNetwork, alpha0: float) -> torch.Tensor:
     """α₀ EᵀKᵀKE built from explicit matrices: permutation matrices (Π x)_j = x_{π(j)}, dense
-    block-diagonal B_i, and the zero-padding E = [Iₙ; 0] (METHODS.md §3.1), independent of the kernels."""
+    block-diagonal B_i, and the zero-padding E = [Iₙ; 0] (Liao 2023, Eq. 2), independent of the kernels."""
     width = A.width
     eye = torch.eye(width)
     K = eye
@@ -97,8 +97,9 @@ def _configs(gen: torch.Generator, draws: int) -> list[tuple[int, int, int]]:
     id="LODO-1",
     paper="LODO Eq. 2 + code (Liao 2023)",
     statement=(
-        "G = α₀EᵀAᵀAE equals α₀I at the orthogonal init and is symmetric PSD for all blocks; the operator "
-        "equals the explicit permutation/block-diagonal product."
+        "Identities and PSD for G = α₀·gram(A), A a PermutationNetwork, over 18 (n, N, k): G = α₀I at the "
+        "orthogonal init; with random blocks G is symmetric PSD and equals α₀EᵀKᵀKE built from explicit "
+        "permutation and block-diagonal matrices."
     ),
     tolerance=f"{E_TOL}; λ_min >= -1e-10‖G‖",
     provenance="PAPER+CODE",
@@ -110,7 +111,8 @@ def _configs(gen: torch.Generator, draws: int) -> list[tuple[int, int, int]]:
     },
 )
 def lodo_1(mv: Kernel = REAL_MV, rmv: Kernel = REAL_RMV, seed: int = 1) -> Outcome:
-    """LODO-1 (THEORY.md §4): init identity, symmetry, PSD and the algebraic form, over 18 (n, N, k).
+    """LODO-1 (Liao 2023, Eq. 2 and the official code): init identity, symmetry, PSD and the algebraic
+    form, over 18 (n, N, k).
 
     The dense G is α₀·gram(A) applied to the basis vectors (both kernels); at init also
     ``gram(A).to_dense()`` (forward kernel only).  Random blocks are N(0, 1/k), keeping the perms.
@@ -146,13 +148,17 @@ def _count_multiply_adds(G: pa.Structure, x: torch.Tensor) -> int:
 @check(
     id="LODO-2",
     paper="LODO §3 cost claim (Liao 2023)",
-    statement="One application of G = gram(A) costs 2·N·ñ·k multiply-adds (O(ñkN)), as gram(A).cost() says.",
+    statement=(
+        "Cost count: one G x with G = gram(A) costs 2·N·ñ·k multiply-adds (O(ñkN)), counted by "
+        "FlopCounterMode for 4 (n, N, k), as gram(A).cost() declares."
+    ),
     tolerance="exact: multiply-add count (FlopCounterMode); E: rel. error <= 1e-10",
     provenance="PAPER",
     mutants={"dense ñ×ñ layers (2Nñ² multiply-adds)": {"mv": _dense_layer_mv, "rmv": _dense_layer_rmv}},
 )
 def lodo_2(mv: Kernel = REAL_MV, rmv: Kernel = REAL_RMV, seed: int = 2) -> Outcome:
-    """LODO-2 (THEORY.md §4): counted multiply-adds of one G x equal 2Nñk and ``gram(A).cost().matvec``."""
+    """LODO-2 (Liao 2023, §3 cost claim): counted multiply-adds of one G x equal 2Nñk and
+    ``gram(A).cost().matvec``."""
     gen, out = generator(seed), Measures()
     rows, count_err, cost_err, value_err = [], 0, 0, 0.0
     for n, N, k in COST_CONFIGS:

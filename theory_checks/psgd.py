@@ -1,9 +1,10 @@
-"""PSGD (Li 2019) theory checks: PSGD-8 (the normalised update stays in the group) and PSGD-11
-(Lie-group closure rules, Eq. 21 and Eq. 25).
+"""PSGD (Li 2019) theory checks: PSGD-8 (Eq. 20's normalised step keeps Q in its group, with per-step
+bounds) and PSGD-11 (Lie-group closure rules, §5, Eqs. 21 and 25).
 
-Group elements are precondalg structures (METHODS.md §2.2–2.3, `precondalg.structures.lie`); the
-checks use `compose`, `inverse`, `lie_project`, `lie_step` and `max_abs` and compare with dense
-matrices and with sparsity patterns written down independently of the structures.
+Group elements are precondalg structures (`precondalg.structures.lie`).  PSGD-11 uses `compose` and
+`inverse`; PSGD-8 runs PSGD's fitting loop: the `Newton` criterion's gradient and the `LieGroup`
+fitter.  Both compare with dense matrices and with sparsity patterns written down independently of the
+structures.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from collections.abc import Callable
 from functools import reduce
 
 import torch
+import torch.utils._pytree as pytree
 
 import precondalg as pa
+from precondalg.fitters import Fitter, LieGroup
+from precondalg.objectives import BlockContext, Newton
 from theory_checks._numerics import (
     E_ATOL,
     E_RTOL,
@@ -111,7 +115,7 @@ GROUP_KINDS: dict[str, GroupKind] = {
     "scaw": kron_kind(diag_kind(3), triu_kind(2)),
     "direct_sum": direct_sum_kind(triu_kind(2), normalization_kind(3), dense_kind(2)),
 }
-"""THEORY.md §1.4 `group_kind()` as structures (blocktri is checked by its explicit formula)."""
+"""The groups of PSGD-11 as structures (the block-triangular group is checked by its explicit formula)."""
 
 
 def signature(A: pa.Structure) -> tuple:
@@ -137,9 +141,22 @@ def _inverse_swapped_kronecker(A: pa.Structure) -> pa.Structure:
     return pa.inverse(A)
 
 
+def _det_identity_err(lhs: torch.Tensor, factors: list[torch.Tensor], powers: list[int]) -> float:
+    """|det(lhs) / Π det(Fᵢ)^pᵢ − 1| from `torch.linalg.slogdet`; infinite when the signs differ or a
+    determinant is zero or not finite (so a singular product or factor never passes)."""
+    sign, logabs = torch.linalg.slogdet(lhs)
+    for F, p in zip(factors, powers):
+        s, la = torch.linalg.slogdet(F)
+        sign, logabs = sign * s**p, logabs - p * la
+    if not (bool(sign == 1) and bool(torch.isfinite(logabs))):
+        return math.inf
+    return abs(math.expm1(float(logabs)))
+
+
 def _closure(kinds, compose, inverse, gen) -> dict[str, float]:
-    """Over all kinds: type mismatches, errors against dense algebra, off-pattern mass, min rcond."""
-    worst = {"types": 0.0, "product": 0.0, "inverse": 0.0, "pattern": 0.0, "rcond": math.inf}
+    """Over all kinds: type mismatches, errors against dense algebra, off-pattern mass, and the
+    determinant identities det(X·Y) = det X · det Y and det(X⁻¹) = 1/det X."""
+    worst = {"types": 0.0, "product": 0.0, "inverse": 0.0, "pattern": 0.0, "det": 0.0}
     for kind in kinds.values():
         X, Y = kind.draw(gen), kind.draw(gen)
         XY, Xi = compose(X, Y), inverse(X)
@@ -149,8 +166,9 @@ def _closure(kinds, compose, inverse, gen) -> dict[str, float]:
         worst["inverse"] = max(worst["inverse"], rel_err(Xid, torch.linalg.inv(X.to_dense())))
         off = max(off_pattern(XYd, kind.pattern), off_pattern(Xid, kind.pattern))
         worst["pattern"] = max(worst["pattern"], off)
-        rcond = min(float(1 / torch.linalg.cond(XYd)), float(1 / torch.linalg.cond(Xid)))
-        worst["rcond"] = min(worst["rcond"], rcond)
+        Xd, Yd = X.to_dense(), Y.to_dense()
+        det_err = max(_det_identity_err(XYd, [Xd, Yd], [1, 1]), _det_identity_err(Xid, [Xd], [-1]))
+        worst["det"] = max(worst["det"], det_err)
     return worst
 
 
@@ -201,9 +219,11 @@ def _eq25(eq25, compose, inverse, gen) -> tuple[float, float, float]:
     id="PSGD-11",
     paper="PSGD §5, Eqs. 21, 25 (Li 2019)",
     statement=(
-        "diag, triu, dense, Kronecker, SCAN, SCAW and direct-sum groups are closed under compose and "
-        "inverse (same structure, pattern kept, invertible); block-triangular and Kronecker inverse "
-        "formulas; Eq. 25 normalises features and keeps the last row [0,…,0,1]."
+        "Closure identities on a random pair X, Y of each group (diag, triu, dense, Kronecker, SCAN, SCAW, "
+        "direct sum): compose(X, Y) and inverse(X) keep the structure type and the pattern, equal the "
+        "dense product and inverse, and det(X·Y) = det X·det Y, det X⁻¹ = 1/det X (invertible); the "
+        "block-triangular and Kronecker inverse formulas; Eq. 25 gives features of mean 0 and variance 1 "
+        "and keeps the last row [0,…,0,1]."
     ),
     tolerance=f"{E_TOL}; off-pattern <= 1e-12; exact: type mismatches == 0",
     provenance="PAPER",
@@ -221,7 +241,8 @@ def psgd_11(
     eq25: Callable[[torch.Tensor, torch.Tensor], pa.Structure] = eq25_matrix,
     seed: int = 11,
 ) -> Outcome:
-    """PSGD-11 (THEORY.md §3): Lie-group closure rules, with the structures' compose and inverse."""
+    """PSGD-11 (Li 2019, §5, Eqs. 21 and 25): Lie-group closure rules, with the structures' compose and
+    inverse."""
     gen, out = generator(seed), Measures()
     worst = _closure(kinds, compose, inverse, gen)
     blocktri_err, blocktri_pattern = _block_triangular(inverse, gen)
@@ -231,7 +252,7 @@ def psgd_11(
     out.equal("structure-type mismatches of X·Y and X⁻¹", worst["types"], 0)
     out.at_most("max rel. error, compose(X, Y) vs dense X·Y", worst["product"], E_RTOL)
     out.at_most("max rel. error, inverse(X) vs dense inverse", worst["inverse"], E_RTOL)
-    out.at_least("min 1/cond of X·Y and X⁻¹", worst["rcond"], 1e-12)
+    out.at_most("max |det(X·Y)/(det X·det Y) − 1| and |det(X⁻¹)·det X − 1|", worst["det"], E_RTOL)
     out.at_most("rel. error, block-triangular inverse formula", blocktri_err, E_RTOL)
     out.at_most("off-pattern of a product of block-triangular matrices", blocktri_pattern, E_ATOL)
     out.at_most("rel. error, (A⊗B)⁻¹ vs A⁻¹⊗B⁻¹", kron_err, E_RTOL)
@@ -242,12 +263,16 @@ def psgd_11(
     return out.outcome()
 
 
-PSGD8_STEPS = {"Triangular": 6000, "Diagonal": 2000, "Normalization": 2000}
-"""Updates per group for PSGD-8: 10⁴ in all (THEORY.md asks for 10⁴ updates; split to keep ≤ ~3 s)."""
+MU0 = 0.9
+"""PSGD-8's normalised step μ₀: inside (0, 1) and close to 1, so that the floor 1 − μ₀ = 0.1 is reached."""
+PSGD8_N = 5
+"""The size of Q in PSGD-8."""
+PSGD8_STEPS = {"Triangular": 4000, "Diagonal": 3000, "Normalization": 3000}
+"""Updates per group for PSGD-8: 10⁴ in all."""
 
 
 def _psgd8_start(name: str, n: int) -> tuple[pa.Structure, torch.Tensor]:
-    """Q₀ = I in the named group, and that group's sparsity pattern."""
+    """Q₀ = I in the named group, and that group's sparsity pattern (all three are upper triangular)."""
     starts = {
         "Triangular": (lambda: pa.Triangular(torch.eye(n)), triu_kind(n)),
         "Diagonal": (lambda: pa.Diagonal(torch.ones(n)), diag_kind(n)),
@@ -257,73 +282,124 @@ def _psgd8_start(name: str, n: int) -> tuple[pa.Structure, torch.Tensor]:
     return make(), kind.pattern
 
 
-def normalised_direction(Q: pa.Structure, v: torch.Tensor, h: torch.Tensor) -> pa.Structure:
-    """PSGD Eq. 20's R/‖R‖_max with R = Π_𝔤[a aᵀ − b bᵀ], a = Q h, b = Q⁻ᵀ v (METHODS.md §2.2–2.3)."""
-    a, b = Q @ h, Q.T.solve(v)
-    R = pa.lie_project(Q, torch.outer(a, a) - torch.outer(b, b))
-    return pa.scale(R, 1 / pa.max_abs(R))
+def _lie_group_with_step(mu: float) -> LieGroup:
+    """Mutant fitter: precondalg's `LieGroup` (max-abs normaliser) stepping with μ = `mu`, set past the
+    constructor, which rejects a step outside [0, 1)."""
+    fitter = LieGroup(lr=0.0)
+    object.__setattr__(fitter, "lr", mu)
+    return fitter
 
 
-def _psgd8_run(Q: pa.Structure, pattern: torch.Tensor, V, H, mu0: float, lie_step, every: int = 250) -> dict:
-    """Run Eq. 20 over the data (V, H), then verify every step densely in one batch.
-
-    The run stops early (checked every `every` steps) once a diagonal entry is not positive.
-    """
-    Qs, Es, type_changes = [Q.to_dense()], [], 0
-    for i, (v, h) in enumerate(zip(V, H), start=1):
-        E = normalised_direction(Q, v, h)
-        new = lie_step(Q, E, mu0)
-        type_changes += type(new) is not type(Q)
-        Q = new
-        Qs.append(Q.to_dense())
-        Es.append(E.to_dense())
-        if i % every == 0 and not torch.stack(Qs[-every:]).diagonal(dim1=1, dim2=2).min() > 0:
+def _psgd8_run(Q0: pa.Structure, V: torch.Tensor, H: torch.Tensor, fitter: Fitter) -> torch.Tensor:
+    """PSGD's fitting loop on one block, as `Preconditioned` runs it: at each step the Newton criterion's
+    gradient ∂c/∂Q for the pair (v, h) (`Newton().meta_grad`, P = QᵀQ), then the fitter's step on Q's
+    leaves.  Returns the dense Q₀, Q₁, … (stacked); the run stops after the first step that leaves a
+    diagonal entry of Q zero, of the other sign, or not finite (the next step would divide by it)."""
+    leaves, spec = pytree.tree_flatten(Q0)
+    leaves = [leaf.clone() for leaf in leaves]
+    fit, criterion = fitter.build(leaves, spec), Newton()
+    Qs = [Q0.to_dense()]
+    for v, h in zip(V, H):
+        ctx = BlockContext(
+            phi=pytree.tree_unflatten(leaves, spec),
+            form=pa.gram,
+            grad=h[:, None],
+            cache={},
+            extras={"h": h[:, None], "v": v[:, None]},
+        )
+        fit.step(pytree.tree_leaves(criterion.meta_grad(ctx)))
+        Qs.append(pytree.tree_unflatten(leaves, spec).to_dense())
+        if not bool((Qs[-1].diagonal() / Qs[-2].diagonal()).min() > 0):
             break
-    Qd, Ed = torch.stack(Qs), torch.stack(Es)
-    expected = (torch.eye(Q.shape[0]) - mu0 * Ed) @ Qd[:-1]
-    step_err = ((Qd[1:] - expected).abs().amax((1, 2)) / expected.abs().amax((1, 2))).max()
-    return {
-        "steps": len(Es),
-        "min_diag": float(Qd.diagonal(dim1=1, dim2=2).min()),
-        "off_pattern": max(float(expected[:, ~pattern].abs().max()), float(Qd[:, ~pattern].abs().max())),
-        "step_err": float(step_err),
-        "type_changes": type_changes,
-        "cond": float(torch.linalg.cond(Qd[-1])),
-    }
+    return torch.stack(Qs)
+
+
+def _eq20_reference(Qd: torch.Tensor, V: torch.Tensor, H: torch.Tensor, pattern: torch.Tensor, mu0: float):
+    """Eq. 20 written out densely for each step taken, independently of the fitter: with a = Qh and
+    b = Q⁻ᵀv, R = the pattern part of aaᵀ − bbᵀ (the relative gradient up to the factor 2), E = R/max|R|,
+    and Q′ = (I − μ₀E)Q.  Q is upper triangular in every group checked (so Q⁻ᵀv is a forward solve)."""
+    steps = Qd.shape[0] - 1
+    Q = Qd[:-1]
+    a = Q @ H[:steps, :, None]
+    b = torch.linalg.solve_triangular(Q.mT, V[:steps, :, None], upper=False)
+    R = (a @ a.mT - b @ b.mT) * pattern
+    E = R / R.abs().amax((1, 2), keepdim=True)
+    return (torch.eye(Qd.shape[1]) - mu0 * E) @ Q
 
 
 @check(
     id="PSGD-8",
     paper="PSGD Eq. 20 (Li 2019)",
     statement=(
-        "With 0 < μ0 < 1, Q ← (I − μ0 R/‖R‖_max)Q keeps triangular, diagonal and SCAN Q in their group, "
-        "with a positive diagonal and finite condition number, for any data."
+        "Invariant and per-step bounds of Eq. 20: PSGD's Lie-group fitter (max-abs normaliser, μ₀ = 0.9), "
+        "fed the Newton criterion's gradient for 10⁴ adversarial (v, h), keeps triangular, diagonal and "
+        "SCAN Q (n = 5) bit-exactly in their pattern; each step multiplies every diagonal entry by a "
+        "factor in [1 − μ₀, 1 + μ₀] and |det Q| by at least (1 − μ₀)ⁿ, so Q stays invertible with its "
+        "diagonal signs; each step equals the dense (I − μ₀R/‖R‖_max)Q."
     ),
-    tolerance="exact: diag > 0, off-pattern == 0 (bit-exact), cond finite; E: step rel. error <= 1e-10",
+    tolerance=(
+        "exact: off-pattern == 0 (bit-exact); E: diagonal factors in [1 − μ₀, 1 + μ₀] and |det| factor "
+        ">= (1 − μ₀)ⁿ up to rel. 1e-10, step rel. error <= 1e-10"
+    ),
     provenance="DERIVED",
-    mutants={"mu0 = 1.5": {"mu0": 1.5}},
+    mutants={
+        "step μ = 1.5 (outside (0, 1))": {"fitter": _lie_group_with_step(1.5)},
+        "step μ = 1 (I − μE singular when E_ii = 1)": {"fitter": _lie_group_with_step(1.0)},
+    },
 )
 def psgd_8(
-    mu0: float = 0.9, steps: dict[str, int] = PSGD8_STEPS, lie_step=pa.lie_step, seed: int = 8
+    fitter: Fitter | None = None,
+    mu0: float = MU0,
+    steps: dict[str, int] = PSGD8_STEPS,
+    seed: int = 8,
 ) -> Outcome:
-    """PSGD-8 (THEORY.md §3): Eq. 20 on adversarial data, n = 5, Q₀ = I, μ0 = 0.9 (near the bound).
+    """PSGD-8 (Li 2019, Eq. 20): the normalised multiplicative step Q ← (I − μ₀E)Q, E = R/‖R‖_max.
 
-    Each coordinate of v and h has magnitude 10^U(−6, 6) and a random sign, drawn independently, so
-    the updates mix huge and tiny scales.  Every step is also recomputed densely: (I − μ0 R̃)Q must
-    be bit-exactly in the group's pattern (the algebraic claim) and equal `lie_step`'s Q (class E).
+    Proof of the bounds: E is in the group's Lie algebra (upper triangular, diagonal, or the SCAN
+    pattern: all upper triangular) and |E_ij| ≤ 1, so I − μ₀E is upper triangular with diagonal entries
+    1 − μ₀E_ii ∈ [1 − μ₀, 1 + μ₀].  Q is upper triangular too, so the new diagonal entry is exactly
+    (1 − μ₀E_ii)q_ii and det Q′ = det Q · Π(1 − μ₀E_ii), with |Π(1 − μ₀E_ii)| ≥ (1 − μ₀)ⁿ > 0.
+
+    `fitter` is the fitter under test (None: precondalg's ``LieGroup(lr=mu0)``); the bounds are those
+    for `mu0`.  Per group, Q₀ = I, n = 5, and the coordinates of v and h have magnitudes 10^U(−6, 6) and
+    random signs, drawn independently, so that the steps mix huge and tiny scales.  The ratios are
+    measured on the fitter's Q (dense), the determinants by `torch.linalg.slogdet`.
     """
-    gen, out, n = generator(seed), Measures(), 5
-    results = {}
+    fitter = LieGroup(lr=mu0) if fitter is None else fitter
+    gen, out, n = generator(seed), Measures(), PSGD8_N
+    ratio_lo, ratio_hi, det_lo, off, step_err, taken = math.inf, -math.inf, math.inf, 0.0, 0.0, 0
+    per_group = {}
     for name, count in steps.items():
+        Q0, pattern = _psgd8_start(name, n)
         V = torch.randn(count, n, generator=gen) * log_uniform((count, n), -6, 6, gen)
         H = torch.randn(count, n, generator=gen) * log_uniform((count, n), -6, 6, gen)
-        results[name] = _psgd8_run(*_psgd8_start(name, n), V, H, mu0, lie_step)
-    worst = {key: [r[key] for r in results.values()] for key in next(iter(results.values()))}
-    out.positive(f"min diag(Q) over {sum(worst['steps'])} updates", min(worst["min_diag"]))
-    out.equal("max off-pattern |entry| of Q and of dense (I − μ0R̃)Q", max(worst["off_pattern"]), 0)
-    out.add("max cond(Q) after the run", max(worst["cond"]), "<", math.inf)
-    out.at_most("max rel. error, lie_step vs dense (I − μ0R̃)Q", max(worst["step_err"]), E_RTOL)
-    out.equal("structure-type changes", sum(worst["type_changes"]), 0)
-    out.details["per group"] = results
+        Qd = _psgd8_run(Q0, V, H, fitter)
+        expected = _eq20_reference(Qd, V, H, pattern, mu0)
+        diag = Qd.diagonal(dim1=1, dim2=2)
+        ratios = diag[1:] / diag[:-1]
+        logdet = torch.linalg.slogdet(Qd).logabsdet
+        det_ratio = float(torch.exp(logdet[1:] - logdet[:-1]).min())
+        errors = (Qd[1:] - expected).abs().amax((1, 2)) / expected.abs().amax((1, 2))
+        group = {
+            "steps": Qd.shape[0] - 1,
+            "min diagonal factor": float(ratios.min()),
+            "max diagonal factor": float(ratios.max()),
+            "min |det| factor": det_ratio,
+            "max step rel. error": float(errors.max()),
+            "min |q_ii| at the end": float(diag[-1].abs().min()),
+        }
+        per_group[name] = group
+        taken += group["steps"]
+        ratio_lo = min(ratio_lo, group["min diagonal factor"])
+        ratio_hi = max(ratio_hi, group["max diagonal factor"])
+        det_lo, step_err = min(det_lo, det_ratio), max(step_err, group["max step rel. error"])
+        off = max(off, float(Qd[:, ~pattern].abs().max()), float(expected[:, ~pattern].abs().max()))
+    out.at_least(f"min q_ii′/q_ii over {taken} updates (bound 1 − μ₀)", ratio_lo, (1 - mu0) * (1 - E_RTOL))
+    out.at_most(f"max q_ii′/q_ii over {taken} updates (bound 1 + μ₀)", ratio_hi, (1 + mu0) * (1 + E_RTOL))
+    out.at_least("min |det Q′|/|det Q| (bound (1 − μ₀)ⁿ)", det_lo, (1 - mu0) ** n * (1 - E_RTOL))
+    out.equal("max off-pattern |entry| of Q and of dense (I − μ₀E)Q", off, 0)
+    out.at_most("max rel. error, fitter's Q′ vs dense (I − μ₀E)Q", step_err, E_RTOL)
+    out.details["per group"] = per_group
     out.details["mu0"] = mu0
+    out.details["updates requested"] = sum(steps.values())
     return out.outcome()

@@ -1,6 +1,6 @@
 """The registry of theory checks: the `@check` decorator, outcomes, and "not tested" claims.
 
-A check (THEORY.md §1.3) is a function of keyword arguments only.  Its defaults are the real
+A check is a function of keyword arguments only.  Its defaults are the real
 implementation pieces (functions, structures, constants) and each *mutant* is a dict of keyword
 overrides that substitutes a deliberately wrong variant.  The runner (`theory_checks.runner`) calls
 the function once with no overrides, which must PASS, and once per mutant, which must FAIL.
@@ -33,7 +33,7 @@ __all__ = [
 
 PROVENANCE_TAGS = ("PAPER", "CODE", "RECON", "DERIVED", "UNKNOWN")
 PAPER_ORDER = ("FOP", "PSGD", "LODO", "APO")
-"""The order of the papers in THEORY.md (and in the report)."""
+"""The order of the papers in the report."""
 _RELATIONS: dict[str, Callable[[float, float], bool]] = {
     "<=": lambda x, b: x <= b,
     "<": lambda x, b: x < b,
@@ -50,7 +50,7 @@ class Part:
     Attributes:
         name: what was measured (e.g. "max rel. error, fast form vs P @ vec(G)").
         measured: the value measured in the run (NaN counts as a failure).
-        bound: the bound from THEORY.md's tolerance class.
+        bound: the bound it is compared with (a proven bound, or zero error up to its tolerance class).
         relation: how `measured` must compare with `bound`: one of <=, <, >=, >, ==.
         passed: whether it does.
     """
@@ -136,9 +136,10 @@ class Check:
     """A registered check.
 
     Attributes:
-        id: THEORY.md id, e.g. "PSGD-8".
+        id: the check's id, e.g. "PSGD-8" (paper prefix and number).
         paper: paper and equation, e.g. "PSGD (Li 2019), Eq. 20".
-        statement: the claim checked, one or two sentences.
+        statement: what is measured and the claim it checks (identity, invariant, closed form, bound,
+            cost count, ...), one or two sentences.
         tolerance: tolerance class and bound, e.g. "E: rel. error <= 1e-10".
         provenance: tags from `PROVENANCE_TAGS`, e.g. ("PAPER", "DERIVED").
         fn: the check function (keyword arguments only, real implementation as defaults).
@@ -161,7 +162,7 @@ class Check:
 
 @dataclasses.dataclass(frozen=True)
 class NotTested:
-    """A claim listed in the report as "not tested" (THEORY.md §7), with the reason; never a failure."""
+    """A claim listed in the report as "not tested", with the reason; never a failure."""
 
     id: str
     paper: str
@@ -227,12 +228,12 @@ class Registry:
     def not_tested(
         self, *, id: str, paper: str, statement: str, reason: str, provenance: str | tuple[str, ...]
     ) -> None:
-        """Register a claim that is listed as "not tested", with the reason (THEORY.md §7)."""
+        """Register a claim that is listed as "not tested", with the reason."""
         self._add(NotTested(id, paper, statement, reason, _tags(id, provenance)))
 
 
 def _report_order(entry: Check | NotTested) -> tuple:
-    """Checks before not-tested claims; papers in THEORY.md's order; then the number in the id."""
+    """Checks before not-tested claims; papers in `PAPER_ORDER`; then the number in the id."""
     paper, _, rest = entry.id.partition("-")
     number = re.match(r"\d+", rest)
     return (
@@ -254,7 +255,7 @@ def _tags(id: str, provenance: str | tuple[str, ...]) -> tuple[str, ...]:
 
 def _validate_mutants(id: str, fn: Callable[..., Any], mutants: dict[str, dict[str, Any]]) -> None:
     if not mutants:
-        raise ValueError(f"{id}: a check needs at least one mutant (THEORY.md §1.3); got none")
+        raise ValueError(f"{id}: a check needs at least one mutant (the mutation self-test); got none")
     params = inspect.signature(fn).parameters
     missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
     if missing:

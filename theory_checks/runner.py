@@ -1,4 +1,4 @@
-"""Run registered checks and their mutants, producing the report records of THEORY.md §1.3.
+"""Run registered checks and their mutants, producing the report records.
 
 Each check runs in float64 on one thread (`check_environment`, restored afterwards) first with no overrides,
 which must PASS, then once per mutant, which must FAIL.  A mutant that passes makes the check
@@ -46,7 +46,7 @@ class MutantResult:
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-    """One report row (QUALITY.md §3, THEORY.md §1.3).
+    """One report row.
 
     `status` is "PASS", "FAIL" or "NOT TESTED".  A check FAILs when its real run fails, raises, or any
     mutant does not fail.  "NOT TESTED" rows carry a `reason` and are never counted as failures.
@@ -90,7 +90,7 @@ class Record:
 
 @contextlib.contextmanager
 def check_environment() -> Iterator[None]:
-    """Run the body in float64 (THEORY.md §1.3) on one intra-op thread, restoring both after.
+    """Run the body in float64 on one intra-op thread, restoring both after.
 
     The checks work on small matrices, where one thread is faster and its timings far steadier than
     several threads contending for a shared CPU.
