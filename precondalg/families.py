@@ -3,15 +3,18 @@
 A `Family` is the *structure* choice of a learned preconditioner: ``init(dims, like, generator)``
 returns the initial φ (a structure, hence a pytree whose leaves the fitter moves) for the dimensions a
 placement gives, and ``form(φ)`` returns the preconditioner P_φ that multiplies the placed gradient.
+Each family is named like the structure φ it makes.
 
 | family | φ₀ | P_φ | used by |
 | --- | --- | --- | --- |
-| `dense_gram()` | Dense(I) | MᵀM = `gram(M)` | FOP full and spatial (METHODS.md §1.1, §1.5) |
-| `normalized_dense_gram()` | Dense(I) | √n·MᵀM/‖MᵀM‖_F | FOP-norm (§1.7); hypergradient of MᵀM (O-FOP-2) |
-| `low_rank_gram(r, std)` | Dense(M), M r×n, N(0, std²) | I + MᵀM (low rank) | FOP low rank (§1.4) |
-| `scalar(value)` | Scalar(value) | φ | hypergradient descent (global / per layer, §1.8–1.9) |
-| `diagonal(value)` | Diagonal(value·1) | φ | PP-HD (§1.8) |
-| `kronecker_gram()` | Kronecker(Dense(I), Dense(I)) | AᵀA ⊗ BᵀB | two-sided (`TwoSided`) |
+| `dense_gram(scale)` | Dense(scale·I) | MᵀM = `gram(M)` | FOP full and spatial; PSGD dense Q |
+| `normalized_dense_gram()` | Dense(I) | √n·MᵀM/‖MᵀM‖_F | FOP-norm (Moskovitz et al. 2019, App. A.1) |
+| `low_rank_gram(r, std)` | Dense(M), M r×n, N(0, std²) | I + MᵀM (low rank) | FOP low rank |
+| `triangular_gram(scale)` | Triangular(scale·I) | QᵀQ | PSGD's triangular Q (Li 2019, Eq. 18) |
+| `diagonal_gram(scale)` | Diagonal(scale·1) | QᵀQ = diag(q²) | PSGD's diagonal Q |
+| `kronecker_gram(factor, scale)` | ⊗ᵢ scale^(1/K)·I | ⊗ᵢ QᵢᵀQᵢ | PSGD's Kronecker Q (Eq. 23), two-sided |
+| `scalar(value)` | Scalar(value) | φ | hypergradient descent (global / per layer) |
+| `diagonal(value)` | Diagonal(value·1) | φ | per-parameter hypergradient descent (PP-HD) |
 
 A new structure needs only a new `init` (and `form`): every objective and fitter then works with it.
 """
@@ -25,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 
+from precondalg._checks import check_choice, check_number
 from precondalg.structures import (
     Dense,
     Diagonal,
@@ -32,18 +36,20 @@ from precondalg.structures import (
     Kronecker,
     Scalar,
     Structure,
+    Triangular,
     gram,
-    scale,
 )
 
 __all__ = [
     "Family",
     "dense_gram",
     "diagonal",
+    "diagonal_gram",
     "kronecker_gram",
     "low_rank_gram",
     "normalized_dense_gram",
     "scalar",
+    "triangular_gram",
 ]
 
 Init = Callable[[tuple[int, ...], torch.Tensor, torch.Generator | None], Structure]
@@ -63,40 +69,67 @@ class Family:
         form: ``form(φ) -> P_φ`` (default: P = φ).  Must be differentiable in φ's leaves (it is, when
             written with the structures' algebra).
         hyper_form: the map the hypergradient differentiates, where it is not `form` (None: `form`).
-            FOP-norm's default hypergradient is that of the plain MᵀM (METHODS.md §6, O-FOP-2).
+            FOP-norm's hypergradient is that of the plain MᵀM (the normalisation is not differentiated).
         hyper_vjp: optional closed form of the VJP of φ ↦ hyper_form(φ) @ u: ``hyper_vjp(φ, u, c)``
             returns ⟨c, ∂(P_φ u)⟩ as a structure of φ's type (u, c of shape (n, k)).  The hypergradient
             uses it instead of `torch.func.vjp` (it is faster; tests hold it equal to the generic VJP).
+        name: how the family is shown in messages and checkpoints (the factories set it, e.g.
+            "triangular_gram(scale=0.1)"); default: from `init`'s name.
     """
 
     init: Init
     form: Callable[[Structure], Structure] = _identity
     hyper_form: Callable[[Structure], Structure] | None = None
     hyper_vjp: Callable[[Structure, torch.Tensor, torch.Tensor], Structure] | None = None
+    name: str | None = None
+
+    def __repr__(self) -> str:
+        if self.name is not None:
+            return self.name
+        return f"Family(init={getattr(self.init, '__qualname__', type(self.init).__name__)})"
 
 
-def _eye(n: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.eye(n, dtype=like.dtype, device=like.device)
+def _eye(n: int, like: torch.Tensor, value: float = 1.0) -> torch.Tensor:
+    return torch.eye(n, dtype=like.dtype, device=like.device) * value
 
 
-def _dense_identity(dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None) -> Structure:
-    return Dense(_eye(math.prod(dims), like))
-
-
-def _kronecker_identity(dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None) -> Structure:
-    return Kronecker(*[Dense(_eye(n, like)) for n in dims])
-
-
-def _scalar_init(
+def _dense_identity(
     value: float, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
 ) -> Structure:
-    return Scalar(torch.tensor(float(value), dtype=like.dtype, device=like.device), math.prod(dims))
+    return Dense(_eye(math.prod(dims), like, value))
+
+
+def _triangular_identity(
+    value: float, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+) -> Structure:
+    return Triangular(_eye(math.prod(dims), like, value))
 
 
 def _diagonal_init(
     value: float, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
 ) -> Structure:
     return Diagonal(torch.full((math.prod(dims),), float(value), dtype=like.dtype, device=like.device))
+
+
+_FACTORS: dict[str, Callable[..., Structure]] = {
+    "dense": _dense_identity,
+    "triangular": _triangular_identity,
+    "diagonal": _diagonal_init,
+}
+
+
+def _kronecker_identity(
+    factor: str, value: float, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+) -> Structure:
+    # psgd_torch's split of the initial scale: value^(1/K) on each of the K factors.
+    per = value ** (1 / len(dims))
+    return Kronecker(*[_FACTORS[factor](per, (n,), like, gen) for n in dims])
+
+
+def _scalar_init(
+    value: float, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+) -> Structure:
+    return Scalar(torch.tensor(float(value), dtype=like.dtype, device=like.device), math.prod(dims))
 
 
 def _low_rank_init(
@@ -109,9 +142,29 @@ def _low_rank_init(
     return Dense(M.to(dtype=like.dtype, device=like.device))
 
 
-def dense_gram() -> Family:
-    """P = MᵀM with M = I at the start: full FOP, and spatial FOP on conv taps."""
-    return Family(init=_dense_identity, form=gram, hyper_vjp=_gram_vjp)
+def _positive_scale(owner: str, scale_: float) -> float:
+    check_number(owner, "scale", scale_, 0.0, lo_open=True)
+    return float(scale_)
+
+
+def dense_gram(scale: float = 1.0) -> Family:
+    """P = MᵀM with M = scale·I at the start (a dense M).
+
+    Full FOP (M₀ = I; Moskovitz et al. 2019, Eq. 4) and spatial FOP on conv taps, fitted by the
+    `Hypergradient` with Adam (lr 1e-4 in the paper); also PSGD's dense Q (Li 2019), fitted by
+    `Newton`/`Fisher` with the `LieGroup` fitter (μ₀ 0.01–0.2, scale 0.1–1).  Memory n² per block: use
+    it for n up to a few thousand.
+
+    Raises:
+        TypeError, ValueError: scale not a positive number.
+    """
+    value = _positive_scale("dense_gram", scale)
+    return Family(
+        init=functools.partial(_dense_identity, value),
+        form=gram,
+        hyper_vjp=_gram_vjp,
+        name="dense_gram()" if value == 1.0 else f"dense_gram(scale={value!r})",
+    )
 
 
 def _gram_vjp(phi: Structure, u: torch.Tensor, c: torch.Tensor) -> Structure:
@@ -124,12 +177,19 @@ def _gram_vjp(phi: Structure, u: torch.Tensor, c: torch.Tensor) -> Structure:
 def _normalized_gram(phi: Structure) -> Structure:
     # ‖MᵀM‖_F = ‖MMᵀ‖_F, and √n = ‖Iₙ‖_F with n the first dimension of M (App. A.1).
     M = phi.A
-    return scale(gram(phi), M.shape[0] ** 0.5 / torch.linalg.matrix_norm(M @ M.mT))
+    return gram(phi) * (M.shape[0] ** 0.5 / torch.linalg.matrix_norm(M @ M.mT))
 
 
 def normalized_dense_gram() -> Family:
-    """FOP-norm: P = √n·MᵀM/‖MᵀM‖_F, M = I at the start; the hypergradient is the plain MᵀM one."""
-    return Family(init=_dense_identity, form=_normalized_gram, hyper_form=gram, hyper_vjp=_gram_vjp)
+    """FOP-norm (Moskovitz et al. 2019, App. A.1): P = √n·MᵀM/‖MᵀM‖_F, M = I at the start; the
+    hypergradient is the plain MᵀM one (the normalisation is applied, not differentiated)."""
+    return Family(
+        init=functools.partial(_dense_identity, 1.0),
+        form=_normalized_gram,
+        hyper_form=gram,
+        hyper_vjp=_gram_vjp,
+        name="normalized_dense_gram()",
+    )
 
 
 def _one_plus_gram(phi: Structure) -> Structure:
@@ -138,20 +198,54 @@ def _one_plus_gram(phi: Structure) -> Structure:
 
 
 def low_rank_gram(rank: int, std: float = 1e-3) -> Family:
-    """P = I + MᵀM with M (rank×n), entries N(0, std²): low-rank FOP (Eq. 5 reconstructed, O-FOP-1).
+    """P = I + MᵀM with M (rank×n), entries N(0, std²): low-rank FOP (Moskovitz et al. 2019, Eq. 5
+    as reconstructed: the paper's text gives the form, not the initial scale; std 1e-3 by default).
 
     std = 0 starts at M = 0, a stationary point of the hypergradient (its VJP is M(·) = 0): P then stays
-    I, which reproduces the base optimizer exactly but never learns.
+    I, which reproduces the base optimizer exactly but never learns.  Typical: rank 1–32.
 
     Raises:
+        TypeError: rank not an int, std not a number.
         ValueError: rank < 1 or std < 0 (rank > n is reported when the placement's n is known).
     """
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise ValueError(f"low_rank_gram: 'rank' must be a positive int; got {rank!r}")
-    if not std >= 0:
-        raise ValueError(f"low_rank_gram: 'std' must be >= 0; got {std!r}")
+    check_number("low_rank_gram", "rank", rank, 1, integer=True)
+    check_number("low_rank_gram", "std", std, 0.0)
+    return Family(
+        init=functools.partial(_low_rank_init, rank, float(std)),
+        form=_one_plus_gram,
+        hyper_vjp=_gram_vjp,
+        name=f"low_rank_gram({rank}, std={float(std)!r})",
+    )
 
-    return Family(init=functools.partial(_low_rank_init, rank, std), form=_one_plus_gram, hyper_vjp=_gram_vjp)
+
+def triangular_gram(scale: float = 1.0) -> Family:
+    """P = QᵀQ with Q upper triangular, Q₀ = scale·I: PSGD's dense preconditioner (Li 2019, Eq. 18).
+
+    Fit it with `Newton()` or `Fisher(damping=…)` and the `LieGroup` fitter, which keeps Q triangular
+    and invertible.  Typical values: scale 0.1 (the paper's Rosenbrock, with μ₀ = 0.2) to 1; the Lie
+    step μ₀ 0.01 on networks (the paper's "typical value"), up to 0.1–0.2 on small problems.  Memory
+    n(n+1)/2 values per block (stored as n×n).
+
+    Raises:
+        TypeError, ValueError: scale not a positive number.
+    """
+    value = _positive_scale("triangular_gram", scale)
+    name = f"triangular_gram(scale={value!r})"
+    return Family(init=functools.partial(_triangular_identity, value), form=gram, name=name)
+
+
+def diagonal_gram(scale: float = 1.0) -> Family:
+    """P = QᵀQ = diag(q²) with q₀ = scale·1: PSGD's diagonal preconditioner (Li 2019; with `Newton`
+    the equilibrated-SGD preconditioner, with `Fisher` an RMSprop-like one).
+
+    Typical values: scale 0.1–1 with `LieGroup(lr=0.01)`.
+
+    Raises:
+        TypeError, ValueError: scale not a positive number.
+    """
+    value = _positive_scale("diagonal_gram", scale)
+    name = f"diagonal_gram(scale={value!r})"
+    return Family(init=functools.partial(_diagonal_init, value), form=gram, name=name)
 
 
 def _scalar_vjp(phi: Structure, u: torch.Tensor, c: torch.Tensor) -> Structure:
@@ -163,15 +257,58 @@ def _diagonal_vjp(phi: Structure, u: torch.Tensor, c: torch.Tensor) -> Structure
 
 
 def scalar(value: float = 1.0) -> Family:
-    """P = αI with α = value at the start (a learned learning rate)."""
-    return Family(init=functools.partial(_scalar_init, value), hyper_vjp=_scalar_vjp)
+    """P = αI with α = value at the start: a learned learning rate (Baydin et al. 2018).
+
+    The step is θ ← θ − lr·α·s, with s the base rule's step for position "direction" (or the base rule
+    applied to αg for "gradient"): the group's ``lr`` multiplies the learned α, so keep lr = 1 and put
+    the initial rate in `value` (the `HD` preset does), or keep value = 1 and let α learn a correction
+    of a scheduled lr.  Typical hyper-learning rates: 1e-3 (SGD base), 1e-7–1e-8 (Adam base).
+
+    Raises:
+        TypeError: value not a number.
+    """
+    check_number("scalar", "value", value)
+    init = functools.partial(_scalar_init, float(value))
+    return Family(init=init, hyper_vjp=_scalar_vjp, name=f"scalar({value!r})")
 
 
 def diagonal(value: float = 1.0) -> Family:
-    """P = diag(α) with every α = value at the start (per-parameter learning rates)."""
-    return Family(init=functools.partial(_diagonal_init, value), hyper_vjp=_diagonal_vjp)
+    """P = diag(α) with every α = value at the start: per-parameter learned learning rates (PP-HD).
+
+    As for `scalar`, the step is θ ← θ − lr·diag(α)·s: coordinate i moves by lr·αᵢ times the base
+    rule's step, so lr and value multiply (the `HD` preset sets lr = 1 and value = the initial rate).
+
+    Raises:
+        TypeError: value not a number.
+    """
+    check_number("diagonal", "value", value)
+    init = functools.partial(_diagonal_init, float(value))
+    return Family(init=init, hyper_vjp=_diagonal_vjp, name=f"diagonal({value!r})")
 
 
-def kronecker_gram() -> Family:
-    """P = AᵀA ⊗ BᵀB with A = I, B = I at the start, for a `TwoSided` placement (dims (out, in))."""
-    return Family(init=_kronecker_identity, form=gram)
+_KRONECKER_FACTORS = tuple(_FACTORS)
+
+
+def kronecker_gram(factor: str = "dense", scale: float = 1.0) -> Family:
+    """P = Q₁ᵀQ₁ ⊗ ⋯ ⊗ Q_KᵀQ_K, one factor per placement dimension, each Qᵢ = scale^(1/K)·I at the start
+    (so P₀ = scale²·I).
+
+    With `TwoSided` (dims (out, in)) it acts as G ↦ Q₁ᵀQ₁ G Q₂ᵀQ₂: PSGD's Kronecker preconditioner
+    (Li 2019, Eq. 23) with ``factor="triangular"``, fitted by `Newton`/`Fisher` and `LieGroup` (the
+    paper's autoencoder: Q₁ = 0.1·I, Q₂ = I, step 0.1; here use scale 0.1); with the `Hypergradient` and
+    ``factor="dense"`` a two-sided FOP.  ``factor="diagonal"`` gives diagonal factors (PSGD's choice for
+    very large dimensions).
+
+    Args:
+        factor: "dense", "triangular" or "diagonal": the structure of every Qᵢ.
+        scale: the initial scale of P^(1/2) (a positive number).
+
+    Raises:
+        ValueError: unknown factor; scale not positive.
+    """
+    check_choice("kronecker_gram", "factor", factor, _KRONECKER_FACTORS)
+    value = _positive_scale("kronecker_gram", scale)
+    name = "kronecker_gram()" if (factor, value) == ("dense", 1.0) else (
+        f"kronecker_gram(factor={factor!r}, scale={value!r})"
+    )
+    return Family(init=functools.partial(_kronecker_identity, factor, value), form=gram, name=name)

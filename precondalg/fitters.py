@@ -4,12 +4,12 @@ A fitter is a recipe; ``fitter.build(leaves, spec)`` returns the per-block `Fit`
 state and updates the leaves *in place* on ``fit.step(grads)`` (the optimizer can then undo a skipped
 step exactly, from a snapshot of ``fit.tensors()``).
 
-- `TorchOptimizer`: any torch.optim class on φ's leaves — Adam for FOP (lr 1e-4, METHODS.md §1.2),
-  LODO and APO; plain SGD for Baydin's hypergradient descent (§1.9).
-- `LieGroup`: PSGD's normalised multiplicative step on a matrix Lie group (METHODS.md §2.2, Eq. 20):
+- `TorchOptimizer`: any torch.optim class on φ's leaves — Adam for FOP (lr 1e-4, Moskovitz et al.
+  2019), LODO and APO; plain SGD for Baydin et al.'s hypergradient descent (2018).
+- `LieGroup`: PSGD's normalised multiplicative step on a matrix Lie group (Li 2019, Eqs. 17–20):
   R = relative gradient (from the Euclidean gradient by `relative_gradient`), then
-  Q ← (I − μ R/‖R‖)Q, with ‖R‖ the max-abs norm of the 2019 code (default, O-PSGD-1) or the 2026
-  code's Lipschitz estimate L ← max(β_L L + (1 − β_L)ℓ, ℓ), ℓ = ‖R‖₂ (§2.5).  Each Kronecker factor
+  Q ← (I − μ R/‖R‖)Q, with ‖R‖ the max-abs norm of the paper and its 2019 code (default) or the 2026
+  psgd_torch code's Lipschitz estimate L ← max(β_L L + (1 − β_L)ℓ, ℓ), ℓ = ‖R‖₂.  Each Kronecker factor
   and each diagonal block is normalised by its own norm and stepped on its own, as in PSGD's code.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from precondalg._checks import check_choice, check_number
 from precondalg.structures import (
     BlockDiagonal,
     Kronecker,
@@ -107,7 +108,12 @@ class TorchOptimizer(Fitter):
             raise TypeError(f"TorchOptimizer: 'cls' must be a torch.optim.Optimizer class; got {cls!r}")
         object.__setattr__(self, "cls", cls)
         object.__setattr__(self, "kwargs", dict(kwargs))
-        cls([torch.zeros(1)], **kwargs)
+        try:
+            cls([torch.zeros(1)], **kwargs)
+        except (TypeError, ValueError) as err:
+            raise type(err)(
+                f"TorchOptimizer: {cls.__name__} refused the hyperparameters {kwargs}: {err}"
+            ) from err
 
     def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
         return _TorchFit(self.cls(leaves, **self.kwargs), leaves)
@@ -167,16 +173,17 @@ class _LieFit(Fit):
 
 @dataclasses.dataclass(frozen=True)
 class LieGroup(Fitter):
-    """PSGD's normalised step on a matrix Lie group: Q ← (I − μ R/‖R‖)Q (METHODS.md §2.2, Eq. 20).
+    """PSGD's normalised step on a matrix Lie group: Q ← (I − μ R/‖R‖)Q (Li 2019, Eq. 20).
 
     Attributes:
         lr: the normalised step μ: in [0, 1) with the max-abs normaliser, which keeps triangular and
-            diagonal Q invertible (THEORY.md PSGD-8; PSGD's typical value 0.01); in [0, 2] with the
+            diagonal Q invertible (theory check PSGD-8; the paper's typical value 0.01); in [0, 2] with the
             Lipschitz one (the 2026 code's range).
-        normalizer: "max_abs" (2019 code, default) or "lipschitz" (2026 code, §2.5).
+        normalizer: "max_abs" (the paper and its 2019 code, default) or "lipschitz" (psgd_torch, 2026).
         beta_lipschitz: β_L of the Lipschitz estimate (0.9 in the 2026 code).
 
     Raises:
+        TypeError: lr or β_L not a number.
         ValueError: lr out of its range, unknown normalizer, β_L not in [0, 1).
     """
 
@@ -185,16 +192,11 @@ class LieGroup(Fitter):
     beta_lipschitz: float = 0.9
 
     def __post_init__(self) -> None:
-        if self.normalizer not in ("max_abs", "lipschitz"):
-            raise ValueError(
-                f"LieGroup: 'normalizer' must be 'max_abs' or 'lipschitz'; got {self.normalizer!r}"
-            )
-        if self.normalizer == "max_abs" and not 0 <= self.lr < 1:
-            raise ValueError(f"LieGroup: 'lr' must be in [0, 1) with the max-abs normalizer; got {self.lr!r}")
-        if not 0 <= self.lr <= 2:
-            raise ValueError(f"LieGroup: 'lr' must be in [0, 2]; got {self.lr!r}")
-        if not 0 <= self.beta_lipschitz < 1:
-            raise ValueError(f"LieGroup: 'beta_lipschitz' must be in [0, 1); got {self.beta_lipschitz!r}")
+        check_choice("LieGroup", "normalizer", self.normalizer, ("max_abs", "lipschitz"))
+        if self.normalizer == "max_abs":
+            check_number("LieGroup (normalizer='max_abs')", "lr", self.lr, 0.0, 1.0, hi_open=True)
+        check_number("LieGroup", "lr", self.lr, 0.0, 2.0)
+        check_number("LieGroup", "beta_lipschitz", self.beta_lipschitz, 0.0, 1.0, hi_open=True)
 
     def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
         if spec is None:

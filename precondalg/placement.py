@@ -15,7 +15,7 @@ param group as one block (LODO, dense PSGD).
 | `Concatenated()` | all parameters of a group | cat of vecs, (N, 1) | N×N | LODO, dense PSGD |
 
 For the symmetric preconditioners FOP uses (P = MᵀM), `InputSide` is G ↦ G P, FOP's right
-multiplication in PyTorch layout (METHODS.md §1.1); vec is row-major (`torch.flatten`), as in
+multiplication in PyTorch layout (Moskovitz et al. 2019, Eq. 2); vec is row-major (`torch.flatten`), as in
 `precondalg.structures.Kronecker`.
 
 `default_placement(shape)` picks, per parameter shape: `Flatten` for 0-d and 1-d tensors (scalars,
@@ -31,6 +31,8 @@ from collections.abc import Sequence
 
 import torch
 from einops import rearrange
+
+from precondalg.structures import Kronecker, Structure
 
 __all__ = [
     "Concatenated",
@@ -68,6 +70,20 @@ class Placement(abc.ABC):
     @abc.abstractmethod
     def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
         """The inverse of `view`: tensors of the given shapes from an (n, k) matrix."""
+
+    def check(self, P: Structure, dims: tuple[int, ...]) -> None:
+        """Refuse a preconditioner that does not fit this placement (the optimizer calls it when it
+        builds a block, with the block's `dims`): by default P must be n×n, n = prod(dims).
+
+        Raises:
+            ValueError: P does not fit (the message says what was expected and what came).
+        """
+        n = math.prod(dims)
+        if tuple(P.shape) != (n, n):
+            raise ValueError(
+                f"{type(self).__name__} needs an {n}×{n} preconditioner (its view of the gradient has {n} "
+                f"rows); got {P.shape[0]}×{P.shape[1]}"
+            )
 
 
 def _single(placement: Placement, shapes: Sequence[Shape], min_ndim: int = 0) -> Shape:
@@ -137,6 +153,24 @@ class TwoSided(Placement):
         shape = _single(self, shapes, min_ndim=2)
         return (shape[0], math.prod(shape[1:]))
 
+    def check(self, P: Structure, dims: tuple[int, ...]) -> None:
+        """P must be a Kronecker product A ⊗ B (possibly inside lazy composites, e.g. a Gram or APO's
+        (A ⊗ B) D (A ⊗ B)ᵀ) with A (out×out) and B (in×in), in that order.
+
+        Raises:
+            ValueError: P is not n×n, holds no Kronecker product, or its factors have other sizes
+                (swapped factors would apply the wrong mathematics to G).
+        """
+        super().check(P, dims)
+        found = _kronecker_sizes(P)
+        if found != {dims}:
+            what = "no Kronecker product" if not found else f"Kronecker factors of sizes {sorted(found)}"
+            raise ValueError(
+                f"TwoSided acts as G ↦ A G Bᵀ, so it needs a Kronecker(A, B) with A {dims[0]}×{dims[0]} "
+                f"(output side) and B {dims[1]}×{dims[1]} (input side); got {what}. For a preconditioner "
+                "on the flattened gradient use Flatten()"
+            )
+
     def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return grads[0].reshape(-1, 1)
 
@@ -147,7 +181,7 @@ class TwoSided(Placement):
 @dataclasses.dataclass(frozen=True)
 class Spatial(Placement):
     """The spatial taps of a conv kernel (o, i, h, w): an (h·w)×(h·w) structure shared by every
-    (output, input) channel pair — FOP's spatial preconditioner (METHODS.md §1.5); 1×1 kernels get a
+    (output, input) channel pair — FOP's spatial preconditioner (Moskovitz et al. 2019); 1×1 kernels get a
     1×1 structure (a learned per-layer scalar).
     """
 
@@ -182,6 +216,19 @@ class Concatenated(Placement):
     def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
         sizes = [math.prod(s) for s in shapes]
         return [x.reshape(s) for x, s in zip(torch.split(X.reshape(-1), sizes), shapes)]
+
+
+def _kronecker_sizes(S: Structure) -> set[tuple[int, ...]]:
+    """The factor sizes (rows) of every outermost Kronecker product inside S, through lazy composites."""
+    if isinstance(S, Kronecker):
+        return {tuple(f.shape[0] for f in S.factors)}
+    found: set[tuple[int, ...]] = set()
+    for field in dataclasses.fields(S):
+        value = getattr(S, field.name)
+        for child in value if isinstance(value, tuple) else (value,):
+            if isinstance(child, Structure):
+                found |= _kronecker_sizes(child)
+    return found
 
 
 def default_placement(shape: Shape) -> Placement:

@@ -68,7 +68,7 @@ def test_low_rank_init_draws_from_the_generator_and_checks_rank():
     assert a.shape == (3, 5) and torch.equal(a, b) and 0 < a.abs().max() < 1e-2
     with pytest.raises(ValueError, match="'rank' must be at most the dimension n = 2; got 3"):
         family.init((2,), like, None)
-    with pytest.raises(ValueError, match="low_rank_gram: 'rank' must be a positive int"):
+    with pytest.raises(ValueError, match="low_rank_gram: 'rank' must be an int >= 1; got 0"):
         families.low_rank_gram(0)
-    with pytest.raises(ValueError, match="low_rank_gram: 'std' must be >= 0"):
+    with pytest.raises(ValueError, match="low_rank_gram: 'std' must be a real number >= 0"):
         families.low_rank_gram(2, std=-1.0)

@@ -99,7 +99,8 @@ def snapshot_of(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict:
 def test_params_without_grad_are_skipped(placement, base):
     extra = {} if placement == "default" else {"placement": Concatenated()}
     ours, theirs = make_model(), make_model()
-    opt = _identity(ours.parameters(), base=base, momentum=0.9, **extra)
+    rule = {"momentum": 0.9} if base == "momentum" else {}
+    opt = _identity(ours.parameters(), base=base, **rule, **extra)
     _run_with_missing_grads(ours, opt, check=True)
     ref = (
         torch.optim.SGD(theirs.parameters(), lr=LR, momentum=0.9)
@@ -121,7 +122,8 @@ def test_zero_grad_then_step_changes_nothing(name):
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
     before_p, before_s = clone_params(model.parameters()), snapshot(opt)
-    opt.step()
+    with pytest.warns(UserWarning, match=r"none of the optimizer's \d+ parameters has a gradient"):
+        opt.step()
     assert_equal(before_p, clone_params(model.parameters()))
     assert_trees_equal(before_s, snapshot(opt))
 

@@ -135,7 +135,7 @@ def test_combination(family, placement, base, position):
         fitter=TorchOptimizer(torch.optim.Adam, lr=1e-2),
         base=base,
         position=position,
-        momentum=0.9,
+        **({"momentum": 0.9} if base in ("momentum", "ema") else {}),
     )
     assert opt.preconditioners(), "no parameter suits this placement: the combination tests nothing"
     phi0 = _phi(opt)

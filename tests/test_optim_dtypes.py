@@ -61,7 +61,7 @@ def test_dtypes_are_kept(name, dtype):
         if pre is not None:
             assert all(leaf.dtype == want for leaf in pre["phi"])
             assert pre["cache"]["u"].dtype == want
-            assert pre["skipped"].dtype == torch.int64
+            assert opt.state[p]["skipped"].dtype == torch.int64
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -51,7 +51,7 @@ def test_newton_skips_parameters_the_loss_does_not_use():
 
 def test_a_refused_param_group_is_not_added():
     opt = Preconditioned([torch.nn.Parameter(torch.ones(2))], structure=dense_gram(), placement=Flatten())
-    with pytest.raises(ValueError, match="'lr' must be >= 0.0; got -1"):
+    with pytest.raises(ValueError, match="'lr' must be a real number >= 0; got -1"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "lr": -1})
     assert len(opt.param_groups) == 1
 
@@ -101,17 +101,17 @@ def test_loading_a_state_without_a_preconditioner_is_refused_clearly():
     w = torch.nn.Parameter(torch.ones(2, 2))
     plain = Preconditioned([w], 0.1, structure=dense_gram(), placement=None)
     learned = Preconditioned([w], 0.1, structure=dense_gram(), placement=InputSide())
-    with pytest.raises(ValueError, match="holds no preconditioner for the block of parameters of shapes"):
+    with pytest.raises(ValueError, match="made with a different configuration .*0 preconditioned blocks → 1"):
         learned.load_state_dict(plain.state_dict())
 
 
 def test_argument_checks():
-    with pytest.raises(ValueError, match="'lr' must be in \\[0, 1\\) with the max-abs normalizer"):
+    with pytest.raises(ValueError, match=r"LieGroup \(normalizer='max_abs'\): 'lr' must be .* and < 1"):
         LieGroup(lr=1.5)
     assert LieGroup(lr=1.5, normalizer="lipschitz").lr == 1.5
-    with pytest.raises(ValueError, match="HD: 'lr' must be >= 0; got nan"):
+    with pytest.raises(ValueError, match="HD: 'lr' must be a real number >= 0; got nan"):
         HD([torch.nn.Parameter(torch.ones(1))], lr=float("nan"), hyper_lr=0.1)
-    with pytest.raises(ValueError, match="'rank' must be a positive int; got True"):
+    with pytest.raises(TypeError, match=r"'rank' must be an int >= 1; got True \(bool\)"):
         pa.families.low_rank_gram(True)
     hash(pa.fitters.TorchOptimizer(torch.optim.SGD, lr=0.1))
 
@@ -143,10 +143,13 @@ def test_functional_objectives_refuse_parameters_the_model_does_not_own():
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: pa.objectives.Fisher(damping=float("nan")), "Fisher: 'damping' must be >= 0; got nan"),
+        (
+            lambda: pa.objectives.Fisher(damping=float("nan")),
+            "Fisher: 'damping' must be a real number >= 0; got nan",
+        ),
         (
             lambda: Proximal(torch.nn.Linear(1, 1), squared_error, lam_fsd=float("nan")),
-            "'lam_fsd' must be >= 0; got nan",
+            "'lam_fsd' must be a real number >= 0; got nan",
         ),
     ],
 )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -19,8 +20,11 @@ __all__ = [
     "Objective",
     "fresh_buffers",
     "functional_outputs",
+    "loss_gradients",
     "parameter_names",
     "run_closure",
+    "set_grads",
+    "watch_gradients",
 ]
 
 
@@ -126,12 +130,93 @@ class BlockwiseObjective(Objective):
         return [self.meta_grad(ctx) for ctx in blocks]
 
 
-def run_closure(closure: Callable[[], Any] | None) -> Any:
-    """The torch.optim convention: the closure re-evaluates the model, calls backward, returns the loss."""
+@contextlib.contextmanager
+def watch_gradients(params: Sequence[torch.Tensor]) -> Iterator[list[bool]]:
+    """Within the block, record whether any of `params` got a new or changed ``.grad`` (a ``backward``
+    call, or gradients set by hand).
+
+    Yields a list that is non-empty after the block if one did (compared by identity and version
+    counter; the old gradients are held meanwhile, so an identity cannot be reused).
+    """
+    before = [(p.grad, None if p.grad is None else p.grad._version) for p in params]
+    changed: list[bool] = []
+    yield changed
+    for p, (grad, version) in zip(params, before):
+        if p.grad is not None and (p.grad is not grad or p.grad._version != version):
+            changed.append(True)
+            return
+
+
+_CLOSURE_CONVENTIONS = (
+    "Two closure conventions are accepted: torch.optim's (the closure calls loss.backward() and returns "
+    "the loss) and PSGD's (the closure returns the loss and calls nothing; the optimizer then sets each "
+    "parameter's .grad to the gradient of that loss)."
+)
+
+
+def run_closure(closure: Callable[[], Any] | None, params: Sequence[torch.Tensor], owner: str) -> Any:
+    """Evaluate the closure so that every parameter's ``.grad`` holds the gradient of its loss.
+
+    Both conventions are accepted: torch.optim's (the closure calls ``backward``, or sets the
+    gradients otherwise, and returns the loss) and PSGD's (the closure only returns the loss): then
+    ``.grad`` is set to the loss's gradient (replaced, not accumulated; None for parameters the loss
+    does not use).
+
+    Args:
+        closure: the closure given to ``step``, or None (then nothing runs).
+        params: the optimizer's parameters.
+        owner: who asks, for messages.
+
+    Returns:
+        The closure's return value, or None without a closure.
+
+    Raises:
+        ValueError: the closure neither called ``backward`` on a loss reaching the parameters nor
+            returned a loss that requires grad.
+    """
     if closure is None:
         return None
+    with torch.enable_grad(), watch_gradients(params) as called:
+        loss = closure()
+    if not called:
+        set_grads(params, loss_gradients(loss, params, owner, create_graph=False))
+    return loss
+
+
+def loss_gradients(
+    loss: Any, params: Sequence[torch.Tensor], owner: str, create_graph: bool
+) -> list[torch.Tensor | None]:
+    """∂loss/∂p for each parameter (None where the loss does not use it), for a closure in PSGD's
+    convention (it returned the loss without calling backward).
+
+    Raises:
+        ValueError: the loss is not a tensor that requires grad, or its graph was already used.
+    """
+    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+        got = "a tensor that does not require grad" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(
+            f"{owner}: the closure called no backward() that reached the optimizer's parameters and "
+            f"returned {got}, which cannot be differentiated. {_CLOSURE_CONVENTIONS}"
+        )
+    live = [p for p in params if p.requires_grad]
     with torch.enable_grad():
-        return closure()
+        try:
+            grads = torch.autograd.grad(loss, live, create_graph=create_graph, allow_unused=True)
+        except RuntimeError as err:
+            if "backward through the graph a second time" not in str(err):
+                raise
+            raise ValueError(
+                f"{owner}: the closure's loss has a graph that was already differentiated (a backward() "
+                f"that reached none of the optimizer's parameters?): {err}. {_CLOSURE_CONVENTIONS}"
+            ) from err
+    found = dict(zip(live, grads))
+    return [found.get(p) for p in params]
+
+
+def set_grads(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
+    """p.grad ← g (detached), None where g is None (such parameters are skipped by the step)."""
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.detach()
 
 
 def fresh_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""PSGD's criteria (METHODS.md §2.1): fit P to the pair (v, h) by minimising
+"""PSGD's criteria (Li 2019, §3–4): fit P to the pair (v, h) by minimising
 
     c(P) = Σ_k h_kᵀ P h_k + v_kᵀ P⁻¹ v_k    (paper Eq. 10 / Eq. 13, summed over the placed columns k),
 
@@ -6,11 +6,12 @@ whose minimiser satisfies P E[hhᵀ] P = E[vvᵀ].  v ~ N(0, I) is drawn from th
 generator (checkpointed with it).
 
 - `Newton`: h = H v, a Hessian-vector product of the loss (Eq. 9): by double backward through the
-  closure's graph ("autograd"), by finite differences h ≈ (∇L(θ + δv) − ∇L(θ))/δ with δ = √eps
-  ("finite_difference", the psgd_np demo's variant) — for both, the closure returns the loss WITHOUT
-  calling backward (as in psgd_torch) — or forward-over-reverse with `torch.func` on a functional
-  loss ("torch.func").  The optimizer sets every ``.grad``.
-- `Fisher`: h = g + λv (Eqs. 11–13), from the gradient alone; the closure is optional (standard).
+  closure's graph ("autograd": the closure returns the loss WITHOUT calling backward, as in
+  psgd_torch), by finite differences h ≈ (∇L(θ + δv) − ∇L(θ))/δ with δ = √eps ("finite_difference",
+  the psgd_np demo's variant; the closure may call backward or not), or forward-over-reverse with
+  `torch.func` on a functional loss ("torch.func").  The optimizer sets every ``.grad``.
+- `Fisher`: h = g + λv (Eqs. 11–13), from the gradient alone; the closure is optional and may follow
+  either convention (torch.optim's: it calls backward; PSGD's: it only returns the loss).
 
 `meta_grad` returns ∂c/∂φ by `torch.func.grad` through P_φ = form(φ) (its product and its solve);
 with the `LieGroup` fitter this becomes PSGD's relative gradient (Eq. 18) and step (Eq. 20).
@@ -18,21 +19,26 @@ with the `LieGroup` fitter this becomes PSGD's relative gradient (Eq. 18) and st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
 from torch.func import grad, grad_and_value, jvp
 
+from precondalg._checks import check_choice, check_number
 from precondalg.objectives.base import (
     BlockContext,
     BlockwiseObjective,
     Evaluation,
     functional_outputs,
+    loss_gradients,
     parameter_names,
     reject_inputs,
     run_closure,
+    set_grads,
+    watch_gradients,
 )
 from precondalg.structures import Kronecker, KroneckerSum, Structure, lie_project
 
@@ -50,11 +56,6 @@ def _draw(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.
         torch.randn(p.shape, generator=generator, dtype=torch.float64).to(dtype=p.dtype, device=p.device)
         for p in params
     ]
-
-
-def _grads(loss: torch.Tensor, params: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor | None]:
-    """∂loss/∂p for every parameter, None for parameters the loss does not use."""
-    return list(torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True))
 
 
 def _per_param(
@@ -79,13 +80,15 @@ _HVP = ("autograd", "finite_difference", "torch.func")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Newton(_Criterion):
-    """PSGD's Newton-type criterion, h = Hv (METHODS.md §2.1–2.2).
+    """PSGD's Newton-type criterion, h = Hv (Li 2019, Eqs. 9–10).
 
-    Three ways to the Hessian-vector product (THEORY.md PSGD-4):
+    Three ways to the Hessian-vector product:
 
     - "autograd" (default): double backward through the graph of a closure that returns the loss
-      WITHOUT calling backward (psgd_torch's convention);
-    - "finite_difference": (∇L(θ + δv) − ∇L(θ))/δ, δ = √eps, from two evaluations of such a closure;
+      WITHOUT calling backward (psgd_torch's convention; a closure that calls backward is refused
+      with a ValueError saying so, since its graph is freed);
+    - "finite_difference": (∇L(θ + δv) − ∇L(θ))/δ, δ = √eps, from two evaluations of the closure,
+      which may call backward (torch.optim's convention) or not;
     - "torch.func": forward-over-reverse, ``torch.func.jvp(torch.func.grad(L), (θ,), (v,))``, with L
       written functionally by `torch.func.functional_call` on `model`; the step then takes
       ``step(batch=(inputs, targets))`` and no closure.
@@ -105,8 +108,7 @@ class Newton(_Criterion):
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
-        if self.hvp not in _HVP:
-            raise ValueError(f"Newton: 'hvp' must be one of {_HVP}; got {self.hvp!r}")
+        check_choice("Newton", "hvp", self.hvp, _HVP)
         if self.hvp == "torch.func" and (self.model is None or self.loss_fn is None):
             raise ValueError(
                 "Newton: hvp='torch.func' needs 'model' and 'loss_fn'; got "
@@ -120,37 +122,60 @@ class Newton(_Criterion):
         generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
-        vs = _draw(params, generator)
         if self.hvp == "torch.func":
+            vs = _draw(params, generator)
             loss, grads, hs = self._forward_over_reverse(params, vs, closure, inputs)
         else:
             reject_inputs("Newton", inputs)
             if closure is None:
                 raise ValueError(
-                    "Newton: step() needs a closure that returns the loss without calling backward (the "
-                    "optimizer differentiates it for Hessian-vector products); got none"
+                    f"Newton(hvp={self.hvp!r}): step() needs a closure that returns the loss (the optimizer "
+                    "differentiates it for Hessian-vector products); got none"
                 )
-            with torch.enable_grad():
-                loss = closure()
-                grads = _grads(loss, params, create_graph=self.hvp == "autograd")
+            with _explain_compiled_double_backward(self.hvp):
+                loss, grads = self._gradients(params, closure)
+                vs = _draw(params, generator)  # after the closure: a refused one leaves the generator as is
                 if self.hvp == "autograd":
-                    used = [
-                        (p, g, v) for p, g, v in zip(params, grads, vs) if g is not None and g.requires_grad
-                    ]
-                    second = torch.autograd.grad(
-                        [g for _, g, _ in used],
-                        [p for p, _, _ in used],
-                        grad_outputs=[v for _, _, v in used],
-                        allow_unused=True,
-                    )
+                    with torch.enable_grad():
+                        used = [
+                            (p, g, v)
+                            for p, g, v in zip(params, grads, vs)
+                            if g is not None and g.requires_grad
+                        ]
+                        second = torch.autograd.grad(
+                            [g for _, g, _ in used],
+                            [p for p, _, _ in used],
+                            grad_outputs=[v for _, _, v in used],
+                            allow_unused=True,
+                        )
                     of = {p: h for (p, _, _), h in zip(used, second)}
                     hs = [of.get(p) for p in params]
                 else:
                     hs = self._finite_difference(params, closure, grads, vs)
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else g.detach()  # unused parameters keep no gradient (skipped)
+        set_grads(params, grads)  # unused parameters keep no gradient (skipped)
         hs = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hs)]
         return Evaluation(loss.detach(), _per_param(params, v=vs, h=hs))
+
+    def _gradients(
+        self, params: list[torch.Tensor], closure: Callable[[], Any]
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The closure's loss and ∇L (with its graph for "autograd"), from either closure convention
+        for "finite_difference"; "autograd" refuses a closure that calls backward (the graph is gone)."""
+        owner = f"Newton(hvp={self.hvp!r})"
+        for p in params:
+            p.grad = None  # Newton sets every gradient itself; a closure's backward must not accumulate
+        with torch.enable_grad(), watch_gradients(params) as called:
+            loss = closure()
+        if not called:
+            return loss, loss_gradients(loss, params, owner, create_graph=self.hvp == "autograd")
+        if self.hvp == "autograd":
+            raise ValueError(
+                f"{owner}: the closure called backward() (it set the parameters' gradients), which frees "
+                "the graph that the Hessian-vector product differentiates again. Return the loss without "
+                "calling backward (PSGD's convention: `def closure(): return loss_fn(model(x), y)`), or use "
+                "hvp='finite_difference', which accepts either closure convention"
+            )
+        return loss, [p.grad for p in params]
 
     def _forward_over_reverse(
         self, params: list[torch.Tensor], vs: list[torch.Tensor], closure: Any, inputs: dict[str, Any]
@@ -172,43 +197,59 @@ class Newton(_Criterion):
         (grads, value), (hvps, _) = jvp(grad_and_value(loss), (primal,), (tangent,))
         return value, [grads[names[p]] for p in params], [hvps[names[p]] for p in params]
 
-    @staticmethod
     def _finite_difference(
+        self,
         params: list[torch.Tensor],
         closure: Callable[[], Any],
         grads: list[torch.Tensor | None],
         vs: list[torch.Tensor],
-    ) -> list[torch.Tensor]:
+    ) -> list[torch.Tensor | None]:
         delta = torch.finfo(params[0].dtype).eps ** 0.5
         saved = [p.detach().clone() for p in params]
         try:
             with torch.no_grad():
                 for p, v in zip(params, vs):
                     p.add_(v, alpha=delta)
-            shifted = _grads(closure(), params, create_graph=False)
+            _, shifted = self._gradients(params, closure)
         finally:
             with torch.no_grad():  # restored exactly: θ + δv − δv is not θ in floating point
                 for p, value in zip(params, saved):
                     p.copy_(value)
-        return [None if g is None else (gs - g) / delta for gs, g in zip(shifted, grads)]
+        return [None if g is None or gs is None else (gs - g) / delta for gs, g in zip(shifted, grads)]
+
+
+@contextlib.contextmanager
+def _explain_compiled_double_backward(hvp: str) -> Iterator[None]:
+    """Say what to do when torch refuses to differentiate a `torch.compile`d model twice."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err)
+        if hvp != "autograd" or not ("aot_autograd" in text or "donated buffers" in text):
+            raise
+        raise RuntimeError(
+            "Newton(hvp='autograd') differentiates the loss twice, which torch does not support through a "
+            "torch.compile'd model (aot_autograd); use Newton(hvp='finite_difference') with the same "
+            f"closure, or Newton(hvp='torch.func', model=<the uncompiled module>, ...). Torch said: {text}"
+        ) from err
 
 
 @dataclasses.dataclass(frozen=True)
 class Fisher(_Criterion):
-    """PSGD's Fisher-type criterion, h = g + λv (METHODS.md §2.1, Eqs. 11–13).
+    """PSGD's Fisher-type criterion, h = g + λv (Li 2019, Eqs. 11–13).
 
     Attributes:
         damping: λ ≥ 0.
 
     Raises:
-        ValueError: negative damping.
+        TypeError: damping not a number.
+        ValueError: negative or NaN damping.
     """
 
     damping: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.damping >= 0:
-            raise ValueError(f"Fisher: 'damping' must be >= 0; got {self.damping!r}")
+        check_number("Fisher", "damping", self.damping, 0.0)
 
     def evaluate(
         self,
@@ -218,14 +259,14 @@ class Fisher(_Criterion):
         **inputs: Any,
     ) -> Evaluation:
         reject_inputs("Fisher", inputs)
-        loss = run_closure(closure)
+        loss = run_closure(closure, params, "Fisher")
         vs = _draw(params, generator)
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         return Evaluation(loss, _per_param(params, v=vs, h=[g + self.damping * v for g, v in zip(gs, vs)]))
 
 
 def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor) -> Structure:
-    """PSGD's closed-form relative gradient of the criterion at P = QᵀQ (METHODS.md §2.2–2.3).
+    """PSGD's closed-form relative gradient of the criterion at P = QᵀQ (Li 2019, Eq. 18).
 
     R = 2·Π_𝔤(a aᵀ − b bᵀ) with a = Q h and b = Q⁻ᵀ v (paper Eq. 18; the 2019 code's
     ``triu(a aᵀ − b bᵀ)`` up to the factor 2, which the normalised step cancels).  For a Kronecker

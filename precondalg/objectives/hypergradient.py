@@ -1,6 +1,7 @@
 """The hypergradient objective: the next-step loss as a function of the structure that made the step.
 
-FOP (METHODS.md §1.2, Eq. 4), hypergradient descent (§1.9) and LODO (§3.3).  A step moves the
+FOP (Moskovitz et al. 2019, Eq. 4), hypergradient descent (Baydin et al. 2018) and LODO (Liao et al.
+2023).  A step moves the
 parameters by θ_t = θ_{t−1} − α P_φ u_{t−1} + (terms free of φ), where u_{t−1} is the vector P was
 applied to (the placed gradient, or the base rule's direction).  Then
 
@@ -8,7 +9,7 @@ applied to (the placed gradient, or the base rule's direction).  Then
 
 computed with `torch.func.vjp` from the cached u_{t−1} and the new gradient g_t: no extra forward or
 backward pass (the online, one-step-delayed form of Almeida et al. and Baydin et al.).  For FOP with
-P = MᵀM this is −α M(g_{t−1}g_tᵀ + g_t g_{t−1}ᵀ) (THEORY.md FOP-3); for a scalar learning rate it is
+P = MᵀM this is −α M(g_{t−1}g_tᵀ + g_t g_{t−1}ᵀ) (theory check FOP-3); for a scalar learning rate it is
 −α⟨g_t, u_{t−1}⟩ (Baydin's h).
 
 With ``mode="unroll"`` the meta-gradient is instead the exact derivative of the current batch's loss
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch.func import vjp
 
+from precondalg._checks import check_choice
 from precondalg.objectives.base import BlockContext, Evaluation, Objective, reject_inputs, run_closure
 from precondalg.structures import Structure
 
@@ -42,8 +44,9 @@ class Hypergradient(Objective):
 
     Attributes:
         mode: "online" (default: the cached u_{t−1} and g_t, no extra pass; a closure is optional) or
-            "unroll" (the exact one-step unroll on the current batch; needs a closure that calls
-            backward and returns the loss, evaluated once more at the lookahead).
+            "unroll" (the exact one-step unroll on the current batch; needs a closure, evaluated once
+            more at the lookahead).  A closure may call ``backward`` and return the loss (torch.optim's
+            convention) or only return the loss (PSGD's); the optimizer then sets the gradients.
 
     Raises:
         ValueError: unknown mode; at step time, "unroll" without a closure.
@@ -52,8 +55,7 @@ class Hypergradient(Objective):
     mode: str = "online"
 
     def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise ValueError(f"Hypergradient: 'mode' must be one of {_MODES}; got {self.mode!r}")
+        check_choice("Hypergradient", "mode", self.mode, _MODES)
 
     def evaluate(
         self,
@@ -68,7 +70,7 @@ class Hypergradient(Objective):
                 "Hypergradient(mode='unroll'): step() needs a closure (it is evaluated again at "
                 "the lookahead θ − αP_φu); got none"
             )
-        return Evaluation(run_closure(closure), data={"closure": closure})
+        return Evaluation(run_closure(closure, params, "Hypergradient"), data={"closure": closure})
 
     def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
         if self.mode == "online":
@@ -103,7 +105,7 @@ def _lookahead_grads(blocks: list[BlockContext], closure: Callable[[], Any]) -> 
                     p.sub_(ctx.lr * step.to(p.dtype))
             for p in params:
                 p.grad = None
-        run_closure(closure)
+        run_closure(closure, params, "Hypergradient(mode='unroll')")
         return [
             ctx.view([torch.zeros_like(p) if p.grad is None else p.grad for p in ctx.params])
             for ctx in blocks

@@ -1,6 +1,6 @@
-"""APO's proximal meta-objective (Bae et al. 2022; METHODS.md §4.2, Eq. 8).
+"""APO's proximal meta-objective (Bae et al. 2022, Eq. 8).
 
-With the one-step lookahead θ′(φ) = θ − P_φ u (Eq. 7: no learning rate and no 0.9 inside, O-APO-5;
+With the one-step lookahead θ′(φ) = θ − P_φ u (Eq. 7: no learning rate and no 0.9 inside;
 u is the block's placed gradient, or the base rule's direction with the optimizer state held fixed,
 footnote 1), the meta-loss of all preconditioned blocks together is
 
@@ -8,8 +8,8 @@ footnote 1), the meta-loss of all preconditioned blocks together is
 
 the loss term on the SAME batch B as the gradient (a different batch makes the learning rate collapse,
 App. D), the function-space discrepancy (FSD) on a separate batch B′, f(x̃, θ) a constant target.
-ρ is KL(softmax f(x̃,θ) ‖ softmax f(x̃,θ′)) for classifiers (O-APO-7), ½‖f(x̃,θ′) − f(x̃,θ)‖² for
-regression (O-APO-12), or a user function.  ∇_φ Q is taken by `torch.func.grad` through
+ρ is KL(softmax f(x̃,θ) ‖ softmax f(x̃,θ′)) for classifiers, ½‖f(x̃,θ′) − f(x̃,θ)‖² for
+regression, or a user function.  ∇_φ Q is taken by `torch.func.grad` through
 `torch.func.functional_call` on the user's module: one forward on B and two on B′ plus one backward.
 Parameters outside the optimizer's preconditioned blocks stay at θ in the lookahead.
 """
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad
 
+from precondalg._checks import check_number
 from precondalg.objectives.base import (
     BlockContext,
     Evaluation,
@@ -60,7 +61,8 @@ class Proximal(Objective):
 
     Per step, ``optimizer.step(batch=(inputs, targets), fsd_batch=inputs′)`` after the usual backward
     on the same batch; without ``batch`` the step makes no meta-update (APO meta-updates every K
-    steps, Algorithm 1).  The closure, if given, follows torch.optim's convention.
+    steps, Algorithm 1).  The closure is optional; it may call ``backward`` and return the loss
+    (torch.optim's convention) or only return the loss (PSGD's): the optimizer then sets the gradients.
 
     Attributes:
         model: the module whose parameters the optimizer updates.
@@ -86,8 +88,7 @@ class Proximal(Objective):
                 f"Proximal: 'fsd' must be one of {tuple(_DIVERGENCES)} or a callable; got {self.fsd!r}"
             )
         for name in ("lam_fsd", "lam_wsd"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"Proximal: '{name}' must be >= 0; got {getattr(self, name)!r}")
+            check_number("Proximal", name, getattr(self, name), 0.0)
 
     def evaluate(
         self,
@@ -101,7 +102,7 @@ class Proximal(Objective):
             raise TypeError(f"Proximal: step() takes 'batch' and 'fsd_batch'; got {sorted(unknown)}")
         if inputs.get("batch") is not None and self.lam_fsd > 0 and inputs.get("fsd_batch") is None:
             raise ValueError("Proximal: λ_FSD > 0 needs step(..., fsd_batch=inputs′), a batch other than B")
-        return Evaluation(run_closure(closure), data=inputs)
+        return Evaluation(run_closure(closure, params, "Proximal"), data=inputs)
 
     def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
         batch = evaluation.data.get("batch")

@@ -3,6 +3,16 @@
 from precondalg.optim.base_rules import BASE_RULES, BaseRule, base_rule
 from precondalg.optim.fop import FOP
 from precondalg.optim.hd import HD
-from precondalg.optim.preconditioned import Preconditioned
+from precondalg.optim.preconditioned import ByNdim, Preconditioned, SkippedStepWarning, by_ndim
 
-__all__ = ["BASE_RULES", "FOP", "HD", "BaseRule", "Preconditioned", "base_rule"]
+__all__ = [
+    "BASE_RULES",
+    "FOP",
+    "HD",
+    "BaseRule",
+    "ByNdim",
+    "Preconditioned",
+    "SkippedStepWarning",
+    "base_rule",
+    "by_ndim",
+]

@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from precondalg.families import Family, dense_gram, low_rank_gram, normalized_dense_gram
+from precondalg._checks import check_number, given, unset
+from precondalg.families import dense_gram, low_rank_gram, normalized_dense_gram
 from precondalg.fitters import TorchOptimizer
 from precondalg.objectives import Hypergradient
-from precondalg.optim.preconditioned import Preconditioned
-from precondalg.placement import InputSide, Placement, Spatial
+from precondalg.optim.base_rules import BASE_RULES
+from precondalg.optim.preconditioned import Preconditioned, by_ndim
+from precondalg.placement import InputSide, Spatial
 
 __all__ = ["FOP"]
-
-
-def _fop_placement(shape: tuple[int, ...]) -> Placement | None:
-    """Input side for matrices, spatial taps for conv kernels; biases and the rest unpreconditioned
-    (METHODS.md §1.1, §1.5, O-FOP-3)."""
-    if len(shape) == 2:
-        return InputSide()
-    if len(shape) == 4:
-        return Spatial()
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class _ByShape:
-    """`matrix` for 2-D weights, `other` for the rest (conv taps): a picklable structure choice."""
-
-    matrix: Family
-    other: Family
-
-    def __call__(self, shape: tuple[int, ...]) -> Family:
-        return self.matrix if len(shape) == 2 else self.other
 
 
 def FOP(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
     lr: float,
-    momentum: float = 0.9,
+    momentum: float = unset(0.9),
     hyper_lr: float = 1e-4,
     rank: int | None = None,
     normalized: bool = False,
@@ -53,27 +33,31 @@ def FOP(
     nonfinite: str = "skip",
     seed: int = 0,
 ) -> Preconditioned:
-    """FOP: P = MᵀM per layer, learned online by its hypergradient with Adam (METHODS.md §1).
+    """FOP: P = MᵀM per layer, learned online by its hypergradient with Adam (Moskovitz et al. 2019).
 
     The choices: structure `dense_gram` (M₀ = I; `low_rank_gram(rank)` for weight matrices when `rank`
     is given: P = I + MᵀM, M (rank×in) ~ N(0, low_rank_std²); `normalized_dense_gram` when
     `normalized`); placement: the input side of weight matrices (G ↦ G·MᵀM) and the spatial taps of
     conv kernels, biases unpreconditioned; objective `Hypergradient` (Eq. 4; with momentum the raw
     previous gradient, Eqs. 6–8); fitter Adam with lr `hyper_lr` (1e-4 in the paper); base heavy-ball
-    momentum (torch.optim.SGD's) when momentum > 0, else SGD.  At M₀ = I and hyper_lr = 0 it is
-    torch.optim.SGD exactly.
+    momentum (torch.optim.SGD's) when momentum > 0, else SGD.  P acts before the momentum rule:
+    b ← μb + G·MᵀM, W ← W − α b (Eqs. 6–8).  Each step first fits M on ∂J(θ_t)/∂M, then preconditions
+    g_t with the new M.  At M₀ = I and hyper_lr = 0 it is torch.optim.SGD exactly.
 
     Args:
         params: parameters or param groups.
         lr: base learning rate α.
-        momentum: heavy-ball momentum μ (0.9 in the paper's experiments).
+        momentum: heavy-ball momentum μ (0.9 in the paper's experiments; 0 for plain SGD).  With an
+            explicit `base` that reads no momentum (e.g. "adam"), a nonzero momentum is refused.
         hyper_lr: Adam's learning rate on M.
         rank: None for full M; r for low-rank M on weight matrices (conv taps stay full).
-        normalized: FOP-norm (App. A.1): √n·MᵀM/‖MᵀM‖_F, with the plain MᵀM hypergradient (O-FOP-2).
-        base: override the base rule ("sgd", "momentum", "adam", ...; O-FOP-8 for Adam).
+        normalized: FOP-norm (App. A.1): √n·MᵀM/‖MᵀM‖_F, with the plain MᵀM hypergradient (the
+            normalisation is applied, not differentiated).
+        base: override the base rule ("sgd", "momentum", "ema", "adam", "rmsprop"; the paper uses
+            momentum; an Adam base is our extension).
         nesterov: Nesterov momentum.
         weight_decay: L2 penalty added to the gradient.
-        low_rank_std: std of the initial low-rank M (O-FOP-1).
+        low_rank_std: std of the initial low-rank M (the paper does not give it).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
         seed: seed for the low-rank initialisation.
 
@@ -81,13 +65,14 @@ def FOP(
         A `Preconditioned` optimizer configured as FOP.
 
     Raises:
+        TypeError: a hyperparameter that is not a number.
         ValueError: hyper_lr < 0, low_rank_std < 0, rank < 1 or larger than a layer's input size, rank
-            with normalized, or any `Preconditioned` hyperparameter out of range.
+            with normalized, momentum or nesterov with a base that does not read them, or any
+            `Preconditioned` hyperparameter out of range.
     """
-    if not hyper_lr >= 0:
-        raise ValueError(f"FOP: 'hyper_lr' must be >= 0; got {hyper_lr!r}")
-    if low_rank_std < 0:
-        raise ValueError(f"FOP: 'low_rank_std' must be >= 0; got {low_rank_std!r}")
+    check_number("FOP", "hyper_lr", hyper_lr, 0.0)
+    check_number("FOP", "low_rank_std", low_rank_std, 0.0)
+    check_number("FOP", "momentum", momentum, 0.0, 1.0, hi_open=True)
     if rank is not None and normalized:
         raise ValueError(
             "FOP: 'normalized' is defined for full-rank M only (App. A.1); got rank "
@@ -95,18 +80,29 @@ def FOP(
         )
     full = normalized_dense_gram() if normalized else dense_gram()
     matrix = low_rank_gram(rank, low_rank_std) if rank is not None else full
+    if base is None:
+        base = "momentum" if momentum > 0 else "sgd"
+    uses_momentum = base in BASE_RULES and "momentum" in BASE_RULES[base].hyperparameters
+    rule: dict[str, Any] = {"momentum": float(momentum)} if uses_momentum else {}
+    if not rule and given(momentum) and momentum != 0:
+        raise ValueError(
+            f"FOP: 'momentum' is not used by base {base!r}; got momentum={momentum!r}. Use base='momentum' "
+            "(heavy ball) or 'ema', or leave momentum out"
+        )
+    if nesterov:
+        rule["nesterov"] = nesterov
     return Preconditioned(
         params,
         lr,
-        structure=_ByShape(matrix=matrix, other=full),
-        placement=_fop_placement,
+        structure=by_ndim({2: matrix}, default=full),
+        placement=by_ndim({2: InputSide(), 4: Spatial()}),
         objective=Hypergradient(),
         fitter=TorchOptimizer(torch.optim.Adam, lr=hyper_lr),
-        base=base if base is not None else ("momentum" if momentum > 0 else "sgd"),
+        base=base,
         position="gradient",
-        momentum=momentum,
-        nesterov=nesterov,
         weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
+        name="FOP",
+        **rule,
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from precondalg._checks import check_choice, check_number, given, unset
 from precondalg.families import diagonal, scalar
 from precondalg.fitters import TorchOptimizer
 from precondalg.objectives import Hypergradient
@@ -27,16 +28,17 @@ def HD(
     granularity: str = "layer",
     base: str = "sgd",
     *,
-    momentum: float = 0.9,
+    momentum: float = unset(0.9),
     nesterov: bool = False,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    betas: tuple[float, float] = unset((0.9, 0.999)),
+    eps: float = unset(1e-8),
     weight_decay: float = 0.0,
     hyper_optimizer: str = "sgd",
     nonfinite: str = "skip",
     seed: int = 0,
 ) -> Preconditioned:
-    """Hypergradient descent on the learning rate (METHODS.md §1.8–1.9).
+    """Hypergradient descent on the learning rate (Baydin et al. 2018; S-HD and PP-HD of Moskovitz et
+    al. 2019).
 
     The learning rate is the learned structure, applied to the base rule's direction d:
     θ ← θ − α d, with α ← α − β·∂L(θ_t)/∂α = α + β⟨g_t, d_{t−1}⟩ before the step (Baydin's SGDHD and
@@ -55,10 +57,10 @@ def HD(
         hyper_lr: the hyper-learning rate β.
         granularity: "global", "layer" or "parameter".
         base: "sgd", "momentum" (heavy ball, torch.optim.SGD's) or "adam".
-        momentum: μ for base "momentum".
-        nesterov: Nesterov momentum.
-        betas: Adam's betas.
-        eps: Adam's ε.
+        momentum: μ for base "momentum" (default 0.9; refused with another base).
+        nesterov: Nesterov momentum (base "momentum" only).
+        betas: Adam's betas (default (0.9, 0.999); base "adam" only).
+        eps: Adam's ε (default 1e-8; base "adam" only).
         weight_decay: L2 penalty added to the gradient.
         hyper_optimizer: "sgd" (Baydin) or "adam" (FOP's S-HD/PP-HD).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
@@ -68,20 +70,19 @@ def HD(
         A `Preconditioned` optimizer configured as HD.
 
     Raises:
-        ValueError: lr or hyper_lr < 0, an unknown granularity, base or hyper_optimizer.
+        TypeError: a hyperparameter that is not a number.
+        ValueError: lr or hyper_lr < 0, an unknown granularity, base or hyper_optimizer, a base-rule
+            hyperparameter given for a base that does not read it.
     """
-    if not lr >= 0:
-        raise ValueError(f"HD: 'lr' must be >= 0; got {lr!r}")
-    if not hyper_lr >= 0:
-        raise ValueError(f"HD: 'hyper_lr' must be >= 0; got {hyper_lr!r}")
-    if granularity not in _GRANULARITIES:
-        raise ValueError(f"HD: 'granularity' must be one of {_GRANULARITIES}; got {granularity!r}")
-    if base not in _BASES:
-        raise ValueError(f"HD: 'base' must be one of {_BASES}; got {base!r}")
-    if hyper_optimizer not in _HYPER_OPTIMIZERS:
-        raise ValueError(
-            f"HD: 'hyper_optimizer' must be one of {tuple(_HYPER_OPTIMIZERS)}; got {hyper_optimizer!r}"
-        )
+    check_number("HD", "lr", lr, 0.0)
+    check_number("HD", "hyper_lr", hyper_lr, 0.0)
+    check_choice("HD", "granularity", granularity, _GRANULARITIES)
+    check_choice("HD", "base", base, _BASES)
+    check_choice("HD", "hyper_optimizer", hyper_optimizer, tuple(_HYPER_OPTIMIZERS))
+    chosen = {"momentum": momentum, "betas": betas, "eps": eps}
+    rule: dict[str, Any] = {name: value for name, value in chosen.items() if given(value)}
+    if nesterov:
+        rule["nesterov"] = nesterov
     return Preconditioned(
         params,
         1.0,
@@ -91,11 +92,9 @@ def HD(
         fitter=TorchOptimizer(_HYPER_OPTIMIZERS[hyper_optimizer], lr=hyper_lr),
         base=base,
         position="direction",
-        momentum=momentum if base == "momentum" else 0.0,
-        nesterov=nesterov,
-        betas=betas,
-        eps=eps,
         weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
+        name="HD",
+        **rule,
     )

@@ -1,6 +1,6 @@
 """`Preconditioned`: the generic learned-preconditioner optimizer (layer 5).
 
-One step, for each block of parameters (ARCHITECTURE.md, "one optimizer step, as data flows"):
+One step, for each block of parameters:
 
     g  ← placement.view(grads + weight_decay·θ)            the block's gradient, (n, k)
     ∇φ ← objective.meta_grad(φ, form, g, cache)              e.g. the hypergradient VJP
@@ -14,42 +14,96 @@ or whose new parameters or preconditioner would, leaves every parameter, base-ru
 preconditioner leaf exactly as it was and adds one to the block's ``skipped`` counter; a meta-step whose
 meta-gradient, new preconditioner or fitter state would be non-finite is undone the same way (the
 parameter step then uses the kept preconditioner) and counted in ``meta_skipped``.  This is decided on
-the device (`torch.where`), without a host synchronisation.  A sync-free skip cannot un-create state,
-so state that a skipped step creates is set to its fresh value instead: a wrapped torch
-meta-optimizer's new state goes back to zeros (Adam's fresh state: exact; an optimizer whose fresh
-state is not zeros keeps a trace), and a skipped *first* step leaves the hypergradient cache at u = 0
-instead of empty (the next meta-gradient is then zero; with Adam its step count then runs one ahead).
-tests/test_optim_bad_numbers.py pins both.  Otherwise a skipped step changes nothing at all.
+the device (`torch.where`), without a host synchronisation.  The counters are read back after the step
+(at once on the CPU; on a GPU through a non-blocking copy read one step later) and a `SkippedStepWarning`
+with the counts is issued after the first skip and then at most every `WARN_EVERY` steps while skips
+continue, so that a run whose steps keep being skipped never goes unnoticed.  A sync-free skip cannot
+un-create state, so state that a skipped step creates is set to its fresh value instead: a wrapped torch
+meta-optimizer's new state goes back to zeros (Adam's fresh state: exact; an optimizer whose fresh state
+is not zeros keeps a trace), and a skipped *first* step leaves the hypergradient cache at u = 0 instead
+of empty (the next meta-gradient is then zero; with Adam its step count then runs one ahead).
 ``nonfinite="raise"`` raises `FloatingPointError` instead (host synchronisations: one per step for the
 gradients, one per meta-step).
 
-Dtypes: a parameter keeps its dtype; the preconditioner φ (and the placed gradient it multiplies) is
-kept in the parameter's dtype for float32/float64 parameters and in float32 for float16/bfloat16 ones.
+Dtypes: a parameter keeps its dtype.  For float32 and float64 parameters everything (φ, the base rule's
+state, the step) is in the parameter's dtype.  For float16 and bfloat16 parameters the preconditioner φ,
+the placed gradient, the base rule's state (Adam's moments, momentum buffers) and the whole step are
+computed in float32, and the new parameter is rounded once to its dtype: a float16 Adam whose ε or
+squared gradients underflow cannot turn every step into a division by zero.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
+from precondalg._checks import check_choice, check_instance, check_number
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer
 from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective
-from precondalg.optim.base_rules import base_rule
+from precondalg.optim.base_rules import (
+    BASE_RULES,
+    HYPERPARAMETERS,
+    BaseRule,
+    base_rule,
+    check_hyperparameter,
+)
 from precondalg.placement import Placement, default_placement
-from precondalg.structures import NotInvertibleError
+from precondalg.structures import NotInvertibleError, Structure
 
-__all__ = ["Preconditioned"]
+__all__ = ["WARN_EVERY", "ByNdim", "Preconditioned", "SkippedStepWarning", "by_ndim"]
 
 PlacementChoice = Placement | Callable[[tuple[int, ...]], Placement | None] | None
 StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
 _NONFINITE = ("skip", "raise")
+_CHECKPOINT_VERSION = 1
+WARN_EVERY = 100
+"""Steps between two `SkippedStepWarning`s while skips continue (the first skip warns at once)."""
+
+
+class SkippedStepWarning(RuntimeWarning):
+    """Steps were skipped because of NaN or Inf (``nonfinite="skip"``); the message gives the counts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ByNdim:
+    """A picklable per-shape choice: ``choices[len(shape)]``, else `default` (see `by_ndim`)."""
+
+    choices: tuple[tuple[int, Any], ...]
+    default: Any = None
+
+    def __call__(self, shape: tuple[int, ...]) -> Any:
+        return dict(self.choices).get(len(shape), self.default)
+
+
+def by_ndim(choices: dict[int, Any], default: Any = None) -> ByNdim:
+    """A choice of placement or structure by the parameter's number of dimensions that, unlike a
+    lambda, survives `pickle` and `copy.deepcopy` of the optimizer.
+
+    Args:
+        choices: ndim → placement (or family), e.g. ``{2: InputSide(), 4: Spatial()}``.
+        default: for the other ndims (None: for a placement, not preconditioned).
+
+    Example:
+        >>> from precondalg.placement import InputSide
+        >>> choose = by_ndim({2: InputSide()})
+        >>> choose((3, 4)), choose((4,))
+        (InputSide(), None)
+    """
+    if not isinstance(choices, dict) or not all(
+        isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in choices
+    ):
+        raise TypeError(
+            f"by_ndim: 'choices' must be a dict from ndim (an int >= 0) to a choice; got {choices!r}"
+        )
+    return ByNdim(tuple(sorted(choices.items())), default)
 
 
 @dataclasses.dataclass
@@ -61,6 +115,10 @@ class _Block:
     family: Family | None = None
     spec: pytree.TreeSpec | None = None
     fitter: Fit | None = None
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(p.shape) for p in self.params]
 
 
 @dataclasses.dataclass
@@ -78,16 +136,20 @@ class _Plan:
     context: BlockContext | None = None
 
 
-def _precond_dtype(p: torch.Tensor) -> torch.dtype:
+def _compute_dtype(p: torch.Tensor) -> torch.dtype:
+    """The dtype of φ, the base rule's state and the step for parameter p (see the module docstring)."""
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
+def _in_compute_dtype(p: torch.Tensor) -> torch.Tensor:
+    return p.detach().to(_compute_dtype(p))
+
+
 def _initial_phi(block: _Block, generator: torch.Generator) -> Any:
-    """The block family's φ₀ for the block's dimensions, in the preconditioner's dtype (see the module
-    docstring) on the block's device."""
+    """The block family's φ₀ for the block's dimensions, in the compute dtype on the block's device."""
     anchor = block.params[0]
-    like = torch.empty((), dtype=_precond_dtype(anchor), device=anchor.device)
-    return block.family.init(block.placement.dims([tuple(p.shape) for p in block.params]), like, generator)
+    like = torch.empty((), dtype=_compute_dtype(anchor), device=anchor.device)
+    return block.family.init(block.placement.dims(block.shapes), like, generator)
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -95,44 +157,118 @@ def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
-def _check_range(name: str, value: float, lo: float, hi: float | None = None, hi_open: bool = True) -> None:
-    # Written so that NaN fails every comparison and is refused.
-    ok = value >= lo and (hi is None or (value < hi if hi_open else value <= hi))
-    if not ok:
-        upper = "" if hi is None else (f" and < {hi}" if hi_open else f" and <= {hi}")
-        raise ValueError(f"Preconditioned: '{name}' must be >= {lo}{upper}; got {value!r}")
+def describe(S: Any) -> str:
+    """A short description of a structure's type tree and shapes, e.g. "Kronecker(Triangular 3×3,
+    Diagonal 6×6)" (used in error messages and checkpoints)."""
+    if not isinstance(S, Structure):
+        return type(S).__name__
+    children = []
+    for field in dataclasses.fields(S):
+        value = getattr(S, field.name)
+        items = value if isinstance(value, tuple) else (value,)
+        children += [describe(c) for c in items if isinstance(c, Structure)]
+    if children:
+        return f"{type(S).__name__}({', '.join(children)})"
+    m, n = S.shape
+    return f"{type(S).__name__} {m}×{n}"
+
+
+class _SkipWatch:
+    """Reads the blocks' skip counters back from the device and warns with the counts (see the module
+    docstring): at once on the CPU; on a GPU one step later, through a non-blocking copy."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.warned_at: tuple[int, int, int] | None = None  # (step, skipped, meta-skipped) at the warning
+        self.pending: tuple[torch.Tensor, Any, int] | None = None
+
+    def reset(self, counters: torch.Tensor, blocks: int) -> None:
+        """After loading a checkpoint: its counts are old news."""
+        values = counters.tolist()
+        self.warned_at = (self.steps, sum(values[:blocks]), sum(values[blocks:]))
+        self.pending = None
+
+    def record(self, counters: torch.Tensor, blocks: list[_Block]) -> None:
+        """Counters: every block's ``skipped``, then every preconditioned block's ``meta_skipped``."""
+        self.steps += 1
+        if counters.device.type == "cpu":
+            self._check(counters.tolist(), self.steps, blocks)
+            return
+        if self.pending is not None and self.pending[1].query():
+            host, _, step = self.pending
+            self._check(host.tolist(), step, blocks)
+            self.pending = None
+        if self.pending is None:
+            host = torch.empty(counters.shape, dtype=counters.dtype, pin_memory=True)
+            host.copy_(counters, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.pending = (host, event, self.steps)
+
+    def _check(self, values: list[int], step: int, blocks: list[_Block]) -> None:
+        skips, metas = values[: len(blocks)], values[len(blocks) :]
+        skipped, meta = sum(skips), sum(metas)
+        last_step, last_skipped, last_meta = self.warned_at or (0, 0, 0)
+        new = (skipped - last_skipped) + (meta - last_meta)
+        if new <= 0 or (self.warned_at is not None and step - last_step < WARN_EVERY):
+            return
+        hit = [b.shapes for b, k in zip(blocks, skips) if k > 0]
+        since = "" if self.warned_at is None else f" ({new} since step {last_step})"
+        warnings.warn(
+            f"Preconditioned: after {step} steps, {skipped} block updates were skipped on {len(hit)} of "
+            f"{len(blocks)} blocks (parameters of shapes {hit[:4]}{' …' if len(hit) > 4 else ''}) and "
+            f"{meta} preconditioner fits were rolled back{since}, because a gradient, a new parameter or "
+            "the preconditioner held NaN or Inf; a skipped update changes nothing. Pass "
+            "nonfinite='raise' to stop at the first one. This warning repeats at most every "
+            f"{WARN_EVERY} steps while skips continue.",
+            SkippedStepWarning,
+            stacklevel=4,
+        )
+        self.warned_at = (step, skipped, meta)
 
 
 class Preconditioned(torch.optim.Optimizer):
-    """A learned structured preconditioner, as a `torch.optim.Optimizer`: the five choices of
-    ARCHITECTURE.md — structure × placement × objective × fitter × base rule.
+    """A learned structured preconditioner, as a `torch.optim.Optimizer`: five independent choices —
+    structure × placement × objective × fitter × base rule.
 
     Args:
         params: parameters or param groups, as for any torch optimizer.
         lr: base learning rate α (schedulers change it).
         structure: the learned structure family (`precondalg.families`: φ's init and P_φ), or a callable
-            ``shape -> Family`` choosing one per parameter shape (the block's first parameter).
+            ``shape -> Family`` choosing one per parameter shape (the block's first parameter; use
+            `by_ndim` for one that pickles).
         placement: a `Placement` for every parameter, a callable ``shape -> Placement | None`` (None:
-            the parameter is not preconditioned and gets the base rule alone), or None for no
-            preconditioning at all.  Default: `precondalg.placement.default_placement`.
+            the parameter is not preconditioned and gets the base rule alone; use `by_ndim` for one
+            that pickles), or None for no preconditioning at all.  Default:
+            `precondalg.placement.default_placement`.
         objective: the meta-objective (default: the online `Hypergradient`).
         fitter: how φ moves (`precondalg.fitters`; default: Adam with lr 1e-4 on φ's leaves, FOP's
             choice; `LieGroup` for PSGD).
-        base: "sgd", "momentum", "ema", "adam" or "rmsprop" (`precondalg.optim.base_rules`).
+        base: "sgd", "momentum", "ema", "adam" or "rmsprop" (`precondalg.optim.base_rules`), or a
+            `BaseRule` of one's own.
         position: "gradient" (P before the base rule) or "direction" (P after it).
-        momentum: μ for "momentum", β for "ema" (in [0, 1)).
-        dampening: torch.optim.SGD's dampening for "momentum".
-        nesterov: Nesterov momentum for "momentum".
-        betas: Adam's (β₁, β₂).
-        eps: Adam's / RMSprop's ε.
-        alpha: RMSprop's smoothing constant.
+        momentum: μ for "momentum", β for "ema" (in [0, 1); default 0.9).  Only for those bases.
+        dampening: torch.optim.SGD's dampening, for "momentum" only (default 0).
+        nesterov: Nesterov momentum, for "momentum" only (default False).
+        betas: Adam's (β₁, β₂), for "adam" only (default (0.9, 0.999)).
+        eps: Adam's / RMSprop's ε, for "adam" and "rmsprop" only (default 1e-8).
+        alpha: RMSprop's smoothing constant, for "rmsprop" only (default 0.99).
         weight_decay: L2 penalty added to the gradient (torch.optim convention).
         nonfinite: "skip" or "raise" (see the module docstring).
         seed: seed of the optimizer's generator (random initialisations of φ, the PSGD criteria's v);
             its state is part of the checkpoint.
+        name: the method's name, shown in checkpoint errors (presets pass theirs, e.g. "FOP").
+
+    A param group holds exactly the hyperparameters its base rule reads (as the torch optimizer the
+    rule mirrors does), so a base-rule hyperparameter given for a base that does not read it is an
+    error, not silently ignored.
 
     Raises:
-        ValueError: a hyperparameter out of range, an unknown base rule, position or policy.
+        TypeError: a choice of the wrong kind (a class where an instance is expected, a torch optimizer
+            class as the fitter, ...) or a hyperparameter that is not a number.
+        ValueError: a hyperparameter out of range or not read by the base rule; an unknown base rule,
+            position or policy; a structure whose size does not fit the placement, or lacking an
+            operation the objective needs.
     """
 
     def __init__(
@@ -146,50 +282,59 @@ class Preconditioned(torch.optim.Optimizer):
         fitter: Fitter | None = None,
         base: str = "sgd",
         position: str = "gradient",
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        alpha: float = 0.99,
+        momentum: float | None = None,
+        dampening: float | None = None,
+        nesterov: bool | None = None,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
+        alpha: float | None = None,
         weight_decay: float = 0.0,
         nonfinite: str = "skip",
         seed: int = 0,
+        name: str = "Preconditioned",
     ) -> None:
-        if not (isinstance(structure, Family) or callable(structure)):
+        _check_choices(structure, placement, objective, fitter)
+        if not isinstance(base, (str, BaseRule)):
             raise TypeError(
-                "Preconditioned: 'structure' must be a precondalg.families.Family or a callable "
-                f"shape -> Family; got {type(structure).__name__}"
+                f"Preconditioned: 'base' must be one of {sorted(BASE_RULES)} or a BaseRule; got {base!r}"
             )
-        if position not in _POSITIONS:
-            raise ValueError(f"Preconditioned: 'position' must be one of {_POSITIONS}; got {position!r}")
-        if nonfinite not in _NONFINITE:
-            raise ValueError(f"Preconditioned: 'nonfinite' must be one of {_NONFINITE}; got {nonfinite!r}")
-        self._base = base_rule(base)
+        check_choice("Preconditioned", "position", position, _POSITIONS)
+        check_choice("Preconditioned", "nonfinite", nonfinite, _NONFINITE)
+        check_number("Preconditioned", "seed", seed, integer=True)
+        self._base = base if isinstance(base, BaseRule) else base_rule(base)
+        self._base_keys = tuple(self._base.init(torch.zeros(1)))  # the names of the rule's state
+        given = dict(
+            momentum=momentum, dampening=dampening, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha
+        )
+        for key, value in given.items():
+            if value is not None and key not in self._base.hyperparameters:
+                raise ValueError(_unused_message(key, self._base))
         self._structure = structure
         self._placement = placement
         self._objective = objective if objective is not None else Hypergradient()
         self._fitter = fitter if fitter is not None else TorchOptimizer(torch.optim.Adam, lr=1e-4)
         self._position = position
         self._nonfinite = nonfinite
+        self._name = str(name)
         self._generator = torch.Generator().manual_seed(seed)
         self._blocks: list[list[_Block]] = []
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            nesterov=nesterov,
-            betas=betas,
-            eps=eps,
-            alpha=alpha,
-            weight_decay=weight_decay,
-        )
-        super().__init__(params, defaults)
+        self._watch = _SkipWatch()
+        rule_defaults = {
+            k: (v if given.get(k) is None else given[k]) for k, v in self._base.hyperparameters.items()
+        }
+        super().__init__(params, {"lr": lr, **rule_defaults, "weight_decay": weight_decay})
+
+    def __repr__(self) -> str:
+        return f"{self._name} ({super().__repr__()})"
 
     # ----- param groups and blocks -----
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (torch.optim convention); validates its hyperparameters and builds its
-        blocks and their initial preconditioners."""
+        blocks and their initial preconditioners.
+
+        Raises:
+            ValueError: a hyperparameter out of range, or one the base rule does not read.
+        """
         self._validate({**self.defaults, **param_group})
         super().add_param_group(param_group)
         try:
@@ -198,17 +343,13 @@ class Preconditioned(torch.optim.Optimizer):
             self.param_groups.pop()  # a group without its blocks would never be stepped
             raise
 
-    @staticmethod
-    def _validate(group: dict[str, Any]) -> None:
-        _check_range("lr", group["lr"], 0.0)
-        _check_range("momentum", group["momentum"], 0.0, 1.0)
-        _check_range("dampening", group["dampening"], 0.0, 1.0, hi_open=False)
-        _check_range("betas[0]", group["betas"][0], 0.0, 1.0)
-        _check_range("betas[1]", group["betas"][1], 0.0, 1.0)
-        _check_range("eps", group["eps"], 0.0)
-        _check_range("alpha", group["alpha"], 0.0, 1.0, hi_open=False)
-        _check_range("weight_decay", group["weight_decay"], 0.0)
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+    def _validate(self, group: dict[str, Any]) -> None:
+        for key, value in group.items():
+            if key in HYPERPARAMETERS and key not in self._base.hyperparameters:
+                raise ValueError(_unused_message(key, self._base))
+            if key in ("lr", "weight_decay") or key in HYPERPARAMETERS:
+                check_hyperparameter("Preconditioned", key, value)
+        if group.get("nesterov") and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 "Preconditioned: 'nesterov' needs momentum > 0 and dampening = 0; got "
                 f"momentum {group['momentum']!r}, dampening {group['dampening']!r}"
@@ -218,7 +359,13 @@ class Preconditioned(torch.optim.Optimizer):
         choice = self._placement
         if choice is None or isinstance(choice, Placement):
             return choice
-        return choice(tuple(p.shape))
+        placement = _call_choice("placement", choice, tuple(p.shape))
+        if not (placement is None or isinstance(placement, Placement)):
+            raise TypeError(
+                f"Preconditioned: 'placement' returned {type(placement).__name__} for a parameter of shape "
+                f"{tuple(p.shape)}; expected a precondalg.placement.Placement or None"
+            )
+        return placement
 
     def _make_blocks(self, group: dict[str, Any]) -> list[_Block]:
         blocks: list[_Block] = []
@@ -232,13 +379,17 @@ class Preconditioned(torch.optim.Optimizer):
         blocks.extend(_Block(ps, placement) for placement, ps in joint.items())
         for block in blocks:
             for p in block.params:
-                self.state[p].update(self._base.init(p))
+                self.state[p].update(self._base.init(_in_compute_dtype(p)))
+            anchor = block.params[0]
+            self.state[anchor]["skipped"] = torch.zeros((), dtype=torch.int64, device=anchor.device)
             if block.placement is not None:
                 self._init_block(block)
         return blocks
 
     def _family_of(self, p: torch.Tensor) -> Family:
-        family = self._structure if isinstance(self._structure, Family) else self._structure(tuple(p.shape))
+        if isinstance(self._structure, Family):
+            return self._structure
+        family = _call_choice("structure", self._structure, tuple(p.shape))
         if not isinstance(family, Family):
             raise TypeError(
                 f"Preconditioned: 'structure' returned {type(family).__name__} for a parameter of "
@@ -250,43 +401,66 @@ class Preconditioned(torch.optim.Optimizer):
         anchor = block.params[0]
         block.family = self._family_of(anchor)
         phi = _initial_phi(block, self._generator)
-        self._check_operations(block, phi)
+        P = block.family.form(phi)
+        self._check_size(block, P)
+        self._check_operations(block, P)
         leaves, block.spec = pytree.tree_flatten(phi)
         leaves = [leaf.detach().clone() for leaf in leaves]
         block.fitter = self._fitter.build(leaves, block.spec)
         self.state[anchor]["preconditioner"] = {
             "phi": leaves,
             "cache": {},
-            "skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
             "meta_skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
         }
 
-    def _check_operations(self, block: _Block, phi: Any) -> None:
+    def _check_size(self, block: _Block, P: Structure) -> None:
+        """Refuse, at construction, a preconditioner whose size does not fit the placement's view."""
+        dims = block.placement.dims(block.shapes)
+        try:
+            block.placement.check(P, dims)
+        except ValueError as err:
+            raise ValueError(
+                f"Preconditioned: for the parameter(s) of shape(s) {block.shapes}, placement "
+                f"{block.placement!r} has dims {dims}, but structure {block.family!r} made {describe(P)}: "
+                f"{err}"
+            ) from err
+
+    def _check_operations(self, block: _Block, P: Structure) -> None:
         """Refuse, at construction, a structure lacking an operation the objective needs."""
-        P = block.family.form(phi)
         for operation in self._objective.requires:
             probe = torch.zeros(P.shape[1], 1, dtype=P.dtype, device=P.device)
             try:
                 getattr(P, operation)(probe)
             except NotInvertibleError as err:
-                shapes = [tuple(p.shape) for p in block.params]
                 raise ValueError(
                     f"Preconditioned: objective {type(self._objective).__name__} needs the preconditioner's "
-                    f"'{operation}', which {type(P).__name__} (for parameters of shapes {shapes}) does not "
-                    f"have: {err}"
+                    f"'{operation}', which {type(P).__name__} (for parameters of shapes {block.shapes}) does "
+                    f"not have: {err}"
                 ) from err
 
     def preconditioners(self) -> list[tuple[list[torch.Tensor], Any]]:
         """Every block's parameters and its current preconditioner P_φ (a structure), for inspection."""
+        return [(block.params, block.family.form(self._phi(block))) for block in self._all_blocks()]
+
+    def skip_counts(self) -> list[dict[str, Any]]:
+        """Per block: the parameters' shapes, how many updates were skipped and how many preconditioner
+        fits were rolled back because of NaN or Inf (reads the device counters: a host synchronisation)."""
         out = []
-        for blocks in self._blocks:
-            for block in blocks:
-                if block.placement is not None:
-                    out.append((block.params, block.family.form(self._phi(block))))
+        for block in self._every_block():
+            state = self.state[block.params[0]]
+            meta = state["preconditioner"]["meta_skipped"] if block.placement is not None else 0
+            out.append({"shapes": block.shapes, "skipped": int(state["skipped"]), "meta_skipped": int(meta)})
         return out
 
     def _phi(self, block: _Block) -> Any:
         return pytree.tree_unflatten(self.state[block.params[0]]["preconditioner"]["phi"], block.spec)
+
+    def _every_block(self) -> list[_Block]:
+        return [b for blocks in self._blocks for b in blocks]
+
+    def _all_blocks(self) -> list[_Block]:
+        """The preconditioned blocks."""
+        return [b for b in self._every_block() if b.placement is not None]
 
     # ----- copies and checkpoints -----
     def __getstate__(self) -> dict[str, Any]:
@@ -306,10 +480,38 @@ class Preconditioned(torch.optim.Optimizer):
         """The tree spec of the block's φ, from a throw-away initialisation."""
         return pytree.tree_structure(_initial_phi(block, torch.Generator()))
 
-    # ----- checkpoints -----
+    def configuration(self) -> dict[str, Any]:
+        """What a checkpoint must match to be loaded: the method's name, base rule, position, objective
+        and fitter, the parameter shapes per group, and per preconditioned block its parameters,
+        placement, structure family and φ's structure (plain Python data, saved in `state_dict`)."""
+        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        fitter = type(self._fitter).__name__
+        if isinstance(self._fitter, TorchOptimizer):
+            fitter += f"({self._fitter.cls.__name__})"
+        return {
+            "version": _CHECKPOINT_VERSION,
+            "optimizer": self._name,
+            "base": self._base.name,
+            "position": self._position,
+            "objective": type(self._objective).__name__,
+            "fitter": fitter,
+            "groups": [[list(p.shape) for p in group["params"]] for group in self.param_groups],
+            "blocks": [
+                {
+                    "params": [index[p] for p in block.params],
+                    "shapes": [list(p.shape) for p in block.params],
+                    "placement": repr(block.placement),
+                    "structure": repr(block.family),
+                    "phi": describe(self._phi(block)),
+                }
+                for block in self._all_blocks()
+            ],
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict; each block's state also holds its fitter's state, and the
-        top-level key "generator" the state of the optimizer's random generator."""
+        """torch.optim's state dict; each block's state also holds its fitter's state, the top-level
+        key "generator" the state of the optimizer's random generator and "precondalg" the
+        `configuration` that a checkpoint must match to be loaded."""
         packed = super().state_dict()
         index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
         for block in self._all_blocks():
@@ -319,52 +521,90 @@ class Preconditioned(torch.optim.Optimizer):
                 **entry,
                 "preconditioner": {**entry["preconditioner"], "fitter": block.fitter.state_dict()},
             }
-        return {**packed, "generator": self._generator.get_state()}
+        return {**packed, "generator": self._generator.get_state(), "precondalg": self.configuration()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict; restores φ's leaves (in the documented dtype), the cache, the skip counter
-        and each block's meta-optimizer, so that a resumed run equals the uninterrupted one bit for bit."""
+        """Load a state dict; restores φ's leaves, the cache, the skip counters, the base rule's state
+        (each in its documented dtype) and each block's meta-optimizer, so that a resumed run equals the
+        uninterrupted one bit for bit.
+
+        Raises:
+            ValueError: the state dict was made by another optimizer or with a different configuration
+                (structure, placement, base rule, preset, parameters); the message lists the
+                differences and nothing of this optimizer is changed.
+        """
+        self._check_checkpoint(state_dict)
         state_dict = dict(state_dict)
-        self._generator.set_state(state_dict.pop("generator"))
-        # torch.optim casts every state tensor to its parameter's dtype, the preconditioner's too: lossy
-        # for bfloat16/float16 parameters (φ, the cache and the fitter's state are float32) and it turns
-        # the int64 skip counter into a float.  Keep the preconditioner's state as it was saved.
+        generator = state_dict.pop("generator")
+        state_dict.pop("precondalg")
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-        saved_pre = {i: s["preconditioner"] for i, s in state_dict["state"].items() if "preconditioner" in s}
+        saved = dict(state_dict["state"])
+        # torch.optim casts every floating state tensor to its parameter's dtype: lossy for the float32
+        # state of bfloat16/float16 parameters.  The state is therefore taken as saved, below.
         super().load_state_dict(state_dict)
-        pre_of = {
-            id(p): saved_pre[i]
-            for p, i in zip((p for group in self.param_groups for p in group["params"]), saved_ids)
-            if i in saved_pre
-        }
-        # torch.optim casts every state tensor to its parameter's dtype; the base rule's own init
-        # says which dtypes its state has (e.g. a bool flag, a float64 step count).
-        for group in self.param_groups:
-            for p in group["params"]:
-                for key, template in self._base.init(p).items():
-                    self.state[p][key] = self.state[p][key].to(template.dtype)
-        for block in self._all_blocks():
+        self._generator.set_state(generator)
+        params = [p for group in self.param_groups for p in group["params"]]
+        of = {p: saved.get(i, {}) for p, i in zip(params, saved_ids)}
+        for p in params:
+            state = self.state[p] = {}
+            for key, template in self._base.init(_in_compute_dtype(p)).items():
+                state[key] = of[p][key].to(device=p.device, dtype=template.dtype, copy=True)
+        for block in self._every_block():
             anchor = block.params[0]
-            if id(anchor) not in pre_of:
-                raise ValueError(
-                    "Preconditioned.load_state_dict: the state dict holds no preconditioner for the block of "
-                    f"parameters of shapes {[tuple(p.shape) for p in block.params]}; it must come from an "
-                    "optimizer with the same structure and placement"
-                )
+            self.state[anchor]["skipped"] = of[anchor]["skipped"].to(anchor.device, copy=True)
+            if block.placement is None:
+                continue
             pre = pytree.tree_map(
                 lambda v, device=anchor.device: v.to(device, copy=True) if isinstance(v, torch.Tensor) else v,
-                pre_of[id(anchor)],
+                of[anchor]["preconditioner"],
             )
-            self.state[anchor]["preconditioner"] = pre
-            dtype = _precond_dtype(anchor)
+            dtype = _compute_dtype(anchor)
             pre["phi"] = [leaf.to(dtype) for leaf in pre["phi"]]
             if "u" in pre["cache"]:
                 pre["cache"]["u"] = pre["cache"]["u"].to(dtype)
             block.fitter = self._fitter.build(pre["phi"], block.spec)
             block.fitter.load_state_dict(pre.pop("fitter"))
+            self.state[anchor]["preconditioner"] = pre
+        self._watch.reset(self._counters(), len(self._every_block()))
 
-    def _all_blocks(self) -> list[_Block]:
-        return [b for blocks in self._blocks for b in blocks if b.placement is not None]
+    def _check_checkpoint(self, state_dict: dict[str, Any]) -> None:
+        """Refuse, before changing anything, a state dict this optimizer cannot continue from."""
+        if not isinstance(state_dict, dict) or "precondalg" not in state_dict:
+            keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(
+                "Preconditioned.load_state_dict: this state dict was not made by a precondalg optimizer "
+                f"(it has no 'precondalg' entry; its keys are {keys}): it cannot be loaded into "
+                f"{self._name}; nothing was changed"
+            )
+        saved, mine = state_dict["precondalg"], self.configuration()
+        differences = _differences(saved, mine)
+        if differences:
+            raise ValueError(
+                "Preconditioned.load_state_dict: the checkpoint was made with a different configuration "
+                f"(checkpoint → this optimizer): {'; '.join(differences)}. Nothing was changed"
+            )
+        states = state_dict.get("state", {})
+        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        missing = [] if "generator" in state_dict else ["'generator'"]
+        for block in self._every_block():
+            for p in block.params:
+                needed = list(self._base_keys)
+                if p is block.params[0]:
+                    needed += ["skipped"] + (["preconditioner"] if block.placement is not None else [])
+                entry = states.get(index[p], {})
+                shape = tuple(p.shape)
+                missing += [f"'{k}' for the parameter of shape {shape}" for k in needed if k not in entry]
+        if missing:
+            raise ValueError(
+                f"Preconditioned.load_state_dict: the checkpoint lacks {', '.join(missing)}; nothing was "
+                "changed"
+            )
+
+    def _counters(self) -> torch.Tensor:
+        """Every block's skip counter, then every preconditioned block's meta-skip counter."""
+        skipped = [self.state[b.params[0]]["skipped"] for b in self._every_block()]
+        meta = [self.state[b.params[0]]["preconditioner"]["meta_skipped"] for b in self._all_blocks()]
+        return torch.stack(skipped + meta)
 
     # ----- the step -----
     @torch.no_grad()
@@ -372,15 +612,21 @@ class Preconditioned(torch.optim.Optimizer):
         """One optimizer step (see the module docstring).
 
         Args:
-            closure: re-evaluates the model and returns the loss: optional for `Hypergradient`
-                (required with ``mode="unroll"``), `Fisher` and `Proximal` (it calls backward, as in
-                torch.optim); required by `Newton`'s "autograd" and "finite_difference" modes, whose
-                closure returns the loss without calling backward.
+            closure: re-evaluates the model and returns the loss.  It may call ``loss.backward()``
+                (torch.optim's convention) or not (PSGD's: the optimizer then sets the gradients),
+                except for `Newton`'s "autograd" mode, which differentiates the returned loss twice and
+                needs a closure that does NOT call backward.  Optional for `Hypergradient` (required
+                with ``mode="unroll"``), `Fisher` and `Proximal`; required by `Newton`'s "autograd" and
+                "finite_difference" modes.
             **inputs: what the objective takes per step (``batch`` and ``fsd_batch`` for `Proximal`,
                 ``batch`` for ``Newton(hvp="torch.func")``).
 
         Returns:
             The closure's loss, or None.
+
+        Warns:
+            SkippedStepWarning: after the first skipped update, then periodically with the counts.
+            UserWarning: no parameter has a gradient (nothing is updated).
         """
         params = [p for group in self.param_groups for p in group["params"]]
         evaluation = self._objective.evaluate(params, closure, self._generator, **inputs)
@@ -393,6 +639,13 @@ class Preconditioned(torch.optim.Optimizer):
             for block in blocks
             if any(p.grad is not None for p in block.params)
         ]
+        if not plans:
+            warnings.warn(
+                f"{self._name}.step: none of the optimizer's {len(params)} parameters has a gradient "
+                "(every .grad is None), so nothing was updated. Call loss.backward() before step(), or "
+                "pass a closure that returns the loss.",
+                stacklevel=3,
+            )
         learned = [plan for plan in plans if plan.context is not None]
         metas = self._objective.meta_grads([plan.context for plan in learned], evaluation) if learned else []
         for plan, meta in zip(learned, metas):
@@ -405,6 +658,8 @@ class Preconditioned(torch.optim.Optimizer):
                 )
         for plan in plans:
             self._finish(plan, ok)
+        if self._nonfinite == "skip":
+            self._watch.record(self._counters(), self._every_block())
         return evaluation.loss
 
     def _grads_finite(self) -> torch.Tensor:
@@ -412,17 +667,21 @@ class Preconditioned(torch.optim.Optimizer):
         return _all_finite(grads) if grads else torch.tensor(True)
 
     def _decayed_grads(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each parameter's gradient (zeros where None) plus weight decay, in the compute dtype."""
         wd = group["weight_decay"]
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        return [g.add(p, alpha=wd) if wd else g for g, p in zip(grads, params)]
+        grads = [
+            torch.zeros_like(p, dtype=_compute_dtype(p)) if p.grad is None else p.grad.to(_compute_dtype(p))
+            for p in params
+        ]
+        return [g.add(p.to(g.dtype), alpha=wd) if wd else g for g, p in zip(grads, params)]
 
     def _base_steps(
         self, group: dict[str, Any], params: list[torch.Tensor], directions: list[torch.Tensor]
     ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
         states, steps = [], []
         for p, d in zip(params, directions):
-            base_state = {k: v for k, v in self.state[p].items() if k != "preconditioner"}
-            new_state, s = self._base.update(d, base_state, group)
+            state = self.state[p]
+            new_state, s = self._base.update(d, {k: state[k] for k in self._base_keys}, group)
             states.append(new_state)
             steps.append(s)
         return states, steps
@@ -436,12 +695,12 @@ class Preconditioned(torch.optim.Optimizer):
             return plan
         anchor = params[0]
         pre = self.state[anchor]["preconditioner"]
-        dtype = _precond_dtype(anchor)
-        plan.shapes = [tuple(p.shape) for p in params]
-        plan.X = block.placement.view([g.to(dtype) for g in plan.grads])
+        dtype = _compute_dtype(anchor)
+        plan.shapes = block.shapes
+        plan.X = block.placement.view(plan.grads)
         if self._position == "direction":
             plan.states, base_steps = self._base_steps(group, params, plan.grads)
-            plan.u = block.placement.view([s.to(dtype) for s in base_steps])
+            plan.u = block.placement.view(base_steps)
         else:
             plan.u = plan.X
         extras = {
@@ -466,27 +725,24 @@ class Preconditioned(torch.optim.Optimizer):
     def _finish(self, plan: _Plan, ok: torch.Tensor) -> None:
         """Apply P_φ (φ already fitted), the base rule, and commit where `ok`."""
         group, block, params = plan.group, plan.block, plan.block.params
+        anchor = params[0]
         if block.placement is None:
             states, steps = self._base_steps(group, params, plan.grads)
-            news = [p - group["lr"] * s for p, s in zip(params, steps)]
-            self._commit(params, plan.active, states, news, ok & _all_finite(news))
-            return
-        pre = self.state[params[0]]["preconditioner"]
-        P = block.family.form(self._phi(block))
-        if self._position == "gradient":
-            directions = [
-                d.to(p.dtype) for d, p in zip(block.placement.unview(P @ plan.X, plan.shapes), params)
-            ]
-            states, steps = self._base_steps(group, params, directions)
         else:
-            states = plan.states
-            steps = [s.to(p.dtype) for s, p in zip(block.placement.unview(P @ plan.u, plan.shapes), params)]
-        news = [p - group["lr"] * s for p, s in zip(params, steps)]
+            pre = self.state[anchor]["preconditioner"]
+            P = block.family.form(self._phi(block))
+            if self._position == "gradient":
+                directions = block.placement.unview(P @ plan.X, plan.shapes)
+                states, steps = self._base_steps(group, params, directions)
+            else:
+                states, steps = plan.states, block.placement.unview(P @ plan.u, plan.shapes)
+        news = [p.to(s.dtype) - group["lr"] * s for p, s in zip(params, steps)]
         block_ok = ok & _all_finite(news)
         self._commit(params, plan.active, states, news, block_ok)
-        previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(plan.u)
-        pre["cache"] = {"u": torch.where(block_ok, plan.u, previous), "lr": group["lr"]}
-        pre["skipped"] += (~block_ok).long()
+        self.state[anchor]["skipped"] += (~block_ok).long()
+        if block.placement is not None:
+            previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(plan.u)
+            pre["cache"] = {"u": torch.where(block_ok, plan.u, previous), "lr": group["lr"]}
 
     def _commit(
         self,
@@ -496,13 +752,13 @@ class Preconditioned(torch.optim.Optimizer):
         news: list[torch.Tensor],
         ok: torch.Tensor,
     ) -> None:
-        """The new parameters θ − lr·s and base-rule states, for parameters with a gradient, where `ok`
-        (else everything stays)."""
+        """The new parameters θ − lr·s (rounded once to each parameter's dtype) and base-rule states,
+        for parameters with a gradient, where `ok` (else everything stays)."""
         for p, is_active, new_state, new in zip(params, active, states, news):
             if not is_active:
                 continue
             state = self.state[p]
-            torch.where(ok, new, p, out=p)
+            torch.where(ok, new.to(p.dtype), p, out=p)
             for key, value in new_state.items():
                 state[key] = torch.where(ok, value, state[key])
 
@@ -526,5 +782,89 @@ class Preconditioned(torch.optim.Optimizer):
         if self._nonfinite == "raise" and not bool(ok <= fine):
             raise FloatingPointError(
                 "Preconditioned.step: the meta-gradient or the fitted preconditioner holds NaN or Inf for "
-                f"parameters of shapes {[tuple(p.shape) for p in block.params]}; the preconditioner was kept"
+                f"parameters of shapes {block.shapes}; the preconditioner was kept"
             )
+
+
+def _check_choices(structure: Any, placement: Any, objective: Any, fitter: Any) -> None:
+    """Refuse, at construction, a choice of the wrong kind, naming the argument and the fix."""
+    owner = "Preconditioned"
+    if not isinstance(structure, Family):
+        if isinstance(structure, type) or not callable(structure):
+            raise TypeError(
+                f"{owner}: 'structure' must be a precondalg.families.Family (e.g. structure=dense_gram()) or "
+                f"a callable shape -> Family; got {structure!r}"
+            )
+    if placement is not None and not isinstance(placement, Placement):
+        if isinstance(placement, type) and issubclass(placement, Placement):
+            raise TypeError(
+                f"{owner}: 'placement' must be a Placement instance; got the class {placement.__name__} "
+                f"itself: write placement={placement.__name__}()"
+            )
+        if not callable(placement):
+            raise TypeError(
+                f"{owner}: 'placement' must be a Placement, a callable shape -> Placement | None, or None; "
+                f"got {placement!r}"
+            )
+    if objective is not None:
+        check_instance(owner, "objective", objective, Objective, "objective=Fisher(damping=1e-3)")
+    if fitter is not None:
+        optimizer_class = isinstance(fitter, type) and issubclass(fitter, torch.optim.Optimizer)
+        if optimizer_class or isinstance(fitter, torch.optim.Optimizer):
+            cls = fitter if optimizer_class else type(fitter)
+            raise TypeError(
+                f"{owner}: 'fitter' must be a precondalg.fitters.Fitter; got the torch optimizer "
+                f"{'class ' if optimizer_class else ''}{cls.__name__}: wrap the class, "
+                f"fitter=TorchOptimizer(torch.optim.{cls.__name__}, lr=...)"
+            )
+        check_instance(owner, "fitter", fitter, Fitter, "fitter=LieGroup(lr=0.01)")
+
+
+def _call_choice(argument: str, choice: Callable[[tuple[int, ...]], Any], shape: tuple[int, ...]) -> Any:
+    """Call a per-shape choice, turning a wrong signature into an error that names the argument."""
+    try:
+        return choice(shape)
+    except TypeError as err:
+        name = getattr(choice, "__name__", type(choice).__name__)
+        raise TypeError(
+            f"Preconditioned: '{argument}' was called as {name}({shape}) for a parameter of that shape and "
+            f"raised: {err}. It must be a callable shape -> choice (if {name} makes one when called, call "
+            f"it: {argument}={name}(...))"
+        ) from err
+
+
+def _unused_message(key: str, base: BaseRule) -> str:
+    users = [name for name, rule in BASE_RULES.items() if key in rule.hyperparameters]
+    reads = sorted(base.hyperparameters) or "only lr and weight_decay"
+    return (
+        f"Preconditioned: '{key}' is not used by base '{base.name}' (which reads {reads}); it is read by "
+        "base "
+        f"{' or '.join(repr(u) for u in users)}. Remove '{key}' or choose one of those bases"
+    )
+
+
+def _differences(saved: Any, mine: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's configuration and this optimizer's, in words."""
+    if not isinstance(saved, dict) or saved.get("version") != mine["version"]:
+        version = saved.get("version") if isinstance(saved, dict) else saved
+        return [f"checkpoint format {version!r} → {mine['version']}"]
+    out = [
+        f"{key} {saved.get(key)!r} → {mine[key]!r}"
+        for key in ("optimizer", "base", "position", "objective", "fitter", "groups")
+        if saved.get(key) != mine[key]
+    ]
+    if out and "groups" in out[-1]:
+        return out  # other parameters: blocks cannot be compared
+    theirs, ours = saved.get("blocks", []), mine["blocks"]
+    if len(theirs) != len(ours):
+        out.append(f"{len(theirs)} preconditioned blocks → {len(ours)}")
+    for a, b in zip(theirs, ours):
+        changed = [
+            f"{key} {a.get(key)!r} → {b[key]!r}"
+            for key in ("params", "placement", "structure", "phi")
+            if a.get(key) != b[key]
+        ]
+        if changed:
+            shapes = [tuple(s) for s in b["shapes"]]
+            out.append(f"block of the parameters of shapes {shapes}: {', '.join(changed)}")
+    return out
