@@ -7,16 +7,29 @@ return one of the same type.
 
 Public constructors validate their arguments; unflattening (which `torch.func` does with gradients,
 tangents and `vmap` dimension specs as leaves) bypasses the constructor and validates nothing.
+
+Tracing (`torch.compile`): a structure is a frozen dataclass, so when one meets a tensor in a graph
+operation (``P @ u``) Dynamo rebuilds it around `torch.fx.Proxy` fields, ``cls(*field_values)``, and
+records it in the graph as a call ``cls(**fields)``, which runs on FakeTensors (fake propagation),
+FunctionalTensors (AOT autograd) and finally real tensors.  `register_structure` wraps every
+constructor for this: given a Proxy in a tensor or structure argument it only stores the fields
+(there is no shape to check, and the recorded call validates the real values when the graph runs),
+and a variadic constructor (``Kronecker(*factors)``) also accepts its tuple field by keyword
+(``factors=(A, B)``).
+Every other call validates exactly as written, including FakeTensors and tensors with symbolic shapes.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
+import torch.fx
 import torch.utils._pytree as pytree
 
 __all__ = ["Cost", "NotInvertibleError", "Structure", "static_field"]
@@ -53,11 +66,22 @@ def register_structure(cls: _S) -> _S:
 
     Fields marked with `static_field()` go into the pytree context (compared with `==`, so they must
     be hashable Python data); all other fields are children.  Unflattening does not run `__init__`.
+    A class may define its own ``__init__(self, *parts)`` only if it has a single field (the tuple of
+    parts).  The constructor is wrapped for tracing (see `_traceable_init` and the module docstring).
     """
-    cls = dataclasses.dataclass(frozen=True, eq=False, init="__init__" not in cls.__dict__)(cls)
+    variadic = "__init__" in cls.__dict__
+    cls = dataclasses.dataclass(frozen=True, eq=False, init=not variadic)(cls)
     fields = dataclasses.fields(cls)
     children = tuple(f.name for f in fields if not f.metadata.get("static"))
     static = tuple(f.name for f in fields if f.metadata.get("static"))
+    if variadic:
+        kinds = [p.kind.name for p in inspect.signature(cls.__init__).parameters.values()]
+        if len(fields) != 1 or kinds != ["POSITIONAL_OR_KEYWORD", "VAR_POSITIONAL"]:
+            raise TypeError(
+                f"register_structure: {cls.__name__} defines __init__, so it must be __init__(self, *parts) "
+                f"with a single field; got fields {[f.name for f in fields]}"
+            )
+    cls.__init__ = _traceable_init(cls.__init__, tuple(f.name for f in fields), children, variadic)
 
     def flatten(obj: Any) -> tuple[list[Any], tuple[Any, ...]]:
         return [getattr(obj, n) for n in children], tuple(getattr(obj, n) for n in static)
@@ -82,6 +106,62 @@ def register_structure(cls: _S) -> _S:
         flatten_with_keys_fn=flatten_with_keys,
     )
     return cls
+
+
+def _holds_proxy(value: Any) -> bool:
+    """Whether a constructor argument holds a `torch.fx.Proxy` (the symbolic stand-in of a tensor,
+    which has no shape or dtype to check): the argument itself, a structure's leaves, or a tuple/list
+    of such arguments."""
+    if isinstance(value, torch.fx.Proxy):
+        return True
+    if isinstance(value, Structure):
+        return any(isinstance(leaf, torch.fx.Proxy) for leaf in pytree.tree_leaves(value))
+    if isinstance(value, (tuple, list)):
+        return any(_holds_proxy(v) for v in value)
+    return False
+
+
+def _traceable_init(
+    init: Callable[..., None], names: tuple[str, ...], children: tuple[str, ...], variadic: bool
+) -> Callable[..., None]:
+    """Wrap a structure's constructor so that it accepts what tracing passes it.
+
+    - ``cls(field=value)`` for a variadic constructor ``cls(*parts)``: torch.fx records a dataclass
+      argument of a graph call as ``cls(**fields)``; it runs as ``cls(*value)``, validated.
+    - Children (tensor or structure fields) holding a `torch.fx.Proxy` (Dynamo's
+      ``cls(*field_values)`` when a structure meets a tensor in a graph operation, or user code under
+      `torch.fx.symbolic_trace`): the fields are stored as given, without validation or normalisation
+      (e.g. Triangular's triu), as unflattening does; the graph records the constructor call, which
+      validates the real values when it runs.
+    - Anything else (real tensors, FakeTensors, functional or batched tensors, symbolic shapes): the
+      constructor as written, so bad input is refused exactly as in eager mode.
+
+    Args:
+        init: the constructor (dataclass-generated, or the class's own ``__init__(self, *parts)``).
+        names: every field's name, in order.
+        children: the names of the non-static fields (static fields never hold a Proxy).
+        variadic: whether `init` is ``__init__(self, *parts)`` for the single field ``names[0]``.
+    """
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if variadic:
+            if not args and len(kwargs) == 1 and names[0] in kwargs:  # torch.fx: cls(field=parts)
+                args, kwargs = tuple(kwargs[names[0]]), {}
+            if not _holds_proxy(args):
+                init(self, *args, **kwargs)
+                return
+            # Dynamo passes the tuple field itself, cls((A, B)); user code passes the parts, cls(A, B).
+            fields = {names[0]: args[0] if len(args) == 1 and isinstance(args[0], tuple) else args}
+        else:
+            fields = dict(zip(names, args)) | kwargs
+            if not any(_holds_proxy(fields[n]) for n in children if n in fields):
+                init(self, *args, **kwargs)
+                return
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    return __init__
 
 
 class Structure(abc.ABC):
@@ -225,6 +305,10 @@ def _apply(
 def not_invertible(A: Structure, why: str) -> NotInvertibleError:
     """The error a structure's `_solve`/`_rsolve` raises when it has no inverse."""
     return NotInvertibleError(f"{type(A).__name__} has no solve: {why}")
+
+
+# What an integer argument (a dimension) may be: tracing with dynamic shapes passes a torch.SymInt.
+INTEGERS = (int, torch.SymInt)
 
 
 def check_tensor(owner: str, name: str, x: Any, shape: str, ndim: int) -> None:

@@ -20,7 +20,7 @@ class BlockDiagonal(Structure):
     """A₁ ⊕ A₂ ⊕ …: structures on the diagonal, zeros elsewhere.
 
     One preconditioner per layer (FOP, APO's per-layer blocks) and LODO's block-diagonal layers are of
-    this shape; a direct sum of groups is a group (PSGD §5).  Blocks may be rectangular.
+    this shape; a direct sum of groups is a group (Li 2019, §5).  Blocks may be rectangular.
 
     Args:
         *blocks: one or more structures A_i of shape (m_i, n_i).

@@ -17,7 +17,7 @@ from precondalg.structures._base import (
 class Dense(Structure):
     """A dense matrix A, usually n×n; m×n is allowed (e.g. FOP's low-rank M of shape r×n).
 
-    Full FOP's M (P = MᵀM, METHODS.md §1.1), dense PSGD's Q (GL(n), §2.3).  Square dense matrices
+    Full FOP's M (P = MᵀM, Moskovitz et al. 2019), dense PSGD's Q (GL(n), Li 2019).  Square dense matrices
     form the Lie group GL(n), whose Lie algebra is all n×n matrices.
 
     Args:

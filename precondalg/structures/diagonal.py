@@ -11,8 +11,8 @@ from precondalg.structures._base import Cost, Structure, check_tensor, register_
 class Diagonal(Structure):
     """diag(d): a diagonal n×n matrix.
 
-    Per-parameter learning rates (PP-HD, FOP §1.8), LODO-Diagonal, PSGD's diagonal group (METHODS.md
-    §2.3; Adam/RMSprop and equilibrated SGD as its closed forms).  With non-zero entries it is a
+    Per-parameter learning rates (PP-HD, Moskovitz et al. 2019), LODO-Diagonal, PSGD's diagonal group
+    (Li 2019; Adam/RMSprop and equilibrated SGD as its closed forms).  With non-zero entries it is a
     matrix Lie group whose Lie algebra is the diagonal matrices.
 
     Args:

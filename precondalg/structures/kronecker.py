@@ -60,7 +60,7 @@ class Kronecker(Structure):
     It acts on a tensor of shape (n₁, …, n_k) flattened row-major, factor i acting on axis i, so
     ``Kronecker(A, B) @ X.flatten() == (A X Bᵀ).flatten()`` and ``Kronecker(A, B).to_dense() ==
     torch.kron(A, B)``.  PSGD's Kronecker preconditioner for a matrix G is ``Kronecker(Q₁, Q₂)`` with
-    P = gram of it giving Q₁ᵀQ₁ G Q₂ᵀQ₂ (METHODS.md §2.3, Eq. 23); APO's Eq. 9 uses ``Kronecker(B, A)``.
+    P = gram of it giving Q₁ᵀQ₁ G Q₂ᵀQ₂ (Li 2019, Eq. 23); APO's Eq. 9 uses ``Kronecker(B, A)``.
     Factors may be rectangular.  A Kronecker product of groups is a group; its Lie algebra is
     `KroneckerSum`.
 
@@ -82,9 +82,11 @@ class Kronecker(Structure):
 
     @property
     def shape(self) -> tuple[int, int]:
+        # Lists, not generators: torch.compile (Dynamo) cannot trace math.prod of a generator, and the
+        # constructors of Product, Sum and Inverse read their parts' shapes.
         return (
-            math.prod(f.shape[0] for f in self.factors),
-            math.prod(f.shape[1] for f in self.factors),
+            math.prod([f.shape[0] for f in self.factors]),
+            math.prod([f.shape[1] for f in self.factors]),
         )
 
     def _mv(self, X: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,7 @@ class KroneckerSum(Structure):
 
     @property
     def shape(self) -> tuple[int, int]:
-        n = math.prod(t.shape[0] for t in self.terms)
+        n = math.prod([t.shape[0] for t in self.terms])  # a list, for Dynamo (see Kronecker.shape)
         return (n, n)
 
     def _sum_along_axes(

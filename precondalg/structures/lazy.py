@@ -200,7 +200,8 @@ class Inverse(Structure):
 class Gram(Structure):
     """QᵀQ for an m×n structure Q: an n×n symmetric PSD matrix, by construction.
 
-    FOP's P = MᵀM (METHODS.md §1.1, Eq. 2), PSGD's P = QᵀQ (§2.2) and LODO's EᵀAᵀAE (§3.1) are grams.
+    FOP's P = MᵀM (Moskovitz et al. 2019, Eq. 2), PSGD's P = QᵀQ (Li 2019) and LODO's EᵀAᵀAE
+    (Liao et al. 2023, Eq. 2) are grams.
 
     Args:
         Q: the factor.

@@ -1,6 +1,6 @@
 """Matrix Lie groups: membership, projection onto the Lie algebra, and the multiplicative step.
 
-PSGD (METHODS.md §2.2, paper Eqs. 17–20) fits Q on a matrix Lie group: a perturbation δQ = E Q with
+PSGD (Li 2019, Eqs. 17–20) fits Q on a matrix Lie group: a perturbation δQ = E Q with
 E in the group's Lie algebra 𝔤, and the step Q ← (I − μE) Q, which stays in the group.  The group
 structures and their Lie algebras:
 
@@ -16,7 +16,7 @@ structures and their Lie algebras:
 
 Every projection is the orthogonal (Frobenius) projection onto the algebra, hence idempotent.  For a
 Kronecker product of groups the step is taken factor-wise, Qᵢ ← (I − μEᵢ)Qᵢ: it stays exactly in the
-group and equals (I − μE)Q to first order in μ (PSGD's Kronecker update, METHODS.md §2.3).
+group and equals (I − μE)Q to first order in μ (PSGD's Kronecker update, Li 2019, Eq. 23).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor
         E: an element of Q's Lie algebra (as returned by `lie_project`), or a dense (n, n) tensor,
             which is projected first.
         mu: the step size μ.  PSGD's normalised step uses E = R / max_abs(R) and 0 < μ < 1, which keeps
-            triangular and diagonal Q invertible (THEORY.md PSGD-8).
+            triangular and diagonal Q invertible (theory check PSGD-8).
 
     Returns:
         The new Q, of the same type.  Kronecker and BlockDiagonal steps are factor- and block-wise.

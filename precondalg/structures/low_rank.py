@@ -17,8 +17,8 @@ from precondalg.structures._base import (
 class IdentityPlusLowRank(Structure):
     """I + UVᵀ: the identity plus a rank-r correction.
 
-    Low-rank FOP's P = I + MᵀM is ``IdentityPlusLowRank(M.T, M.T)`` (METHODS.md §1.4, Eq. 5
-    reconstructed); PSGD's LRA preconditioner is (I + UVᵀ)diag(d) (§2.5).  The solve uses the Woodbury
+    Low-rank FOP's P = I + MᵀM is ``IdentityPlusLowRank(M.T, M.T)`` (Moskovitz et al. 2019,
+    Eq. 5 as reconstructed); psgd_torch's LRA preconditioner is (I + UVᵀ)diag(d).  The solve uses the Woodbury
     identity (I + UVᵀ)⁻¹ = I − U(I_r + VᵀU)⁻¹Vᵀ, which costs an r×r solve.
 
     Args:

@@ -19,7 +19,7 @@ class Normalization(Structure):
     """diag(d) plus the column c above the diagonal in the last column.
 
     The matrix is ``Q[i, i] = d[i]`` and ``Q[i, n-1] = c[i]`` for i < n-1, zero elsewhere: PSGD's SCAN
-    Q₂ (METHODS.md §2.3) acting on an input augmented with a trailing 1, whose Eq. 25 instance
+    Q₂ (Li 2019, §5) acting on an input augmented with a trailing 1, whose Eq. 25 instance
     ``d = (1/σ, 1)``, ``c = -m/σ`` normalises features to mean 0 and variance 1.  With non-zero d it is
     a matrix Lie group (closed under products and inverses); its Lie algebra has the same pattern.
 

@@ -6,8 +6,10 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from precondalg.structures._base import (
+    INTEGERS,
     Cost,
     Structure,
     check_tensor,
@@ -18,9 +20,19 @@ from precondalg.structures._base import (
 
 
 @functools.lru_cache(maxsize=1024)
-def _index(perm: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """The gather index of a static permutation, made once per (permutation, device)."""
+def _cached_index(perm: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(perm, dtype=torch.long, device=device)
+
+
+def _index(perm: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The gather index of a static permutation, made once per (permutation, device).
+
+    Not cached while tracing (torch.compile, or any dispatch mode such as FakeTensorMode): the tensor
+    made there belongs to that trace (a FakeTensor), and a cached one would break every later call.
+    """
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return torch.tensor(perm, dtype=torch.long, device=device)
+    return _cached_index(perm, device)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -33,13 +45,13 @@ def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
 
 @register_structure
 class PermutationNetwork(Structure):
-    """A = B_N Π_N ⋯ B_1 Π_1 E: LODO's operator (METHODS.md §3.1, paper Eq. 2), an ñ×n matrix.
+    """A = B_N Π_N ⋯ B_1 Π_1 E: LODO's operator (Liao et al. 2023, Eq. 2), an ñ×n matrix.
 
     E = [Iₙ; 0] embeds Rⁿ into R^ñ by zero padding.  Layer i first permutes, ``(Π_i x)_j = x_{perms[i][j]}``
     (a gather), then applies the block-diagonal B_i whose ñ/k blocks are ``blocks[i, b]`` (each block
     multiplies its k coordinates: y_b = blocks[i, b] @ x_b).  LODO's preconditioner is
     ``α₀ · gram(A)`` = α₀ EᵀAᵀAE (n×n, symmetric PSD by construction), which is α₀I when every block
-    is orthogonal.  A matvec costs N·ñ·k multiply-adds (THEORY.md LODO-2).
+    is orthogonal.  A matvec costs N·ñ·k multiply-adds (theory check LODO-2).
 
     Args:
         blocks: (N, ñ/k, k, k) floating tensor of learned blocks.
@@ -77,7 +89,7 @@ class PermutationNetwork(Structure):
                     f"PermutationNetwork: perms[{i}] must be a permutation of range({width}) (ñ = "
                     f"{nb}·{k}); got a sequence of length {len(p)} that is not"
                 )
-        if not isinstance(self.n, int) or not 1 <= self.n <= width:
+        if not isinstance(self.n, INTEGERS) or not 1 <= self.n <= width:
             raise ValueError(
                 f"PermutationNetwork: argument 'n' must be an int in [1, {width}]; got {self.n!r}"
             )
@@ -126,7 +138,7 @@ class PermutationNetwork(Structure):
 def lodo_width(n: int, block_size: int) -> int:
     """ñ = 2n + k − (2n mod k): the smallest multiple of k strictly greater than 2n (LODO's code rule).
 
-    METHODS.md §3.1 and §6 O-LODO-2: the paper says ñ = 2n; the official code adds a whole block
+    The paper says ñ = 2n; the authors' official code adds a whole block
     when 2n is already a multiple of k (n = 100, k = 4 gives 204).
     """
     return 2 * n + block_size - (2 * n) % block_size
@@ -145,7 +157,7 @@ def permutation_network(
     """LODO's initialisation: random permutations and random orthogonal k×k blocks.
 
     Blocks are the Vᵀ factor of the SVD of a standard Gaussian matrix, as in the official code
-    (METHODS.md §3.1), so ``gram(A)`` is the n×n identity at initialisation.
+    (as in the authors' code), so ``gram(A)`` is the n×n identity at initialisation.
 
     Args:
         n: input dimension.

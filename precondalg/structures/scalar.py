@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from precondalg.structures._base import Cost, Structure, check_tensor, register_structure, static_field
+from precondalg.structures._base import (
+    INTEGERS,
+    Cost,
+    Structure,
+    check_tensor,
+    register_structure,
+    static_field,
+)
 
 
 @register_structure
@@ -29,7 +36,7 @@ class Scalar(Structure):
 
     def __post_init__(self) -> None:
         check_tensor("Scalar", "alpha", self.alpha, "() (a 0-d tensor)", 0)
-        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+        if not isinstance(self.n, INTEGERS) or isinstance(self.n, bool) or self.n < 1:
             raise ValueError(f"Scalar: argument 'n' must be a positive int; got {self.n!r}")
 
     @property

@@ -11,7 +11,7 @@ from precondalg.structures._base import Cost, Structure, check_tensor, register_
 class Triangular(Structure):
     """The upper-triangular part of R.
 
-    PSGD's default group for dense and Kronecker factors (METHODS.md §2.2–2.3; paper Eq. 18).  With a
+    PSGD's default group for dense and Kronecker factors (Li 2019, Eq. 18).  With a
     non-zero diagonal it is a matrix Lie group whose Lie algebra is the upper-triangular matrices.
     The constructor zeroes the strictly lower part, and every operation reads only the upper part.
 
