@@ -27,8 +27,7 @@ from precondalg import families
 from precondalg.families import Family
 from precondalg.fitters import LieGroup, TorchOptimizer
 from precondalg.objectives import Fisher, Hypergradient, Newton, Proximal, squared_error
-from precondalg.optim import FOP, HD, BaseRule, Preconditioned, SkippedStepWarning, by_ndim
-from precondalg.optim import preconditioned as preconditioned_module
+from precondalg.optim import FOP, HD, BaseRule, Preconditioned, SkippedStepWarning, _watch, by_ndim
 from precondalg.placement import Flatten, InputSide, Spatial, TwoSided
 
 F64 = torch.float64
@@ -128,11 +127,14 @@ def test_a_closure_that_returns_no_differentiable_loss_and_sets_no_gradient_is_r
     assert torch.equal(w.detach(), torch.ones(2, 2))
 
 
-def test_a_step_without_any_gradient_warns():
+def test_a_step_without_any_gradient_warns_at_the_callers_line():
     model = make_model("mlp")
     opt = FOP(model.parameters(), 0.1)
-    with pytest.warns(UserWarning, match="FOP.step: none of the optimizer's 4 parameters has a gradient"):
+    with pytest.warns(
+        UserWarning, match="FOP.step: none of the optimizer's 4 parameters has a gradient"
+    ) as got:
         opt.step()
+    assert got[0].filename == __file__, f"the warning points at {got[0].filename}, not at the caller"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def test_float16_adam_on_digits_follows_the_float32_run():
 
 
 def test_skips_warn_at_once_then_periodically_with_the_counts(monkeypatch):
-    monkeypatch.setattr(preconditioned_module, "WARN_EVERY", 5)
+    monkeypatch.setattr(_watch, "WARN_EVERY", 5)
     model = make_model("mlp")
     opt = FOP(model.parameters(), 0.05)
     with warnings.catch_warnings(record=True) as caught:
@@ -220,6 +222,7 @@ def test_skips_warn_at_once_then_periodically_with_the_counts(monkeypatch):
                 model.fc2.bias.grad[0] = float("nan")
             opt.step()
     messages = [str(w.message) for w in caught if issubclass(w.category, SkippedStepWarning)]
+    assert all(w.filename == __file__ for w in caught if issubclass(w.category, SkippedStepWarning))
     assert len(messages) == 3, messages  # steps 1, 6, 11
     assert messages[0].startswith(
         "Preconditioned: after 1 steps, 4 block updates were skipped on 4 of 4 blocks"

@@ -1,9 +1,11 @@
 """torch.optim front-ends (layer 5): the generic `Preconditioned` optimizer and thin presets."""
 
+from precondalg.optim._watch import SkippedStepWarning
 from precondalg.optim.base_rules import BASE_RULES, BaseRule, base_rule
+from precondalg.optim.choices import ByNdim, by_ndim
 from precondalg.optim.fop import FOP
 from precondalg.optim.hd import HD
-from precondalg.optim.preconditioned import ByNdim, Preconditioned, SkippedStepWarning, by_ndim
+from precondalg.optim.preconditioned import Preconditioned
 
 __all__ = [
     "BASE_RULES",

@@ -12,7 +12,8 @@ from precondalg.families import dense_gram, low_rank_gram, normalized_dense_gram
 from precondalg.fitters import TorchOptimizer
 from precondalg.objectives import Hypergradient
 from precondalg.optim.base_rules import BASE_RULES
-from precondalg.optim.preconditioned import Preconditioned, by_ndim
+from precondalg.optim.choices import by_ndim
+from precondalg.optim.preconditioned import Preconditioned
 from precondalg.placement import InputSide, Spatial
 
 __all__ = ["FOP"]

@@ -43,10 +43,12 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from precondalg._checks import check_choice, check_instance, check_number
+from precondalg._checks import check_choice, check_number
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer
 from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective
+from precondalg.optim._checkpoint import VERSION, describe, differences
+from precondalg.optim._watch import SkipWatch, callers_level
 from precondalg.optim.base_rules import (
     BASE_RULES,
     HYPERPARAMETERS,
@@ -54,58 +56,16 @@ from precondalg.optim.base_rules import (
     base_rule,
     check_hyperparameter,
 )
+from precondalg.optim.choices import call_choice, check_choices
 from precondalg.placement import Placement, default_placement
 from precondalg.structures import NotInvertibleError, Structure
 
-__all__ = ["WARN_EVERY", "ByNdim", "Preconditioned", "SkippedStepWarning", "by_ndim"]
+__all__ = ["Preconditioned"]
 
 PlacementChoice = Placement | Callable[[tuple[int, ...]], Placement | None] | None
 StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
 _NONFINITE = ("skip", "raise")
-_CHECKPOINT_VERSION = 1
-WARN_EVERY = 100
-"""Steps between two `SkippedStepWarning`s while skips continue (the first skip warns at once)."""
-
-
-class SkippedStepWarning(RuntimeWarning):
-    """Steps were skipped because of NaN or Inf (``nonfinite="skip"``); the message gives the counts."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ByNdim:
-    """A picklable per-shape choice: ``choices[len(shape)]``, else `default` (see `by_ndim`)."""
-
-    choices: tuple[tuple[int, Any], ...]
-    default: Any = None
-
-    def __call__(self, shape: tuple[int, ...]) -> Any:
-        return dict(self.choices).get(len(shape), self.default)
-
-
-def by_ndim(choices: dict[int, Any], default: Any = None) -> ByNdim:
-    """A choice of placement or structure by the parameter's number of dimensions that, unlike a
-    lambda, survives `pickle` and `copy.deepcopy` of the optimizer.
-
-    Args:
-        choices: ndim → placement (or family), e.g. ``{2: InputSide(), 4: Spatial()}``.
-        default: for the other ndims (None: for a placement, not preconditioned).
-
-    Example:
-        >>> from precondalg.placement import InputSide
-        >>> choose = by_ndim({2: InputSide()})
-        >>> choose((3, 4)), choose((4,))
-        (InputSide(), None)
-    """
-    if not isinstance(choices, dict) or not all(
-        isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in choices
-    ):
-        raise TypeError(
-            f"by_ndim: 'choices' must be a dict from ndim (an int >= 0) to a choice; got {choices!r}"
-        )
-    return ByNdim(tuple(sorted(choices.items())), default)
-
-
 @dataclasses.dataclass
 class _Block:
     """Parameters preconditioned together (not part of the state: rebuilt from the constructor)."""
@@ -155,76 +115,6 @@ def _initial_phi(block: _Block, generator: torch.Generator) -> Any:
 def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     """One device boolean: every entry of every tensor is finite (no host synchronisation)."""
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
-
-
-def describe(S: Any) -> str:
-    """A short description of a structure's type tree and shapes, e.g. "Kronecker(Triangular 3×3,
-    Diagonal 6×6)" (used in error messages and checkpoints)."""
-    if not isinstance(S, Structure):
-        return type(S).__name__
-    children = []
-    for field in dataclasses.fields(S):
-        value = getattr(S, field.name)
-        items = value if isinstance(value, tuple) else (value,)
-        children += [describe(c) for c in items if isinstance(c, Structure)]
-    if children:
-        return f"{type(S).__name__}({', '.join(children)})"
-    m, n = S.shape
-    return f"{type(S).__name__} {m}×{n}"
-
-
-class _SkipWatch:
-    """Reads the blocks' skip counters back from the device and warns with the counts (see the module
-    docstring): at once on the CPU; on a GPU one step later, through a non-blocking copy."""
-
-    def __init__(self) -> None:
-        self.steps = 0
-        self.warned_at: tuple[int, int, int] | None = None  # (step, skipped, meta-skipped) at the warning
-        self.pending: tuple[torch.Tensor, Any, int] | None = None
-
-    def reset(self, counters: torch.Tensor, blocks: int) -> None:
-        """After loading a checkpoint: its counts are old news."""
-        values = counters.tolist()
-        self.warned_at = (self.steps, sum(values[:blocks]), sum(values[blocks:]))
-        self.pending = None
-
-    def record(self, counters: torch.Tensor, blocks: list[_Block]) -> None:
-        """Counters: every block's ``skipped``, then every preconditioned block's ``meta_skipped``."""
-        self.steps += 1
-        if counters.device.type == "cpu":
-            self._check(counters.tolist(), self.steps, blocks)
-            return
-        if self.pending is not None and self.pending[1].query():
-            host, _, step = self.pending
-            self._check(host.tolist(), step, blocks)
-            self.pending = None
-        if self.pending is None:
-            host = torch.empty(counters.shape, dtype=counters.dtype, pin_memory=True)
-            host.copy_(counters, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self.pending = (host, event, self.steps)
-
-    def _check(self, values: list[int], step: int, blocks: list[_Block]) -> None:
-        skips, metas = values[: len(blocks)], values[len(blocks) :]
-        skipped, meta = sum(skips), sum(metas)
-        last_step, last_skipped, last_meta = self.warned_at or (0, 0, 0)
-        new = (skipped - last_skipped) + (meta - last_meta)
-        if new <= 0 or (self.warned_at is not None and step - last_step < WARN_EVERY):
-            return
-        hit = [b.shapes for b, k in zip(blocks, skips) if k > 0]
-        since = "" if self.warned_at is None else f" ({new} since step {last_step})"
-        warnings.warn(
-            f"Preconditioned: after {step} steps, {skipped} block updates were skipped on {len(hit)} of "
-            f"{len(blocks)} blocks (parameters of shapes {hit[:4]}{' …' if len(hit) > 4 else ''}) and "
-            f"{meta} preconditioner fits were rolled back{since}, because a gradient, a new parameter or "
-            "the preconditioner held NaN or Inf; a skipped update changes nothing. Pass "
-            "nonfinite='raise' to stop at the first one. This warning repeats at most every "
-            f"{WARN_EVERY} steps while skips continue.",
-            SkippedStepWarning,
-            stacklevel=4,
-        )
-        self.warned_at = (step, skipped, meta)
 
 
 class Preconditioned(torch.optim.Optimizer):
@@ -293,7 +183,7 @@ class Preconditioned(torch.optim.Optimizer):
         seed: int = 0,
         name: str = "Preconditioned",
     ) -> None:
-        _check_choices(structure, placement, objective, fitter)
+        check_choices(structure, placement, objective, fitter)
         if not isinstance(base, (str, BaseRule)):
             raise TypeError(
                 f"Preconditioned: 'base' must be one of {sorted(BASE_RULES)} or a BaseRule; got {base!r}"
@@ -318,7 +208,7 @@ class Preconditioned(torch.optim.Optimizer):
         self._name = str(name)
         self._generator = torch.Generator().manual_seed(seed)
         self._blocks: list[list[_Block]] = []
-        self._watch = _SkipWatch()
+        self._watch = SkipWatch()
         rule_defaults = {
             k: (v if given.get(k) is None else given[k]) for k, v in self._base.hyperparameters.items()
         }
@@ -359,7 +249,7 @@ class Preconditioned(torch.optim.Optimizer):
         choice = self._placement
         if choice is None or isinstance(choice, Placement):
             return choice
-        placement = _call_choice("placement", choice, tuple(p.shape))
+        placement = call_choice("placement", choice, tuple(p.shape))
         if not (placement is None or isinstance(placement, Placement)):
             raise TypeError(
                 f"Preconditioned: 'placement' returned {type(placement).__name__} for a parameter of shape "
@@ -389,7 +279,7 @@ class Preconditioned(torch.optim.Optimizer):
     def _family_of(self, p: torch.Tensor) -> Family:
         if isinstance(self._structure, Family):
             return self._structure
-        family = _call_choice("structure", self._structure, tuple(p.shape))
+        family = call_choice("structure", self._structure, tuple(p.shape))
         if not isinstance(family, Family):
             raise TypeError(
                 f"Preconditioned: 'structure' returned {type(family).__name__} for a parameter of "
@@ -489,7 +379,7 @@ class Preconditioned(torch.optim.Optimizer):
         if isinstance(self._fitter, TorchOptimizer):
             fitter += f"({self._fitter.cls.__name__})"
         return {
-            "version": _CHECKPOINT_VERSION,
+            "version": VERSION,
             "optimizer": self._name,
             "base": self._base.name,
             "position": self._position,
@@ -577,11 +467,11 @@ class Preconditioned(torch.optim.Optimizer):
                 f"{self._name}; nothing was changed"
             )
         saved, mine = state_dict["precondalg"], self.configuration()
-        differences = _differences(saved, mine)
-        if differences:
+        changed = differences(saved, mine)
+        if changed:
             raise ValueError(
                 "Preconditioned.load_state_dict: the checkpoint was made with a different configuration "
-                f"(checkpoint → this optimizer): {'; '.join(differences)}. Nothing was changed"
+                f"(checkpoint → this optimizer): {'; '.join(changed)}. Nothing was changed"
             )
         states = state_dict.get("state", {})
         index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
@@ -604,7 +494,8 @@ class Preconditioned(torch.optim.Optimizer):
         """Every block's skip counter, then every preconditioned block's meta-skip counter."""
         skipped = [self.state[b.params[0]]["skipped"] for b in self._every_block()]
         meta = [self.state[b.params[0]]["preconditioner"]["meta_skipped"] for b in self._all_blocks()]
-        return torch.stack(skipped + meta)
+        device = skipped[0].device  # parameters may live on several devices
+        return torch.stack([c.to(device, non_blocking=True) for c in skipped + meta])
 
     # ----- the step -----
     @torch.no_grad()
@@ -644,7 +535,7 @@ class Preconditioned(torch.optim.Optimizer):
                 f"{self._name}.step: none of the optimizer's {len(params)} parameters has a gradient "
                 "(every .grad is None), so nothing was updated. Call loss.backward() before step(), or "
                 "pass a closure that returns the loss.",
-                stacklevel=3,
+                stacklevel=callers_level(),
             )
         learned = [plan for plan in plans if plan.context is not None]
         metas = self._objective.meta_grads([plan.context for plan in learned], evaluation) if learned else []
@@ -659,7 +550,7 @@ class Preconditioned(torch.optim.Optimizer):
         for plan in plans:
             self._finish(plan, ok)
         if self._nonfinite == "skip":
-            self._watch.record(self._counters(), self._every_block())
+            self._watch.record(self._counters(), [b.shapes for b in self._every_block()])
         return evaluation.loss
 
     def _grads_finite(self) -> torch.Tensor:
@@ -786,53 +677,6 @@ class Preconditioned(torch.optim.Optimizer):
             )
 
 
-def _check_choices(structure: Any, placement: Any, objective: Any, fitter: Any) -> None:
-    """Refuse, at construction, a choice of the wrong kind, naming the argument and the fix."""
-    owner = "Preconditioned"
-    if not isinstance(structure, Family):
-        if isinstance(structure, type) or not callable(structure):
-            raise TypeError(
-                f"{owner}: 'structure' must be a precondalg.families.Family (e.g. structure=dense_gram()) or "
-                f"a callable shape -> Family; got {structure!r}"
-            )
-    if placement is not None and not isinstance(placement, Placement):
-        if isinstance(placement, type) and issubclass(placement, Placement):
-            raise TypeError(
-                f"{owner}: 'placement' must be a Placement instance; got the class {placement.__name__} "
-                f"itself: write placement={placement.__name__}()"
-            )
-        if not callable(placement):
-            raise TypeError(
-                f"{owner}: 'placement' must be a Placement, a callable shape -> Placement | None, or None; "
-                f"got {placement!r}"
-            )
-    if objective is not None:
-        check_instance(owner, "objective", objective, Objective, "objective=Fisher(damping=1e-3)")
-    if fitter is not None:
-        optimizer_class = isinstance(fitter, type) and issubclass(fitter, torch.optim.Optimizer)
-        if optimizer_class or isinstance(fitter, torch.optim.Optimizer):
-            cls = fitter if optimizer_class else type(fitter)
-            raise TypeError(
-                f"{owner}: 'fitter' must be a precondalg.fitters.Fitter; got the torch optimizer "
-                f"{'class ' if optimizer_class else ''}{cls.__name__}: wrap the class, "
-                f"fitter=TorchOptimizer(torch.optim.{cls.__name__}, lr=...)"
-            )
-        check_instance(owner, "fitter", fitter, Fitter, "fitter=LieGroup(lr=0.01)")
-
-
-def _call_choice(argument: str, choice: Callable[[tuple[int, ...]], Any], shape: tuple[int, ...]) -> Any:
-    """Call a per-shape choice, turning a wrong signature into an error that names the argument."""
-    try:
-        return choice(shape)
-    except TypeError as err:
-        name = getattr(choice, "__name__", type(choice).__name__)
-        raise TypeError(
-            f"Preconditioned: '{argument}' was called as {name}({shape}) for a parameter of that shape and "
-            f"raised: {err}. It must be a callable shape -> choice (if {name} makes one when called, call "
-            f"it: {argument}={name}(...))"
-        ) from err
-
-
 def _unused_message(key: str, base: BaseRule) -> str:
     users = [name for name, rule in BASE_RULES.items() if key in rule.hyperparameters]
     reads = sorted(base.hyperparameters) or "only lr and weight_decay"
@@ -841,30 +685,3 @@ def _unused_message(key: str, base: BaseRule) -> str:
         "base "
         f"{' or '.join(repr(u) for u in users)}. Remove '{key}' or choose one of those bases"
     )
-
-
-def _differences(saved: Any, mine: dict[str, Any]) -> list[str]:
-    """What differs between a checkpoint's configuration and this optimizer's, in words."""
-    if not isinstance(saved, dict) or saved.get("version") != mine["version"]:
-        version = saved.get("version") if isinstance(saved, dict) else saved
-        return [f"checkpoint format {version!r} → {mine['version']}"]
-    out = [
-        f"{key} {saved.get(key)!r} → {mine[key]!r}"
-        for key in ("optimizer", "base", "position", "objective", "fitter", "groups")
-        if saved.get(key) != mine[key]
-    ]
-    if out and "groups" in out[-1]:
-        return out  # other parameters: blocks cannot be compared
-    theirs, ours = saved.get("blocks", []), mine["blocks"]
-    if len(theirs) != len(ours):
-        out.append(f"{len(theirs)} preconditioned blocks → {len(ours)}")
-    for a, b in zip(theirs, ours):
-        changed = [
-            f"{key} {a.get(key)!r} → {b[key]!r}"
-            for key in ("params", "placement", "structure", "phi")
-            if a.get(key) != b[key]
-        ]
-        if changed:
-            shapes = [tuple(s) for s in b["shapes"]]
-            out.append(f"block of the parameters of shapes {shapes}: {', '.join(changed)}")
-    return out

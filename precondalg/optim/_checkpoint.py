@@ -1,0 +1,57 @@
+"""What a checkpoint records of the optimizer that made it, and how two configurations differ (used by
+`precondalg.optim.Preconditioned.load_state_dict`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from precondalg.structures import Structure
+
+__all__ = ["VERSION", "describe", "differences"]
+
+VERSION = 1
+"""The format of `Preconditioned.configuration`; a checkpoint of another version is refused."""
+
+
+def describe(S: Any) -> str:
+    """A short description of a structure's type tree and shapes, e.g. "Kronecker(Triangular 3×3,
+    Diagonal 6×6)" (used in error messages and checkpoints)."""
+    if not isinstance(S, Structure):
+        return type(S).__name__
+    children = []
+    for field in dataclasses.fields(S):
+        value = getattr(S, field.name)
+        items = value if isinstance(value, tuple) else (value,)
+        children += [describe(c) for c in items if isinstance(c, Structure)]
+    if children:
+        return f"{type(S).__name__}({', '.join(children)})"
+    m, n = S.shape
+    return f"{type(S).__name__} {m}×{n}"
+
+
+def differences(saved: Any, mine: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's configuration and this optimizer's, in words."""
+    if not isinstance(saved, dict) or saved.get("version") != mine["version"]:
+        version = saved.get("version") if isinstance(saved, dict) else saved
+        return [f"checkpoint format {version!r} → {mine['version']}"]
+    out = [
+        f"{key} {saved.get(key)!r} → {mine[key]!r}"
+        for key in ("optimizer", "base", "position", "objective", "fitter", "groups")
+        if saved.get(key) != mine[key]
+    ]
+    if out and "groups" in out[-1]:
+        return out  # other parameters: blocks cannot be compared
+    theirs, ours = saved.get("blocks", []), mine["blocks"]
+    if len(theirs) != len(ours):
+        out.append(f"{len(theirs)} preconditioned blocks → {len(ours)}")
+    for a, b in zip(theirs, ours):
+        changed = [
+            f"{key} {a.get(key)!r} → {b[key]!r}"
+            for key in ("params", "placement", "structure", "phi")
+            if a.get(key) != b[key]
+        ]
+        if changed:
+            shapes = [tuple(s) for s in b["shapes"]]
+            out.append(f"block of the parameters of shapes {shapes}: {', '.join(changed)}")
+    return out

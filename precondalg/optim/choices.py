@@ -1,0 +1,99 @@
+"""The choices given to `precondalg.optim.Preconditioned`: a picklable per-shape choice (`by_ndim`), and the
+construction-time checks that refuse a choice of the wrong kind with the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from precondalg._checks import check_instance
+from precondalg.families import Family
+from precondalg.fitters import Fitter
+from precondalg.objectives import Objective
+from precondalg.placement import Placement
+
+__all__ = ["ByNdim", "by_ndim", "call_choice", "check_choices"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ByNdim:
+    """A picklable per-shape choice: ``choices[len(shape)]``, else `default` (see `by_ndim`)."""
+
+    choices: tuple[tuple[int, Any], ...]
+    default: Any = None
+
+    def __call__(self, shape: tuple[int, ...]) -> Any:
+        return dict(self.choices).get(len(shape), self.default)
+
+
+def by_ndim(choices: dict[int, Any], default: Any = None) -> ByNdim:
+    """A choice of placement or structure by the parameter's number of dimensions that, unlike a
+    lambda, survives `pickle` and `copy.deepcopy` of the optimizer.
+
+    Args:
+        choices: ndim → placement (or family), e.g. ``{2: InputSide(), 4: Spatial()}``.
+        default: for the other ndims (None: for a placement, not preconditioned).
+
+    Example:
+        >>> from precondalg.placement import InputSide
+        >>> choose = by_ndim({2: InputSide()})
+        >>> choose((3, 4)), choose((4,))
+        (InputSide(), None)
+    """
+    if not isinstance(choices, dict) or not all(
+        isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in choices
+    ):
+        raise TypeError(
+            f"by_ndim: 'choices' must be a dict from ndim (an int >= 0) to a choice; got {choices!r}"
+        )
+    return ByNdim(tuple(sorted(choices.items())), default)
+
+
+def check_choices(structure: Any, placement: Any, objective: Any, fitter: Any) -> None:
+    """Refuse, at construction, a choice of the wrong kind, naming the argument and the fix."""
+    owner = "Preconditioned"
+    if not isinstance(structure, Family):
+        if isinstance(structure, type) or not callable(structure):
+            raise TypeError(
+                f"{owner}: 'structure' must be a precondalg.families.Family (e.g. structure=dense_gram()) or "
+                f"a callable shape -> Family; got {structure!r}"
+            )
+    if placement is not None and not isinstance(placement, Placement):
+        if isinstance(placement, type) and issubclass(placement, Placement):
+            raise TypeError(
+                f"{owner}: 'placement' must be a Placement instance; got the class {placement.__name__} "
+                f"itself: write placement={placement.__name__}()"
+            )
+        if not callable(placement):
+            raise TypeError(
+                f"{owner}: 'placement' must be a Placement, a callable shape -> Placement | None, or None; "
+                f"got {placement!r}"
+            )
+    if objective is not None:
+        check_instance(owner, "objective", objective, Objective, "objective=Fisher(damping=1e-3)")
+    if fitter is not None:
+        optimizer_class = isinstance(fitter, type) and issubclass(fitter, torch.optim.Optimizer)
+        if optimizer_class or isinstance(fitter, torch.optim.Optimizer):
+            cls = fitter if optimizer_class else type(fitter)
+            raise TypeError(
+                f"{owner}: 'fitter' must be a precondalg.fitters.Fitter; got the torch optimizer "
+                f"{'class ' if optimizer_class else ''}{cls.__name__}: wrap the class, "
+                f"fitter=TorchOptimizer(torch.optim.{cls.__name__}, lr=...)"
+            )
+        check_instance(owner, "fitter", fitter, Fitter, "fitter=LieGroup(lr=0.01)")
+
+
+def call_choice(argument: str, choice: Callable[[tuple[int, ...]], Any], shape: tuple[int, ...]) -> Any:
+    """Call a per-shape choice, turning a wrong signature into an error that names the argument."""
+    try:
+        return choice(shape)
+    except TypeError as err:
+        name = getattr(choice, "__name__", type(choice).__name__)
+        raise TypeError(
+            f"Preconditioned: '{argument}' was called as {name}({shape}) for a parameter of that shape and "
+            f"raised: {err}. It must be a callable shape -> choice (if {name} makes one when called, call "
+            f"it: {argument}={name}(...))"
+        ) from err
