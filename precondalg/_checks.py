@@ -89,7 +89,7 @@ def check_instance(owner: str, name: str, value: Any, expected: type, example: s
     if isinstance(value, type) and issubclass(value, expected):
         raise TypeError(
             f"{owner}: '{name}' must be an instance of {expected.__name__}; got the class "
-            f"{value.__name__} itself: write {name}={value.__name__}(...), e.g. {example}"
+            f"{value.__name__} itself: write {name}={value.__name__}(...)"
         )
     raise TypeError(f"{owner}: '{name}' must be a {expected.__name__}, e.g. {example}; got {_got(value)}")
 

@@ -88,6 +88,12 @@ class Family:
             return self.name
         return f"Family(init={getattr(self.init, '__qualname__', type(self.init).__name__)})"
 
+    @property
+    def kind(self) -> str:
+        """The family without its initial values, e.g. "scalar" for ``scalar(0.1)``: what a checkpoint
+        must match (φ's values come from the checkpoint, so φ₀'s do not matter)."""
+        return self.name.split("(")[0] if self.name is not None else repr(self)
+
 
 def _eye(n: int, like: torch.Tensor, value: float = 1.0) -> torch.Tensor:
     return torch.eye(n, dtype=like.dtype, device=like.device) * value

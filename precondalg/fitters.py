@@ -24,6 +24,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number
+from precondalg._torch_compat import writable
 from precondalg.structures import (
     BlockDiagonal,
     Kronecker,
@@ -67,15 +68,25 @@ class Fitter(abc.ABC):
 
 
 class _TorchFit(Fit):
-    def __init__(self, optimizer: torch.optim.Optimizer, leaves: list[torch.Tensor]) -> None:
-        self.optimizer, self.leaves = optimizer, leaves
+    """A torch optimizer over φ's leaves.  A 0-d leaf is handed to it as a 1-element copy, synced from
+    the leaf before each step and written back through `writable` after it (see there: torch.compile
+    drops in-place updates of 0-d float64 tensors; a copy, unlike a view, also survives pickling)."""
+
+    def __init__(self, recipe: TorchOptimizer, leaves: list[torch.Tensor]) -> None:
+        self.leaves = leaves
+        self.held = [leaf.detach().reshape(1).clone() if leaf.ndim == 0 else leaf for leaf in leaves]
+        self.optimizer = recipe.cls(self.held, **recipe.kwargs)
 
     def step(self, grads: list[torch.Tensor]) -> None:
-        for leaf, g in zip(self.leaves, grads):
-            leaf.grad = g
+        for leaf, held, g in zip(self.leaves, self.held, grads):
+            if held is not leaf:
+                held.copy_(leaf.reshape(1))
+            held.grad = g.reshape(held.shape)
         self.optimizer.step()
-        for leaf in self.leaves:
-            leaf.grad = None
+        for leaf, held in zip(self.leaves, self.held):
+            held.grad = None
+            if held is not leaf:
+                writable(leaf).copy_(held)
 
     def tensors(self) -> list[torch.Tensor]:
         return [v for st in self.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
@@ -84,7 +95,11 @@ class _TorchFit(Fit):
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The checkpoint's state (moments, step counts); the hyperparameters stay the recipe's."""
+        recipe = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state)
+        for group, values in zip(self.optimizer.param_groups, recipe):
+            group.update(values)
 
 
 @dataclasses.dataclass(frozen=True, init=False, eq=False)
@@ -116,7 +131,7 @@ class TorchOptimizer(Fitter):
             ) from err
 
     def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
-        return _TorchFit(self.cls(leaves, **self.kwargs), leaves)
+        return _TorchFit(self, leaves)
 
 
 def _parts(A: Structure) -> list[Structure]:
@@ -159,7 +174,7 @@ class _LieFit(Fit):
         norms = torch.clamp(norms, min=torch.finfo(norms.dtype).tiny)
         normalized = _assemble(R, iter([r / n for r, n in zip(parts, norms)]))
         for leaf, value in zip(self.leaves, pytree.tree_leaves(lie_step(Q, normalized, self.recipe.lr))):
-            leaf.copy_(value)
+            writable(leaf).copy_(writable(value))
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.lipschitz]

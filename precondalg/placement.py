@@ -81,8 +81,8 @@ class Placement(abc.ABC):
         n = math.prod(dims)
         if tuple(P.shape) != (n, n):
             raise ValueError(
-                f"{type(self).__name__} needs an {n}×{n} preconditioner (its view of the gradient has {n} "
-                f"rows); got {P.shape[0]}×{P.shape[1]}"
+                f"{type(self).__name__} needs a preconditioner of size {n}×{n} (its view of the gradient "
+                f"has {n} rows); got {P.shape[0]}×{P.shape[1]}"
             )
 
 

@@ -349,8 +349,9 @@ def run_step(preset, compiled, steps=3):
     parameters and preconditioners (dense), before and after."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).to(f64)
-    if preset == "HD":
-        opt = pa.optim.HD(model.parameters(), lr=0.1, hyper_lr=1e-3, granularity="parameter")
+    if preset.startswith("HD-"):
+        granularity = preset.removeprefix("HD-")
+        opt = pa.optim.HD(model.parameters(), lr=0.1, hyper_lr=1e-3, granularity=granularity)
     elif preset == "FOP":
         opt = pa.optim.FOP(model.parameters(), lr=0.1, hyper_lr=1e-2)
     else:
@@ -378,13 +379,21 @@ def run_step(preset, compiled, steps=3):
 
 @pytest.mark.parametrize(
     "preset",
-    ["HD", pytest.param("FOP", marks=pytest.mark.slow), pytest.param("PSGD-Fisher", marks=pytest.mark.slow)],
+    [
+        "HD-parameter",
+        "HD-layer",
+        "HD-global",
+        pytest.param("FOP", marks=pytest.mark.slow),
+        pytest.param("PSGD-Fisher", marks=pytest.mark.slow),
+    ],
 )
 def test_compiled_optimizer_step_equals_eager_step(preset):
     """It runs (with graph breaks, none of them in the structures' validation) and gives the eager
     result, parameters and preconditioners.
 
-    HD (SGD on the learning rates) and Fisher with the Lie-group fitter: exactly.  FOP fits M with
+    HD (SGD on the learning rates) and Fisher with the Lie-group fitter: exactly.  HD's per-layer and
+    global rates are 0-d float64 leaves, whose in-place update torch.compile used to lose (the learned
+    rates stayed at α₀): the fitter hands them to the torch optimizer as 1-element views.  FOP fits M with
     torch.optim.Adam, whose compiled step computes the bias corrections 1 − βᵗ from its float32 step
     counter (eager: Python floats), a relative difference of ~1e-5 in each meta-step; it is compared
     relative to how far each tensor moved (rtol 1e-4; a wrong step is off by O(1) of that).
@@ -396,3 +405,31 @@ def test_compiled_optimizer_step_equals_eager_step(preset):
         moved = (e - s).abs().max()
         assert moved > 1e-6  # every parameter and every preconditioner was updated
         assert (c - e).abs().max() <= rtol * moved
+
+
+def test_a_zero_dimensional_float64_parameter_moves_under_a_compiled_step():
+    """A 0-d float64 parameter (a temperature) moves under a compiled step exactly as in eager mode
+    (torch.compile drops in-place updates of 0-d float64 optimizer *state*, see HD above; parameters
+    are not affected, and this pins it)."""
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        temperature = torch.nn.Parameter(torch.tensor(1.0, dtype=f64))
+        weight = torch.nn.Parameter(torch.ones(2, 3, dtype=f64))
+        opt = pa.optim.Preconditioned(
+            [temperature, weight],
+            0.01,
+            structure=pa.families.dense_gram(),
+            placement=pa.optim.by_ndim({2: pa.placement.InputSide()}),
+            fitter=pa.fitters.TorchOptimizer(torch.optim.SGD, lr=1e-2),
+            base="momentum",
+        )
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        for _ in range(3):
+            opt.zero_grad()
+            ((weight * temperature).sum() - 1).square().backward()
+            step()
+        results.append((temperature.detach().clone(), weight.detach().clone()))
+    (t_eager, w_eager), (t_compiled, w_compiled) = results
+    assert abs(t_eager.item() - 1.0) > 1e-3, "the eager run did not move the temperature"
+    assert torch.equal(t_compiled, t_eager) and torch.equal(w_compiled, w_eager)

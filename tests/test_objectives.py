@@ -135,7 +135,7 @@ def test_newton_torch_func_hvp_is_forward_over_reverse_of_the_functional_loss():
     assert torch.equal(evaluation.loss, flat_loss(theta))
     with pytest.raises(ValueError, match="hvp='torch.func' needs 'model' and 'loss_fn'"):
         Newton(hvp="torch.func")
-    with pytest.raises(TypeError, match="takes batch=\\(inputs, targets\\) and no closure"):
+    with pytest.raises(TypeError, match="needs batch=\\(inputs, targets\\) and no closure"):
         objective.evaluate(params, lambda: 0.0, torch.Generator(), batch=(x, y))
 
 

@@ -125,7 +125,8 @@ def test_non_finite_meta_gradient_is_rolled_back_and_counted():
     )
     raising = FOP([p], lr=1e-30, momentum=0, hyper_lr=1, nonfinite="raise")
     with pytest.raises(
-        FloatingPointError, match="the meta-gradient or the fitted preconditioner holds NaN or Inf"
+        FloatingPointError,
+        match=r"the meta-gradient or the fitted preconditioner of the blocks of shapes \(2, 2\) would hold",
     ):
         for _ in range(2):
             p.grad = torch.full((2, 2), 1e30)

@@ -58,7 +58,7 @@ def _objective_run(objective_of, closure_calls_backward: bool, steps: int = 4, i
             return loss
 
         kwargs = {"batch": _batch(t), "fsd_batch": _batch(t + 100)[0]} if inputs else {}
-        losses.append(float(opt.step(closure, **kwargs)))
+        losses.append(float(opt.step(closure, **kwargs).detach()))
     return clone_params(model.parameters()), snapshot(opt), losses
 
 
@@ -327,8 +327,9 @@ def test_one_cycle_lr_schedules_the_hyperparameters_of_the_torch_optimizer_the_b
 # 2. Wrong pairings refused at construction
 # ----------------------------------------------------------------------------------------------
 WRONG_KINDS = {
-    "objective class": (dict(objective=Fisher), "'objective'", "Fisher(...)"),
-    "fitter class": (dict(fitter=LieGroup), "'fitter'", "LieGroup(...)"),
+    "objective class": (dict(objective=Fisher), "'objective'", "write objective=Fisher(...)"),
+    "objective class Newton": (dict(objective=Newton), "'objective'", "got the class Newton itself"),
+    "fitter class": (dict(fitter=LieGroup), "'fitter'", "write fitter=LieGroup(...)"),
     "torch optimizer class": (
         dict(fitter=torch.optim.Adam),
         "'fitter'",
@@ -340,9 +341,18 @@ WRONG_KINDS = {
         "TorchOptimizer(torch.optim.Adam",
     ),
     "objective string": (dict(objective="fisher"), "'objective'", "Fisher(damping=1e-3)"),
-    "placement class": (dict(placement=InputSide), "'placement'", "placement=InputSide()"),
-    "structure factory": (dict(structure=families.dense_gram), "'structure'", "structure=dense_gram(...)"),
-    "structure class": (dict(structure=Family), "'structure'", "dense_gram()"),
+    "placement class": (dict(placement=InputSide), "'placement'", "write placement=InputSide(...)"),
+    "structure factory": (
+        dict(structure=families.dense_gram),
+        "'structure'",
+        "call it, structure=dense_gram(...)",
+    ),
+    "structure factory kronecker": (
+        dict(structure=families.kronecker_gram),
+        "'structure'",
+        "call it, structure=kronecker_gram(...)",
+    ),
+    "structure class": (dict(structure=Family), "'structure'", "the class Family itself"),
     "base not a str": (dict(base=torch.optim.SGD), "'base'", "one of"),
 }
 
@@ -387,7 +397,7 @@ MISFITS = {
     "init of the wrong size": (
         Family(init=_too_small, form=pa.gram),
         InputSide(),
-        ["(3, 6)", "InputSide()", "_too_small", "needs an 6×6 preconditioner", "got 5×5"],
+        ["(3, 6)", "InputSide()", "_too_small", "needs a preconditioner of size 6×6", "got 5×5"],
     ),
 }
 
@@ -476,7 +486,7 @@ FOREIGN = {
         lambda ps: FOP(ps, 0.05, rank=2),
         [
             "block of the parameters of shapes [(4, 5)]: "
-            "structure 'low_rank_gram(2, std=0.001)' → 'dense_gram()', phi 'Dense 2×5' → 'Dense 5×5'"
+            "structure 'low_rank_gram' → 'dense_gram', phi 'Dense 2×5' → 'Dense 5×5'"
         ],
     ),
     "another preset": (lambda ps: HD(ps, 0.05, 1e-3, base="momentum"), ["optimizer 'HD' → 'FOP'"]),
@@ -556,6 +566,16 @@ def test_by_ndim_choices_pickle_and_continue_bit_exactly():
 def test_by_ndim_refuses_what_is_not_a_dict_of_ndims():
     with pytest.raises(TypeError, match="by_ndim: 'choices' must be a dict from ndim"):
         by_ndim([InputSide()])
+    with pytest.raises(
+        TypeError, match=r"by_ndim: the choice for ndim 2 is the class InputSide itself: write"
+    ):
+        by_ndim({2: InputSide})
+    with pytest.raises(TypeError, match=r"the choice for ndim 2 is the factory dense_gram itself: call it"):
+        by_ndim({2: families.dense_gram})
+    with pytest.raises(
+        TypeError, match="the choice for default must be a Placement, a Family or None; got str"
+    ):
+        by_ndim({2: InputSide()}, default="flatten")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -681,3 +701,129 @@ def test_a_base_rule_of_ones_own_is_used_and_its_hyperparameters_are_checked_by_
     torch.testing.assert_close(w.detach(), -0.1 * 0.5 * torch.sign(w.grad), rtol=0, atol=0)
     with pytest.raises(ValueError, match="'momentum' is not used by base 'sign'"):
         Preconditioned([w], 0.1, structure=families.dense_gram(), base=sign, momentum=0.9)
+
+
+def test_raise_mode_raises_when_new_parameters_would_overflow_and_changes_nothing():
+    """nonfinite="raise": finite gradients whose step overflows one block raise, and every block — the
+    preconditioners already fitted this step included — is left as it was (before: the step was skipped
+    silently, with no exception and no warning)."""
+    model = make_model("mlp", dtype=torch.float32)
+    opt = FOP(model.parameters(), 0.05, hyper_lr=1e-2, nonfinite="raise")
+    run(model, opt, "mlp", 3)
+    before_p, before_s = clone_params(model.parameters()), snapshot(opt)
+    backward_at(model, "mlp", 3)
+    model.fc2.bias.grad[0] = 3e38  # finite, but θ − lr·s overflows after momentum
+    opt.param_groups[0]["lr"] = 10.0
+    with pytest.raises(
+        FloatingPointError, match=r"the new parameters of the blocks of shapes \(3,\) would hold"
+    ):
+        opt.step()
+    opt.param_groups[0]["lr"] = 0.05
+    assert_equal(before_p, clone_params(model.parameters()))
+    assert_trees_equal(before_s, snapshot(opt))
+
+
+# ----------------------------------------------------------------------------------------------
+# Found by a second new-user review
+# ----------------------------------------------------------------------------------------------
+def test_hd_refuses_a_per_group_lr_that_would_silently_multiply_the_learned_rate():
+    w, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(
+        ValueError, match=r"HD: param group\(s\) \[0\] set 'lr'; in HD a group's lr would multiply"
+    ):
+        HD([{"params": [w], "lr": 0.5}, {"params": [b]}], 0.01, 0.0)
+
+
+def test_a_checkpoint_keeps_the_fitters_hyperparameters_of_the_constructor():
+    """The fitter's and objective's hyperparameters are the constructor's (a resumed run may change them
+    on purpose, as LieGroup's lr always could); the checkpoint gives their state (before: the wrapped
+    torch optimizer's lr silently came from the checkpoint)."""
+    model = make_model("mlp")
+    saved = FOP(model.parameters(), 0.1, hyper_lr=1e-4)
+    run(model, saved, "mlp", 2)
+    opt = FOP(model.parameters(), 0.1, hyper_lr=1e-2)
+    opt.load_state_dict(saved.state_dict())
+    inner = opt.state_dict()["state"][0]["preconditioner"]["fitter"]
+    assert inner["param_groups"][0]["lr"] == 1e-2
+    assert inner["state"][0]["step"] == 1  # the moments and step count are the checkpoint's
+
+
+def test_an_hd_checkpoint_loads_into_hd_with_another_initial_rate():
+    """α₀ only initialises φ, which the checkpoint replaces: the configuration compares the family's
+    kind ("scalar"), not its initial value (before: refused, naming 'scalar(0.1)' → 'scalar(0.05)')."""
+    model = make_model("mlp")
+    saved = HD(model.parameters(), 0.1, 1e-3)
+    run(model, saved, "mlp", 2)
+    opt = HD(model.parameters(), 0.05, 1e-3)
+    opt.load_state_dict(saved.state_dict())
+    assert [P.alpha for _, P in opt.preconditioners()] == [P.alpha for _, P in saved.preconditioners()]
+
+
+@pytest.mark.parametrize(
+    ("group", "words"),
+    [
+        ({"momentun": 0.5}, "unknown param-group key 'momentun'; did you mean 'momentum'?"),
+        ({"weight_decy": 0.1}, "did you mean 'weight_decay'?"),
+        ({"structure": families.diagonal()}, "a param group cannot choose 'structure'"),
+        ({"placement": Flatten()}, "a param group cannot choose 'placement'"),
+    ],
+)
+def test_a_param_group_key_that_would_be_ignored_is_refused(group, words):
+    with pytest.raises(ValueError) as info:
+        Preconditioned([{"params": _w(), **group}], 0.1, structure=families.dense_gram(), base="momentum")
+    assert words in str(info.value), str(info.value)
+    named = Preconditioned([{"params": _w(), "name": "encoder"}], 0.1, structure=families.dense_gram())
+    assert named.param_groups[0]["name"] == "encoder"  # a key unlike any hyperparameter is the user's own
+
+
+@pytest.mark.parametrize(
+    ("init", "words"),
+    [
+        (lambda dims, like, gen: pa.Dense(torch.eye(4, dtype=torch.float64)), "φ₀ in torch.float64 on cpu"),
+        (lambda dims, like, gen: torch.eye(4), "made φ₀ of type Tensor"),
+    ],
+    ids=["wrong dtype", "not a structure"],
+)
+def test_a_family_init_of_the_wrong_kind_is_refused_at_construction(init, words):
+    W = torch.nn.Parameter(torch.randn(3, 4))
+    with pytest.raises(TypeError) as info:
+        Preconditioned([W], 0.1, structure=Family(init, pa.gram), placement=InputSide())
+    assert words in str(info.value) and "(3, 4)" in str(info.value), str(info.value)
+
+
+def test_newton_refuses_arguments_its_mode_does_not_use_and_explains_a_bad_batch():
+    net = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="'model' and 'loss_fn' are used only by hvp='torch.func'"):
+        Newton(model=net, loss_fn=squared_error)
+    opt = Preconditioned(
+        net.parameters(),
+        0.1,
+        structure=families.dense_gram(),
+        placement=Flatten(),
+        objective=Newton(hvp="torch.func", model=net, loss_fn=squared_error),
+    )
+    with pytest.raises(TypeError, match=r"'batch' must be a pair \(inputs, targets\).*got Tensor"):
+        opt.step(batch=torch.randn(4, 3))
+    with pytest.raises(
+        TypeError, match=r"step\(\) needs batch=\(inputs, targets\) and no closure; got nothing"
+    ):
+        opt.step()
+    with pytest.raises(RuntimeError, match="torch's F.mse_loss is one such: write it out"):
+        Preconditioned(
+            net.parameters(),
+            0.1,
+            structure=families.dense_gram(),
+            placement=Flatten(),
+            objective=Newton(hvp="torch.func", model=net, loss_fn=torch.nn.functional.mse_loss),
+        ).step(batch=(torch.randn(4, 3), torch.randn(4, 2)))
+
+
+def test_fop_takes_adams_hyperparameters_with_an_adam_base():
+    opt = FOP(_w(), 0.1, base="adam", betas=(0.8, 0.99), eps=1e-6)
+    assert opt.defaults["betas"] == (0.8, 0.99) and opt.defaults["eps"] == 1e-6
+    with pytest.raises(ValueError, match="'betas' is not used by base 'momentum'"):
+        FOP(_w(), 0.1, betas=(0.8, 0.99))
+    with pytest.raises(
+        ValueError, match=r"FOP: 'nesterov' needs heavy-ball momentum.*momentum=0.0 and base 'sgd'"
+    ):
+        FOP(_w(), 0.1, momentum=0.0, nesterov=True)

@@ -114,6 +114,13 @@ class Newton(_Criterion):
                 "Newton: hvp='torch.func' needs 'model' and 'loss_fn'; got "
                 f"model={type(self.model).__name__}, loss_fn={type(self.loss_fn).__name__}"
             )
+        if self.hvp != "torch.func" and (self.model is not None or self.loss_fn is not None):
+            raise ValueError(
+                f"Newton: 'model' and 'loss_fn' are used only by hvp='torch.func'; got hvp={self.hvp!r}, "
+                "which differentiates the closure's loss: drop them, or pass hvp='torch.func'"
+            )
+        if self.model is not None and not isinstance(self.model, torch.nn.Module):
+            raise TypeError(f"Newton: 'model' must be a torch.nn.Module; got {type(self.model).__name__}")
 
     def evaluate(
         self,
@@ -181,20 +188,36 @@ class Newton(_Criterion):
         self, params: list[torch.Tensor], vs: list[torch.Tensor], closure: Any, inputs: dict[str, Any]
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         if closure is not None or set(inputs) != {"batch"}:
+            given = ["a closure"] * (closure is not None) + [f"{k}=..." for k in sorted(inputs)]
+            got = ", ".join(given) or "nothing"
             raise TypeError(
-                "Newton(hvp='torch.func'): step() takes batch=(inputs, targets) and no closure; got "
-                f"closure={type(closure).__name__}, inputs {sorted(inputs)}"
+                f"Newton(hvp='torch.func'): step() needs batch=(inputs, targets) and no closure; got {got}"
+            )
+        batch = inputs["batch"]
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise TypeError(
+                "Newton(hvp='torch.func'): 'batch' must be a pair (inputs, targets), as "
+                f"loss_fn(model(inputs), targets) reads it; got {type(batch).__name__}"
             )
         names = parameter_names(self.model, params, "Newton(hvp='torch.func')")
         fixed = {name: p.detach() for p, name in names.items()}
-        x, y = inputs["batch"]
+        x, y = batch
 
         def loss(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.loss_fn(functional_outputs(self.model, {**fixed, **theta}, x), y)
 
         primal = {names[p]: p.detach() for p in params}
         tangent = {names[p]: v for p, v in zip(params, vs)}
-        (grads, value), (hvps, _) = jvp(grad_and_value(loss), (primal,), (tangent,))
+        try:
+            (grads, value), (hvps, _) = jvp(grad_and_value(loss), (primal,), (tangent,))
+        except RuntimeError as err:
+            if "ZeroTensors are immutable" not in str(err):
+                raise
+            raise RuntimeError(
+                "Newton(hvp='torch.func'): torch.func cannot take the forward-over-reverse derivative of "
+                "this loss_fn (torch's F.mse_loss is one such: write it out, ((outputs - targets) ** 2)"
+                f".mean()), or use hvp='autograd' with a closure. Torch said: {err}"
+            ) from err
         return value, [grads[names[p]] for p in params], [hvps[names[p]] for p in params]
 
     def _finite_difference(

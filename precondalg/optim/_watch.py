@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["WARN_EVERY", "SkipWatch", "SkippedStepWarning", "callers_level"]
+__all__ = ["WARN_EVERY", "SkipWatch", "SkippedStepWarning", "blocks_text", "callers_level"]
 
 WARN_EVERY = 100
 """Steps between two `SkippedStepWarning`s while skips continue (the first skip warns at once)."""
@@ -32,6 +32,14 @@ def callers_level() -> int:
     return level
 
 
+def blocks_text(blocks: list[list[tuple[int, ...]]], at_most: int = 4) -> str:
+    """Blocks named by their parameters' shapes, e.g. "(4, 5); (3,)" ("(4, 5), (3,)" for one block of
+    two parameters), the first `at_most` of them."""
+    names = [", ".join(str(s) for s in shapes) for shapes in blocks]
+    names = [f"({name})" if len(shapes) > 1 else name for name, shapes in zip(names, blocks)]
+    return "; ".join(names[:at_most]) + (f"; … ({len(names)} blocks)" if len(names) > at_most else "")
+
+
 class SkipWatch:
     """Reads the blocks' skip counters back from the device after each step and warns with the counts:
     after the first skip, then at most every `WARN_EVERY` steps while skips continue.  The counters are
@@ -49,16 +57,21 @@ class SkipWatch:
         self.warned_at = (self.steps, sum(values[:blocks]), sum(values[blocks:]))
         self.pending = None
 
-    def record(self, counters: torch.Tensor, blocks: list[list[tuple[int, ...]]]) -> None:
+    def record(
+        self,
+        counters: torch.Tensor,
+        blocks: list[list[tuple[int, ...]]],
+        learned: list[list[tuple[int, ...]]],
+    ) -> None:
         """Counters: every block's ``skipped``, then every preconditioned block's ``meta_skipped``;
-        `blocks`: every block's parameter shapes."""
+        `blocks` and `learned`: those blocks' parameter shapes."""
         self.steps += 1
         if counters.device.type == "cpu":
-            self._check(counters.tolist(), self.steps, blocks)
+            self._check(counters.tolist(), self.steps, blocks, learned)
             return
         if self.pending is not None and self.pending[1].query():
             host, _, step = self.pending
-            self._check(host.tolist(), step, blocks)
+            self._check(host.tolist(), step, blocks, learned)
             self.pending = None
         if self.pending is None:
             host = torch.empty(counters.shape, dtype=counters.dtype, pin_memory=True)
@@ -67,20 +80,33 @@ class SkipWatch:
             event.record()
             self.pending = (host, event, self.steps)
 
-    def _check(self, values: list[int], step: int, blocks: list[list[tuple[int, ...]]]) -> None:
+    def _check(
+        self,
+        values: list[int],
+        step: int,
+        blocks: list[list[tuple[int, ...]]],
+        learned: list[list[tuple[int, ...]]],
+    ) -> None:
         skips, metas = values[: len(blocks)], values[len(blocks) :]
         skipped, meta = sum(skips), sum(metas)
         last_step, last_skipped, last_meta = self.warned_at or (0, 0, 0)
         new = (skipped - last_skipped) + (meta - last_meta)
         if new <= 0 or (self.warned_at is not None and step - last_step < WARN_EVERY):
             return
-        hit = [shapes for shapes, k in zip(blocks, skips) if k > 0]
+        parts = []
+        if skipped:
+            hit = [shapes for shapes, k in zip(blocks, skips) if k > 0]
+            parts.append(
+                f"{skipped} block updates were skipped on {len(hit)} of {len(blocks)} blocks (parameters of "
+                f"shapes {blocks_text(hit)})"
+            )
+        if meta:
+            hit = [shapes for shapes, k in zip(learned, metas) if k > 0]
+            parts.append(f"{meta} preconditioner fits were rolled back (blocks of shapes {blocks_text(hit)})")
         since = "" if self.warned_at is None else f" ({new} since step {last_step})"
         warnings.warn(
-            f"Preconditioned: after {step} steps, {skipped} block updates were skipped on {len(hit)} of "
-            f"{len(blocks)} blocks (parameters of shapes {hit[:4]}{' …' if len(hit) > 4 else ''}) and "
-            f"{meta} preconditioner fits were rolled back{since}, because a gradient, a new parameter or "
-            "the preconditioner held NaN or Inf; a skipped update changes nothing. Pass "
+            f"Preconditioned: after {step} steps, {' and '.join(parts)}{since}, because a gradient, a new "
+            "parameter or the preconditioner held NaN or Inf; a skipped update changes nothing. Pass "
             "nonfinite='raise' to stop at the first one. This warning repeats at most every "
             f"{WARN_EVERY} steps while skips continue.",
             SkippedStepWarning,

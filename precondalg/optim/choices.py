@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from precondalg import families
 from precondalg._checks import check_instance
 from precondalg.families import Family
 from precondalg.fitters import Fitter
@@ -16,6 +17,19 @@ from precondalg.objectives import Objective
 from precondalg.placement import Placement
 
 __all__ = ["ByNdim", "by_ndim", "call_choice", "check_choices"]
+
+
+_FACTORIES = {getattr(families, name) for name in families.__all__ if name != "Family"}
+
+
+def _misused(value: Any, prefix: str = "") -> str | None:
+    """How to write a choice given as a class or as an uncalled family factory (None if it is neither):
+    `prefix` starts the fix, e.g. "structure="."""
+    if isinstance(value, type):
+        return f"the class {value.__name__} itself: write {prefix}{value.__name__}(...)"
+    if value in _FACTORIES:
+        return f"the factory {value.__name__} itself: call it, {prefix}{value.__name__}(...)"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +45,15 @@ class ByNdim:
 
 def by_ndim(choices: dict[int, Any], default: Any = None) -> ByNdim:
     """A choice of placement or structure by the parameter's number of dimensions that, unlike a
-    lambda, survives `pickle` and `copy.deepcopy` of the optimizer.
+    lambda, survives `pickle` of the optimizer.
 
     Args:
         choices: ndim → placement (or family), e.g. ``{2: InputSide(), 4: Spatial()}``.
         default: for the other ndims (None: for a placement, not preconditioned).
+
+    Raises:
+        TypeError: not a dict from ndims to placements or families (None allowed), or a class or an
+            uncalled family factory among them.
 
     Example:
         >>> from precondalg.placement import InputSide
@@ -49,29 +67,35 @@ def by_ndim(choices: dict[int, Any], default: Any = None) -> ByNdim:
         raise TypeError(
             f"by_ndim: 'choices' must be a dict from ndim (an int >= 0) to a choice; got {choices!r}"
         )
+    for where, value in [*((f"ndim {k}", v) for k, v in choices.items()), ("default", default)]:
+        fix = _misused(value)
+        if fix is not None:
+            raise TypeError(f"by_ndim: the choice for {where} is {fix}")
+        if not (value is None or isinstance(value, (Placement, Family))):
+            raise TypeError(
+                f"by_ndim: the choice for {where} must be a Placement, a Family or None; got "
+                f"{type(value).__name__}"
+            )
     return ByNdim(tuple(sorted(choices.items())), default)
 
 
 def check_choices(structure: Any, placement: Any, objective: Any, fitter: Any) -> None:
     """Refuse, at construction, a choice of the wrong kind, naming the argument and the fix."""
     owner = "Preconditioned"
-    if not isinstance(structure, Family):
-        if isinstance(structure, type) or not callable(structure):
-            raise TypeError(
-                f"{owner}: 'structure' must be a precondalg.families.Family (e.g. structure=dense_gram()) or "
-                f"a callable shape -> Family; got {structure!r}"
-            )
-    if placement is not None and not isinstance(placement, Placement):
-        if isinstance(placement, type) and issubclass(placement, Placement):
-            raise TypeError(
-                f"{owner}: 'placement' must be a Placement instance; got the class {placement.__name__} "
-                f"itself: write placement={placement.__name__}()"
-            )
-        if not callable(placement):
-            raise TypeError(
-                f"{owner}: 'placement' must be a Placement, a callable shape -> Placement | None, or None; "
-                f"got {placement!r}"
-            )
+    for name, value in (("structure", structure), ("placement", placement)):
+        fix = _misused(value, f"{name}=")
+        if fix is not None:
+            raise TypeError(f"{owner}: '{name}' is {fix}")
+    if not (isinstance(structure, Family) or callable(structure)):
+        raise TypeError(
+            f"{owner}: 'structure' must be a precondalg.families.Family (e.g. structure=dense_gram()) or "
+            f"a callable shape -> Family; got {structure!r}"
+        )
+    if not (placement is None or isinstance(placement, Placement) or callable(placement)):
+        raise TypeError(
+            f"{owner}: 'placement' must be a Placement, a callable shape -> Placement | None, or None; "
+            f"got {placement!r}"
+        )
     if objective is not None:
         check_instance(owner, "objective", objective, Objective, "objective=Fisher(damping=1e-3)")
     if fitter is not None:

@@ -29,6 +29,8 @@ def FOP(
     *,
     base: str | None = None,
     nesterov: bool = False,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
     weight_decay: float = 0.0,
     low_rank_std: float = 1e-3,
     nonfinite: str = "skip",
@@ -56,7 +58,9 @@ def FOP(
             normalisation is applied, not differentiated).
         base: override the base rule ("sgd", "momentum", "ema", "adam", "rmsprop"; the paper uses
             momentum; an Adam base is our extension).
-        nesterov: Nesterov momentum.
+        nesterov: Nesterov momentum (needs heavy-ball momentum).
+        betas: Adam's (β₁, β₂), with ``base="adam"`` only (default (0.9, 0.999)).
+        eps: Adam's or RMSprop's ε, with those bases only (default 1e-8).
         weight_decay: L2 penalty added to the gradient.
         low_rank_std: std of the initial low-rank M (the paper does not give it).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
@@ -91,7 +95,13 @@ def FOP(
             "(heavy ball) or 'ema', or leave momentum out"
         )
     if nesterov:
+        if not uses_momentum:
+            raise ValueError(
+                f"FOP: 'nesterov' needs heavy-ball momentum (momentum > 0, or base='momentum'); got "
+                f"momentum={float(momentum)!r} and base {base!r}"
+            )
         rule["nesterov"] = nesterov
+    rule |= {name: value for name, value in (("betas", betas), ("eps", eps)) if value is not None}
     return Preconditioned(
         params,
         lr,

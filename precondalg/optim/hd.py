@@ -75,6 +75,14 @@ def HD(
             hyperparameter given for a base that does not read it.
     """
     check_number("HD", "lr", lr, 0.0)
+    params = list(params)
+    per_group = [i for i, group in enumerate(params) if isinstance(group, dict) and "lr" in group]
+    if per_group:
+        raise ValueError(
+            f"HD: param group(s) {per_group} set 'lr'; in HD a group's lr would multiply the learned rate "
+            "α (started at the `lr` argument), not set α₀. Use one HD per initial rate, or add the group "
+            "later with add_param_group({'params': ..., 'lr': factor}) where lr is that multiplier"
+        )
     check_number("HD", "hyper_lr", hyper_lr, 0.0)
     check_choice("HD", "granularity", granularity, _GRANULARITIES)
     check_choice("HD", "base", base, _BASES)

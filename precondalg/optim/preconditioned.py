@@ -35,6 +35,7 @@ squared gradients underflow cannot turn every step into a division by zero.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import warnings
 from collections.abc import Callable, Iterable
@@ -44,11 +45,12 @@ import torch
 import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number
+from precondalg._torch_compat import writable
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer
 from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective
 from precondalg.optim._checkpoint import VERSION, describe, differences
-from precondalg.optim._watch import SkipWatch, callers_level
+from precondalg.optim._watch import SkipWatch, blocks_text, callers_level
 from precondalg.optim.base_rules import (
     BASE_RULES,
     HYPERPARAMETERS,
@@ -65,6 +67,7 @@ __all__ = ["Preconditioned"]
 PlacementChoice = Placement | Callable[[tuple[int, ...]], Placement | None] | None
 StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
+_CHOICES = ("structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed")
 _NONFINITE = ("skip", "raise")
 @dataclasses.dataclass
 class _Block:
@@ -234,6 +237,19 @@ class Preconditioned(torch.optim.Optimizer):
             raise
 
     def _validate(self, group: dict[str, Any]) -> None:
+        known = {"params", "lr", "weight_decay", *HYPERPARAMETERS, *self._base.hyperparameters}
+        for key in group:
+            if key in _CHOICES:
+                raise ValueError(
+                    f"Preconditioned: a param group cannot choose '{key}' (it is one choice for the whole "
+                    "optimizer; choose per parameter shape with a callable such as by_ndim, or build one "
+                    "optimizer per group)"
+                )
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.85) if key not in known else []
+            if close:
+                raise ValueError(
+                    f"Preconditioned: unknown param-group key '{key}'; did you mean '{close[0]}'?"
+                )
         for key, value in group.items():
             if key in HYPERPARAMETERS and key not in self._base.hyperparameters:
                 raise ValueError(_unused_message(key, self._base))
@@ -291,6 +307,7 @@ class Preconditioned(torch.optim.Optimizer):
         anchor = block.params[0]
         block.family = self._family_of(anchor)
         phi = _initial_phi(block, self._generator)
+        self._check_phi(block, phi)
         P = block.family.form(phi)
         self._check_size(block, P)
         self._check_operations(block, P)
@@ -302,6 +319,22 @@ class Preconditioned(torch.optim.Optimizer):
             "cache": {},
             "meta_skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
         }
+
+    def _check_phi(self, block: _Block, phi: Any) -> None:
+        """Refuse, at construction, a φ₀ that is not a structure in the block's compute dtype and device."""
+        anchor = block.params[0]
+        want = (_compute_dtype(anchor), anchor.device)
+        if not isinstance(phi, Structure):
+            raise TypeError(
+                f"Preconditioned: structure {block.family!r} made φ₀ of type {type(phi).__name__} for the "
+                f"parameter(s) of shape(s) {block.shapes}; its init must return a precondalg structure"
+            )
+        if (phi.dtype, phi.device) != want:
+            raise TypeError(
+                f"Preconditioned: structure {block.family!r} made φ₀ in {phi.dtype} on {phi.device} for the "
+                f"parameter(s) of shape(s) {block.shapes}; expected {want[0]} on {want[1]}: build it with "
+                "init's `like` argument (like.dtype, like.device)"
+            )
 
     def _check_size(self, block: _Block, P: Structure) -> None:
         """Refuse, at construction, a preconditioner whose size does not fit the placement's view."""
@@ -391,7 +424,7 @@ class Preconditioned(torch.optim.Optimizer):
                     "params": [index[p] for p in block.params],
                     "shapes": [list(p.shape) for p in block.params],
                     "placement": repr(block.placement),
-                    "structure": repr(block.family),
+                    "structure": block.family.kind,
                     "phi": describe(self._phi(block)),
                 }
                 for block in self._all_blocks()
@@ -539,18 +572,35 @@ class Preconditioned(torch.optim.Optimizer):
             )
         learned = [plan for plan in plans if plan.context is not None]
         metas = self._objective.meta_grads([plan.context for plan in learned], evaluation) if learned else []
-        for plan, meta in zip(learned, metas):
-            if meta is not None:
-                self._fit(
-                    plan.block,
-                    self.state[plan.block.params[0]]["preconditioner"]["phi"],
-                    pytree.tree_leaves(meta),
-                    ok,
-                )
-        for plan in plans:
-            self._finish(plan, ok)
+        fits = [
+            (plan.block, self._fit(plan.block, pytree.tree_leaves(meta), ok))
+            for plan, meta in zip(learned, metas)
+            if meta is not None
+        ]
         if self._nonfinite == "skip":
-            self._watch.record(self._counters(), [b.shapes for b in self._every_block()])
+            for plan in plans:  # one block at a time: one block's new parameters in memory at once
+                self._commit(plan, *self._propose(plan, ok))
+            shapes = [b.shapes for b in self._every_block()], [b.shapes for b in self._all_blocks()]
+            self._watch.record(self._counters(), *shapes)
+            return evaluation.loss
+        # "raise": all or nothing (host synchronisations).
+        bad_fits = [block.shapes for block, (fine, _) in fits if not bool(fine)]
+        proposals = [] if bad_fits else [self._propose(plan, ok) for plan in plans]
+        bad_steps = [plan.block.shapes for plan, (_, _, fine) in zip(plans, proposals) if not bool(fine)]
+        if bad_fits or bad_steps:
+            for _, (_, undo) in fits:
+                undo()
+            what = (
+                "the meta-gradient or the fitted preconditioner of the blocks of shapes "
+                + blocks_text(bad_fits)
+                if bad_fits
+                else f"the new parameters of the blocks of shapes {blocks_text(bad_steps)}"
+            )
+            raise FloatingPointError(
+                f"Preconditioned.step: {what} would hold NaN or Inf; nothing was updated"
+            )
+        for plan, proposal in zip(plans, proposals):
+            self._commit(plan, *proposal)
         return evaluation.loss
 
     def _grads_finite(self) -> torch.Tensor:
@@ -613,14 +663,15 @@ class Preconditioned(torch.optim.Optimizer):
         )
         return plan
 
-    def _finish(self, plan: _Plan, ok: torch.Tensor) -> None:
-        """Apply P_φ (φ already fitted), the base rule, and commit where `ok`."""
+    def _propose(
+        self, plan: _Plan, ok: torch.Tensor
+    ) -> tuple[list[dict[str, Any]], list[torch.Tensor], torch.Tensor]:
+        """Apply P_φ (φ already fitted) and the base rule: the new base-rule states, the new parameters
+        θ − lr·s (in the compute dtype) and whether they may be committed (`ok` and all finite)."""
         group, block, params = plan.group, plan.block, plan.block.params
-        anchor = params[0]
         if block.placement is None:
             states, steps = self._base_steps(group, params, plan.grads)
         else:
-            pre = self.state[anchor]["preconditioner"]
             P = block.family.form(self._phi(block))
             if self._position == "gradient":
                 directions = block.placement.unview(P @ plan.X, plan.shapes)
@@ -628,54 +679,61 @@ class Preconditioned(torch.optim.Optimizer):
             else:
                 states, steps = plan.states, block.placement.unview(P @ plan.u, plan.shapes)
         news = [p.to(s.dtype) - group["lr"] * s for p, s in zip(params, steps)]
-        block_ok = ok & _all_finite(news)
-        self._commit(params, plan.active, states, news, block_ok)
-        self.state[anchor]["skipped"] += (~block_ok).long()
-        if block.placement is not None:
-            previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(plan.u)
-            pre["cache"] = {"u": torch.where(block_ok, plan.u, previous), "lr": group["lr"]}
+        return states, news, ok & _all_finite(news)
 
     def _commit(
-        self,
-        params: list[torch.Tensor],
-        active: list[bool],
-        states: list[dict[str, Any]],
-        news: list[torch.Tensor],
-        ok: torch.Tensor,
+        self, plan: _Plan, states: list[dict[str, Any]], news: list[torch.Tensor], fine: torch.Tensor
     ) -> None:
-        """The new parameters θ − lr·s (rounded once to each parameter's dtype) and base-rule states,
-        for parameters with a gradient, where `ok` (else everything stays)."""
-        for p, is_active, new_state, new in zip(params, active, states, news):
+        """Where `fine`: the new parameters (rounded once to each parameter's dtype) and base-rule states
+        for the parameters with a gradient, and the cache; else everything stays and the block's skip
+        counter goes up."""
+        block = plan.block
+        for p, is_active, new_state, new in zip(block.params, plan.active, states, news):
             if not is_active:
                 continue
             state = self.state[p]
-            torch.where(ok, new.to(p.dtype), p, out=p)
+            torch.where(fine, new.to(p.dtype), p, out=p)
             for key, value in new_state.items():
-                state[key] = torch.where(ok, value, state[key])
+                state[key] = torch.where(fine, value, state[key])
+        anchor = self.state[block.params[0]]
+        anchor["skipped"] += (~fine).long()
+        if block.placement is not None:
+            pre = anchor["preconditioner"]
+            previous = pre["cache"]["u"] if "u" in pre["cache"] else torch.zeros_like(plan.u)
+            pre["cache"] = {"u": torch.where(fine, plan.u, previous), "lr": plan.group["lr"]}
 
     def _fit(
-        self, block: _Block, leaves: list[torch.Tensor], grads: list[torch.Tensor], ok: torch.Tensor
-    ) -> None:
-        """The fitter's step on φ's leaves, undone exactly where not `ok` (see the module docstring)."""
-        kept = leaves + block.fitter.tensors()
+        self, block: _Block, grads: list[torch.Tensor], ok: torch.Tensor
+    ) -> tuple[torch.Tensor, Callable[[], None]]:
+        """The fitter's step on φ's leaves, undone exactly where not `ok` or not finite (see the module
+        docstring).
+
+        Returns:
+            Whether the fit was kept (a device boolean), and a function that undoes it (for
+            ``nonfinite="raise"``, when a later part of the step fails).
+        """
+        pre = self.state[block.params[0]]["preconditioner"]
+        kept = pre["phi"] + block.fitter.tensors() + [pre["meta_skipped"]]
         saved = [t.clone() for t in kept]
         safe = [torch.where(ok, g, torch.zeros_like(g)) for g in grads]
         block.fitter.step(safe)
         after = block.fitter.tensors()
-        fine = ok & _all_finite(leaves + after)
-        for t, s in zip(kept, saved):
+        fine = ok & _all_finite(pre["phi"] + after)
+        for t, s in zip(map(writable, kept), map(writable, saved)):
             torch.where(fine, t, s, out=t)
         known = {id(t) for t in kept}
-        for t in after:  # state the step created: back to zeros, a torch optimizer's fresh state
-            if id(t) not in known:
-                torch.where(fine, t, torch.zeros_like(t), out=t)
-        self.state[block.params[0]]["preconditioner"]["meta_skipped"] += (ok & ~fine).long()
-        if self._nonfinite == "raise" and not bool(ok <= fine):
-            raise FloatingPointError(
-                "Preconditioned.step: the meta-gradient or the fitted preconditioner holds NaN or Inf for "
-                f"parameters of shapes {block.shapes}; the preconditioner was kept"
-            )
+        created = [writable(t) for t in after if id(t) not in known]
+        for t in created:  # state the step created: back to zeros, a torch optimizer's fresh state
+            torch.where(fine, t, torch.zeros_like(t), out=t)
+        pre["meta_skipped"] += (ok & ~fine).long()
 
+        def undo() -> None:
+            for t, s in zip(kept, saved):
+                writable(t).copy_(writable(s))
+            for t in created:
+                t.zero_()
+
+        return ok <= fine, undo
 
 def _unused_message(key: str, base: BaseRule) -> str:
     users = [name for name, rule in BASE_RULES.items() if key in rule.hyperparameters]
