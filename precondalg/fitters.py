@@ -81,7 +81,7 @@ class _TorchFit(Fit):
         for leaf, held, g in zip(self.leaves, self.held, grads):
             if held is not leaf:
                 held.copy_(leaf.reshape(1))
-            held.grad = g.reshape(held.shape)
+            held.grad = g if held is leaf else g.reshape(1)
         self.optimizer.step()
         for leaf, held in zip(self.leaves, self.held):
             held.grad = None

@@ -527,8 +527,11 @@ class Preconditioned(torch.optim.Optimizer):
         """Every block's skip counter, then every preconditioned block's meta-skip counter."""
         skipped = [self.state[b.params[0]]["skipped"] for b in self._every_block()]
         meta = [self.state[b.params[0]]["preconditioner"]["meta_skipped"] for b in self._all_blocks()]
-        device = skipped[0].device  # parameters may live on several devices
-        return torch.stack([c.to(device, non_blocking=True) for c in skipped + meta])
+        counters = skipped + meta
+        device = counters[0].device  # parameters may live on several devices
+        if any(c.device != device for c in counters):
+            counters = [c.to(device, non_blocking=True) for c in counters]
+        return torch.stack(counters)
 
     # ----- the step -----
     @torch.no_grad()
@@ -584,7 +587,7 @@ class Preconditioned(torch.optim.Optimizer):
             self._watch.record(self._counters(), *shapes)
             return evaluation.loss
         # "raise": all or nothing (host synchronisations).
-        bad_fits = [block.shapes for block, (fine, _) in fits if not bool(fine)]
+        bad_fits = [block.shapes for block, (rolled_back, _) in fits if bool(rolled_back)]
         proposals = [] if bad_fits else [self._propose(plan, ok) for plan in plans]
         bad_steps = [plan.block.shapes for plan, (_, _, fine) in zip(plans, proposals) if not bool(fine)]
         if bad_fits or bad_steps:
@@ -709,11 +712,11 @@ class Preconditioned(torch.optim.Optimizer):
         docstring).
 
         Returns:
-            Whether the fit was kept (a device boolean), and a function that undoes it (for
-            ``nonfinite="raise"``, when a later part of the step fails).
+            1 if the fit was rolled back, else 0 (a device integer), and a function that undoes the fit
+            (for ``nonfinite="raise"``, when a later part of the step fails).
         """
         pre = self.state[block.params[0]]["preconditioner"]
-        kept = pre["phi"] + block.fitter.tensors() + [pre["meta_skipped"]]
+        kept = pre["phi"] + block.fitter.tensors()
         saved = [t.clone() for t in kept]
         safe = [torch.where(ok, g, torch.zeros_like(g)) for g in grads]
         block.fitter.step(safe)
@@ -725,15 +728,17 @@ class Preconditioned(torch.optim.Optimizer):
         created = [writable(t) for t in after if id(t) not in known]
         for t in created:  # state the step created: back to zeros, a torch optimizer's fresh state
             torch.where(fine, t, torch.zeros_like(t), out=t)
-        pre["meta_skipped"] += (ok & ~fine).long()
+        rolled_back = (ok & ~fine).long()
+        pre["meta_skipped"] += rolled_back
 
         def undo() -> None:
             for t, s in zip(kept, saved):
                 writable(t).copy_(writable(s))
             for t in created:
                 t.zero_()
+            pre["meta_skipped"] -= rolled_back
 
-        return ok <= fine, undo
+        return rolled_back, undo
 
 def _unused_message(key: str, base: BaseRule) -> str:
     users = [name for name, rule in BASE_RULES.items() if key in rule.hyperparameters]
