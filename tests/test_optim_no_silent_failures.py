@@ -342,6 +342,7 @@ WRONG_KINDS = {
     ),
     "objective string": (dict(objective="fisher"), "'objective'", "Fisher(damping=1e-3)"),
     "placement class": (dict(placement=InputSide), "'placement'", "write placement=InputSide(...)"),
+    "placement list": (dict(placement=[InputSide()]), "'placement'", "a callable shape -> Placement"),
     "structure factory": (
         dict(structure=families.dense_gram),
         "'structure'",
@@ -413,10 +414,19 @@ def test_a_structure_that_does_not_fit_the_placement_is_refused_at_construction(
 
 
 def test_the_right_kronecker_order_is_accepted_and_acts_as_a_g_b_transposed():
-    w = torch.nn.Parameter(torch.ones(3, 6))
+    """TwoSided with kronecker_gram: factor 0 acts on the output side (3×3), factor 1 on the input side
+    (6×6), P vec(G) = vec(A G Bᵀ)."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.nn.Parameter(torch.ones(3, 6, dtype=F64))
     opt = Preconditioned([w], 0.1, structure=families.kronecker_gram("triangular", 2.0), placement=TwoSided())
+    for leaf in opt.state[w]["preconditioner"]["phi"]:  # factors away from multiples of I
+        leaf.add_(torch.randn(leaf.shape, generator=gen, dtype=F64).triu())
     ((_, P),) = opt.preconditioners()
     assert [f.shape for f in P.factors] == [(3, 3), (6, 6)]
+    A, B = (f.to_dense() for f in P.factors)
+    G = torch.randn(3, 6, generator=gen, dtype=F64)
+    (placed,) = TwoSided().unview(P @ TwoSided().view([G]), [(3, 6)])
+    torch.testing.assert_close(placed, A @ G @ B.T, rtol=1e-14, atol=0)
 
 
 BAD_TYPES = {

@@ -132,32 +132,20 @@ def _registry() -> tuple[list[Any], list[Any]]:
     return [e for e in entries if isinstance(e, Check)], [e for e in entries if not isinstance(e, Check)]
 
 
+def _entry(e: Any) -> list[str]:
+    """The first cells of a registry row: the id (with its anchor), paper and provenance, statement."""
+    return [f'<span id="{e.id.lower()}"></span>`{e.id}`', f"{cell(e.paper)} {cell(e.tag)}", cell(e.statement)]
+
+
 def theory_checks() -> str:
     checks, _ = _registry()
-    rows = [
-        [
-            f'<span id="{c.id.lower()}"></span>`{c.id}`',
-            f"{cell(c.paper)} {cell(c.tag)}",
-            cell(c.statement),
-            cell(c.tolerance),
-            "; ".join(cell(name) for name in c.mutants),
-        ]
-        for c in checks
-    ]
+    rows = [[*_entry(c), cell(c.tolerance), "; ".join(cell(name) for name in c.mutants)] for c in checks]
     return table(["id", "paper [provenance]", "statement", "tolerance", "mutants (each must FAIL)"], rows)
 
 
 def theory_not_tested() -> str:
     _, claims = _registry()
-    rows = [
-        [
-            f'<span id="{c.id.lower()}"></span>`{c.id}`',
-            f"{cell(c.paper)} {cell(c.tag)}",
-            cell(c.statement),
-            cell(c.reason),
-        ]
-        for c in claims
-    ]
+    rows = [[*_entry(c), cell(c.reason)] for c in claims]
     return table(["id", "paper [provenance]", "claim", "why it is not tested"], rows)
 
 

@@ -40,8 +40,8 @@ def differences(saved: Any, mine: dict[str, Any]) -> list[str]:
         for key in ("optimizer", "base", "position", "objective", "fitter", "groups")
         if saved.get(key) != mine[key]
     ]
-    if out and "groups" in out[-1]:
-        return out  # other parameters: blocks cannot be compared
+    if saved.get("groups") != mine["groups"]:
+        return out  # other parameters: their blocks cannot be compared
     theirs, ours = saved.get("blocks", []), mine["blocks"]
     if len(theirs) != len(ours):
         out.append(f"{len(theirs)} preconditioned blocks → {len(ours)}")

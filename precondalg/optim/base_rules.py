@@ -160,7 +160,7 @@ def check_hyperparameter(owner: str, name: str, value: Any) -> None:
     elif name == "nesterov":
         if not isinstance(value, bool):
             raise TypeError(f"{owner}: 'nesterov' must be a bool; got {value!r} ({type(value).__name__})")
-    elif name in ("momentum",):
+    elif name == "momentum":
         check_number(owner, name, value, 0.0, 1.0, hi_open=True)
     elif name in ("dampening", "alpha"):
         check_number(owner, name, value, 0.0, 1.0)

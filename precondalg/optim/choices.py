@@ -27,7 +27,7 @@ def _misused(value: Any, prefix: str = "") -> str | None:
     `prefix` starts the fix, e.g. "structure="."""
     if isinstance(value, type):
         return f"the class {value.__name__} itself: write {prefix}{value.__name__}(...)"
-    if value in _FACTORIES:
+    if any(value is factory for factory in _FACTORIES):  # by identity: a value may be unhashable
         return f"the factory {value.__name__} itself: call it, {prefix}{value.__name__}(...)"
     return None
 

@@ -22,8 +22,9 @@ un-create state, so state that a skipped step creates is set to its fresh value 
 meta-optimizer's new state goes back to zeros (Adam's fresh state: exact; an optimizer whose fresh state
 is not zeros keeps a trace), and a skipped *first* step leaves the hypergradient cache at u = 0 instead
 of empty (the next meta-gradient is then zero; with Adam its step count then runs one ahead).
-``nonfinite="raise"`` raises `FloatingPointError` instead (host synchronisations: one per step for the
-gradients, one per meta-step).
+``nonfinite="raise"`` raises `FloatingPointError` instead, and then nothing at all is updated: a
+preconditioner already fitted in that step is put back (host synchronisations: one for the gradients,
+one per meta-step and one per block's new parameters).
 
 Dtypes: a parameter keeps its dtype.  For float32 and float64 parameters everything (φ, the base rule's
 state, the step) is in the parameter's dtype.  For float16 and bfloat16 parameters the preconditioner φ,
@@ -69,6 +70,8 @@ StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
 _CHOICES = ("structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed")
 _NONFINITE = ("skip", "raise")
+
+
 @dataclasses.dataclass
 class _Block:
     """Parameters preconditioned together (not part of the state: rebuilt from the constructor)."""
@@ -378,6 +381,10 @@ class Preconditioned(torch.optim.Optimizer):
     def _phi(self, block: _Block) -> Any:
         return pytree.tree_unflatten(self.state[block.params[0]]["preconditioner"]["phi"], block.spec)
 
+    def _param_index(self) -> dict[torch.Tensor, int]:
+        """Each parameter's index in the state dict (param groups in order)."""
+        return {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+
     def _every_block(self) -> list[_Block]:
         return [b for blocks in self._blocks for b in blocks]
 
@@ -407,7 +414,7 @@ class Preconditioned(torch.optim.Optimizer):
         """What a checkpoint must match to be loaded: the method's name, base rule, position, objective
         and fitter, the parameter shapes per group, and per preconditioned block its parameters,
         placement, structure family and φ's structure (plain Python data, saved in `state_dict`)."""
-        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        index = self._param_index()
         fitter = type(self._fitter).__name__
         if isinstance(self._fitter, TorchOptimizer):
             fitter += f"({self._fitter.cls.__name__})"
@@ -436,7 +443,7 @@ class Preconditioned(torch.optim.Optimizer):
         key "generator" the state of the optimizer's random generator and "precondalg" the
         `configuration` that a checkpoint must match to be loaded."""
         packed = super().state_dict()
-        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        index = self._param_index()
         for block in self._all_blocks():
             i = index[block.params[0]]
             entry = packed["state"][i]
@@ -450,6 +457,10 @@ class Preconditioned(torch.optim.Optimizer):
         """Load a state dict; restores φ's leaves, the cache, the skip counters, the base rule's state
         (each in its documented dtype) and each block's meta-optimizer, so that a resumed run equals the
         uninterrupted one bit for bit.
+
+        The param groups' hyperparameters come from the checkpoint (torch.optim's convention); the
+        objective's and the fitter's (damping, the fitter's learning rate, ...) and ``nonfinite`` stay
+        the constructor's.
 
         Raises:
             ValueError: the state dict was made by another optimizer or with a different configuration
@@ -507,7 +518,7 @@ class Preconditioned(torch.optim.Optimizer):
                 f"(checkpoint → this optimizer): {'; '.join(changed)}. Nothing was changed"
             )
         states = state_dict.get("state", {})
-        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        index = self._param_index()
         missing = [] if "generator" in state_dict else ["'generator'"]
         for block in self._every_block():
             for p in block.params:
@@ -740,11 +751,12 @@ class Preconditioned(torch.optim.Optimizer):
 
         return rolled_back, undo
 
+
 def _unused_message(key: str, base: BaseRule) -> str:
     users = [name for name, rule in BASE_RULES.items() if key in rule.hyperparameters]
     reads = sorted(base.hyperparameters) or "only lr and weight_decay"
+    bases = " or ".join(repr(u) for u in users)
     return (
         f"Preconditioned: '{key}' is not used by base '{base.name}' (which reads {reads}); it is read by "
-        "base "
-        f"{' or '.join(repr(u) for u in users)}. Remove '{key}' or choose one of those bases"
+        f"base {bases}. Remove '{key}' or choose one of those bases"
     )
