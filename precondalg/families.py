@@ -12,7 +12,9 @@ Each family is named like the structure φ it makes.
 | `low_rank_gram(r, std)` | Dense(M), M r×n, N(0, std²) | I + MᵀM (low rank) | FOP low rank |
 | `triangular_gram(scale)` | Triangular(scale·I) | QᵀQ | PSGD's triangular Q (Li 2019, Eq. 18) |
 | `diagonal_gram(scale)` | Diagonal(scale·1) | QᵀQ = diag(q²) | PSGD's diagonal Q |
-| `kronecker_gram(factor, scale)` | ⊗ᵢ scale^(1/K)·I | ⊗ᵢ QᵢᵀQᵢ | PSGD's Kronecker Q (Eq. 23), two-sided |
+| `kronecker_gram(factor, scale)` | ⊗ᵢ scale^(1/K)·I | ⊗ᵢ QᵢᵀQᵢ | PSGD's Kronecker Q (Eq. 23), by axis |
+| `scan_gram(scale)` | diag ⊗ Normalization | QᵀQ | PSGD's SCAN (§5, Eq. 25) |
+| `scaw_gram(scale)` | diag ⊗ Triangular | QᵀQ | PSGD's SCAW (§5, App. A) |
 | `scalar(value)` | Scalar(value) | φ | hypergradient descent (global / per layer) |
 | `diagonal(value)` | Diagonal(value·1) | φ | per-parameter hypergradient descent (PP-HD) |
 
@@ -34,6 +36,7 @@ from precondalg.structures import (
     Diagonal,
     IdentityPlusLowRank,
     Kronecker,
+    Normalization,
     Scalar,
     Structure,
     Triangular,
@@ -49,6 +52,8 @@ __all__ = [
     "low_rank_gram",
     "normalized_dense_gram",
     "scalar",
+    "scan_gram",
+    "scaw_gram",
     "triangular_gram",
 ]
 
@@ -122,14 +127,6 @@ _FACTORS: dict[str, Callable[..., Structure]] = {
     "triangular": _triangular_identity,
     "diagonal": _diagonal_init,
 }
-
-
-def _kronecker_identity(
-    factor: str, value: float, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
-) -> Structure:
-    # psgd_torch's split of the initial scale: value^(1/K) on each of the K factors.
-    per = value ** (1 / len(dims))
-    return Kronecker(*[_FACTORS[factor](per, (n,), like, gen) for n in dims])
 
 
 def _scalar_init(
@@ -295,26 +292,111 @@ def diagonal(value: float = 1.0) -> Family:
 _KRONECKER_FACTORS = tuple(_FACTORS)
 
 
-def kronecker_gram(factor: str = "dense", scale: float = 1.0) -> Family:
+def _diagonal_axis(n: int, dims: tuple[int, ...], max_size: float, max_skew: float) -> bool:
+    """psgd_torch's rule (`init_Q_exprs`, v0.6): an axis of size n gets a diagonal factor when n = 1,
+    n > max_size, or n > max_skew × the second-largest size (1 for a single axis)."""
+    second = sorted(dims)[-2] if len(dims) > 1 else 1
+    return n == 1 or n > max_size or n > max_skew * second
+
+
+def _kronecker_identity(
+    factor: str,
+    value: float,
+    max_size: float,
+    max_skew: float,
+    dims: tuple[int, ...],
+    like: torch.Tensor,
+    gen: torch.Generator | None,
+) -> Structure:
+    # psgd_torch's split of the initial scale: value^(1/K) on each of the K factors.
+    per = value ** (1 / len(dims))
+    kinds = ["diagonal" if _diagonal_axis(n, dims, max_size, max_skew) else factor for n in dims]
+    return Kronecker(*[_FACTORS[kind](per, (n,), like, gen) for kind, n in zip(kinds, dims)])
+
+
+def kronecker_gram(
+    factor: str = "dense", scale: float = 1.0, max_size: float = math.inf, max_skew: float = math.inf
+) -> Family:
     """P = Q₁ᵀQ₁ ⊗ ⋯ ⊗ Q_KᵀQ_K, one factor per placement dimension, each Qᵢ = scale^(1/K)·I at the start
     (so P₀ = scale²·I).
 
     With `TwoSided` (dims (out, in)) it acts as G ↦ Q₁ᵀQ₁ G Q₂ᵀQ₂: PSGD's Kronecker preconditioner
     (Li 2019, Eq. 23) with ``factor="triangular"``, fitted by `Newton`/`Fisher` and `LieGroup` (the
-    paper's autoencoder: Q₁ = 0.1·I, Q₂ = I, step 0.1; here use scale 0.1); with the `Hypergradient` and
-    ``factor="dense"`` a two-sided FOP.  ``factor="diagonal"`` gives diagonal factors (PSGD's choice for
-    very large dimensions).
+    paper's autoencoder: Q₁ = 0.1·I, Q₂ = I, step 0.1; here use scale 0.1); with `EveryAxis` one factor
+    per tensor axis (psgd_torch's `Kron`, any number of axes); with the `Hypergradient` and
+    ``factor="dense"`` a two-sided FOP.  ``factor="diagonal"`` gives diagonal factors (PSGD's choice
+    for very large dimensions).
 
     Args:
         factor: "dense", "triangular" or "diagonal": the structure of every Qᵢ.
         scale: the initial scale of P^(1/2) (a positive number).
+        max_size: an axis longer than this gets a diagonal factor (psgd_torch's
+            ``preconditioner_max_size``).
+        max_skew: an axis longer than max_skew × the second-largest axis gets a diagonal factor
+            (psgd_torch's ``preconditioner_max_skew``, v0.6 rule).  An axis of size 1 always gets a
+            1×1 diagonal factor (the same matrix as any 1×1 factor), as in psgd_torch.
 
     Raises:
-        ValueError: unknown factor; scale not positive.
+        ValueError: unknown factor; scale not positive; max_size or max_skew negative.
     """
     check_choice("kronecker_gram", "factor", factor, _KRONECKER_FACTORS)
     value = _positive_scale("kronecker_gram", scale)
+    check_number("kronecker_gram", "max_size", max_size, 0.0)
+    check_number("kronecker_gram", "max_skew", max_skew, 0.0)
     name = "kronecker_gram()" if (factor, value) == ("dense", 1.0) else (
         f"kronecker_gram(factor={factor!r}, scale={value!r})"
     )
-    return Family(init=functools.partial(_kronecker_identity, factor, value), form=gram, name=name)
+    if (max_size, max_skew) != (math.inf, math.inf):
+        name = f"{name[:-1]}, max_size={max_size!r}, max_skew={max_skew!r})".replace("(, ", "(")
+    init = functools.partial(_kronecker_identity, factor, value, float(max_size), float(max_skew))
+    return Family(init=init, form=gram, name=name)
+
+
+def _two_sided_group(
+    inputs: str, value: float, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+) -> Structure:
+    if len(dims) != 2:
+        raise ValueError(
+            f"{inputs}_gram: needs the two dims (out, in) of a TwoSided placement; got dims {dims}"
+        )
+    out, n_in = dims
+    per = value**0.5
+    right = (
+        Normalization(
+            torch.full((n_in,), per, dtype=like.dtype, device=like.device),
+            torch.zeros(n_in - 1, dtype=like.dtype, device=like.device),
+        )
+        if inputs == "scan"
+        else Triangular(_eye(n_in, like, per))
+    )
+    return Kronecker(_diagonal_init(per, (out,), like, gen), right)
+
+
+def scan_gram(scale: float = 1.0) -> Family:
+    """PSGD's scaling-and-normalization preconditioner (SCAN, Li 2019 §5 and Eq. 25) for a weight
+    W (out, in) with `TwoSided`: Q = diag(q₁) ⊗ Q₂, Q₂ a `Normalization` (diagonal plus last column),
+    P = QᵀQ acting as G ↦ diag(q₁²) G Q₂ᵀQ₂.  Q₂ normalises the layer's inputs when the last input
+    column of W multiplies a constant 1 (the paper's augmented input x = [x; 1], i.e. W holds the bias
+    as its last column); 2·in + out − 1 values.  Each factor starts at scale^(1/2)·I.
+
+    Raises:
+        TypeError, ValueError: scale not a positive number.
+    """
+    value = _positive_scale("scan_gram", scale)
+    return Family(
+        init=functools.partial(_two_sided_group, "scan", value), form=gram, name=f"scan_gram(scale={value!r})"
+    )
+
+
+def scaw_gram(scale: float = 1.0) -> Family:
+    """PSGD's scaling-and-whitening preconditioner (SCAW, Li 2019 §5 and App. A) for a weight
+    W (out, in) with `TwoSided`: Q = diag(q₁) ⊗ Q₂, Q₂ upper triangular, P = QᵀQ acting as
+    G ↦ diag(q₁²) G Q₂ᵀQ₂ (output scaling, input whitening).  Each factor starts at scale^(1/2)·I.
+
+    Raises:
+        TypeError, ValueError: scale not a positive number.
+    """
+    value = _positive_scale("scaw_gram", scale)
+    return Family(
+        init=functools.partial(_two_sided_group, "scaw", value), form=gram, name=f"scaw_gram(scale={value!r})"
+    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.utils._pytree as pytree
@@ -27,8 +27,10 @@ from precondalg._checks import check_choice, check_number
 from precondalg._torch_compat import writable
 from precondalg.structures import (
     BlockDiagonal,
+    Diagonal,
     Kronecker,
     KroneckerSum,
+    Scalar,
     Structure,
     is_lie_group,
     lie_step,
@@ -61,6 +63,9 @@ class Fit(abc.ABC):
 
 class Fitter(abc.ABC):
     """Abstract base of fitters: recipes for a per-block `Fit`."""
+
+    takes_relative: ClassVar[bool] = False
+    """Whether its `Fit` has ``step_relative(R)``, a step from the relative gradient on φ's group."""
 
     @abc.abstractmethod
     def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
@@ -156,25 +161,41 @@ class _LieFit(Fit):
     def __init__(self, recipe: LieGroup, leaves: list[torch.Tensor], spec: pytree.TreeSpec) -> None:
         # A structure over the leaves, not the tree spec: torch deprecates copying and pickling specs.
         self.recipe, self.leaves, self.template = recipe, leaves, pytree.tree_unflatten(leaves, spec)
-        count = len(_parts(self.template))
-        self.lipschitz = torch.zeros(count, dtype=leaves[0].dtype, device=leaves[0].device)
+        self.sizes = [self._entries(part) for part in _parts(self.template)]
+        self.lipschitz = torch.zeros(sum(self.sizes), dtype=leaves[0].dtype, device=leaves[0].device)
+
+    def _entries(self, part: Structure) -> int:
+        """How many norms a part has: one per entry for a diagonal normalised entry-wise, else one."""
+        return part.shape[0] if self.recipe.diagonal == "per_entry" and isinstance(part, Diagonal) else 1
 
     def step(self, grads: list[torch.Tensor]) -> None:
         spec = pytree.tree_structure(self.template)
         Q = pytree.tree_unflatten(self.leaves, spec)
-        R = relative_gradient(Q, pytree.tree_unflatten(grads, spec))
+        self.step_relative(relative_gradient(Q, pytree.tree_unflatten(grads, spec)))
+
+    def step_relative(self, R: Structure) -> None:
+        """The normalised step Q ← (I − μ R/‖R‖)Q, given the relative gradient R itself."""
+        Q = pytree.tree_unflatten(self.leaves, pytree.tree_structure(self.template))
         parts = _parts(R)
-        if self.recipe.normalizer == "max_abs":
-            norms = torch.stack([max_abs(r) for r in parts])
-        else:
-            ell = torch.stack([torch.linalg.matrix_norm(r.to_dense(), ord=2) for r in parts])
+        ell = torch.cat([self._norm(r, n) for r, n in zip(parts, self.sizes)])
+        if self.recipe.normalizer == "lipschitz":
             beta = self.recipe.beta_lipschitz
             self.lipschitz.copy_(torch.maximum(beta * self.lipschitz + (1 - beta) * ell, ell))
-            norms = self.lipschitz
-        norms = torch.clamp(norms, min=torch.finfo(norms.dtype).tiny)
-        normalized = _assemble(R, iter([r / n for r, n in zip(parts, norms)]))
+            ell = self.lipschitz
+        norms = torch.clamp(ell, min=torch.finfo(ell.dtype).tiny).split(self.sizes)
+        normalized = _assemble(
+            R, iter([Diagonal(r.d / n) if n.numel() > 1 else r / n[0] for r, n in zip(parts, norms)])
+        )
         for leaf, value in zip(self.leaves, pytree.tree_leaves(lie_step(Q, normalized, self.recipe.lr))):
             writable(leaf).copy_(writable(value))
+
+    def _norm(self, r: Structure, entries: int) -> torch.Tensor:
+        """‖r‖ of one part, shape (entries,): |rᵢ| entry-wise, max|r| (max-abs), or ‖r‖₂ (Lipschitz)."""
+        if entries > 1:
+            return r.d.abs()
+        if self.recipe.normalizer == "max_abs" or isinstance(r, (Diagonal, Scalar)):
+            return max_abs(r).reshape(1)
+        return torch.linalg.matrix_norm(r.to_dense(), ord=2).reshape(1)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.lipschitz]
@@ -186,31 +207,50 @@ class _LieFit(Fit):
         self.lipschitz = state["lipschitz"].to(dtype=self.leaves[0].dtype, device=self.leaves[0].device)
 
 
+_DIAGONAL_NORMS = ("whole", "per_entry")
+
+
 @dataclasses.dataclass(frozen=True)
 class LieGroup(Fitter):
     """PSGD's normalised step on a matrix Lie group: Q ← (I − μ R/‖R‖)Q (Li 2019, Eq. 20).
 
+    Each Kronecker factor and each diagonal block is normalised by its own norm and stepped on its
+    own, as in PSGD's code.  With ``diagonal="per_entry"`` a diagonal part is the direct sum of its 1×1
+    groups, each normalised by itself: with the max-abs norm the step is then the 2019 code's
+    ``q ← q − μ·sign(R)⊙q`` (``update_precond_diag``).
+
+    It takes the relative gradient R either from the objective's Euclidean gradient
+    (`precondalg.structures.relative_gradient`) or, where the objective has it in closed form
+    (`precondalg.objectives.RelativeGradient`, e.g. PSGD's criteria for P = QᵀQ), directly.
+
     Attributes:
-        lr: the normalised step μ: in [0, 1) with the max-abs normaliser, which keeps triangular and
-            diagonal Q invertible (theory check PSGD-8; the paper's typical value 0.01); in [0, 2] with the
-            Lipschitz one (the 2026 code's range).
-        normalizer: "max_abs" (the paper and its 2019 code, default) or "lipschitz" (psgd_torch, 2026).
+        lr: the normalised step μ, in [0, 1): with either normaliser |Rᵢᵢ|/‖R‖ ≤ 1, so the diagonal
+            of I − μR/‖R‖ stays ≥ 1 − μ > 0 and triangular and diagonal Q stay invertible (theory
+            check PSGD-8; the paper's typical value 0.01).  (psgd_torch 2026 allows μ up to 2 with its
+            larger normaliser ‖term₁ + term₂‖; ours is ‖R‖ = ‖term₁ − term₂‖.)
+        normalizer: "max_abs" (the paper and its 2019 code, default) or "lipschitz" (psgd_torch 2026:
+            L ← max(β_L L + (1 − β_L)ℓ, ℓ) with ℓ = ‖R‖₂, per part).
         beta_lipschitz: β_L of the Lipschitz estimate (0.9 in the 2026 code).
+        diagonal: "whole" (a diagonal part normalised by its largest entry, psgd_torch's Kronecker
+            rule) or "per_entry" (see above; the 2019 diagonal preconditioner).
 
     Raises:
         TypeError: lr or β_L not a number.
-        ValueError: lr out of its range, unknown normalizer, β_L not in [0, 1).
+        ValueError: lr not in [0, 1), unknown normalizer or diagonal, β_L not in [0, 1).
     """
 
     lr: float = 0.01
     normalizer: str = "max_abs"
     beta_lipschitz: float = 0.9
+    diagonal: str = "whole"
+
+    takes_relative: ClassVar[bool] = True
+    """The optimizer may hand `step_relative` a closed-form relative gradient."""
 
     def __post_init__(self) -> None:
         check_choice("LieGroup", "normalizer", self.normalizer, ("max_abs", "lipschitz"))
-        if self.normalizer == "max_abs":
-            check_number("LieGroup (normalizer='max_abs')", "lr", self.lr, 0.0, 1.0, hi_open=True)
-        check_number("LieGroup", "lr", self.lr, 0.0, 2.0)
+        check_choice("LieGroup", "diagonal", self.diagonal, _DIAGONAL_NORMS)
+        check_number("LieGroup", "lr", self.lr, 0.0, 1.0, hi_open=True)
         check_number("LieGroup", "beta_lipschitz", self.beta_lipschitz, 0.0, 1.0, hi_open=True)
 
     def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:

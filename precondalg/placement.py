@@ -11,6 +11,7 @@ param group as one block (LODO, dense PSGD).
 | `InputSide()` | W (out, in, …) | Gᵀ, (in·…, out) | in·…×in·… | each row g ↦ S g: G ↦ G Sᵀ (FOP) |
 | `OutputSide()` | W (out, in, …) | G, (out, in·…) | out×out | G ↦ S G |
 | `TwoSided()` | W (out, in, …) | vec(G), (out·in·…, 1) | `Kronecker(A, B)` | G ↦ A G Bᵀ (PSGD, APO, KFAC) |
+| `EveryAxis()` | any (n₁…n_K) | vec(G), (numel, 1) | `Kronecker(A₁, …, A_K)` | Aᵢ on axis i (PSGD Kron) |
 | `Spatial()` | conv kernel (o, i, h, w) | (h·w, o·i) | (h·w)×(h·w) | taps of every channel pair (FOP) |
 | `Concatenated()` | all parameters of a group | cat of vecs, (N, 1) | N×N | LODO, dense PSGD |
 
@@ -36,6 +37,7 @@ from precondalg.structures import Kronecker, Structure
 
 __all__ = [
     "Concatenated",
+    "EveryAxis",
     "Flatten",
     "InputSide",
     "OutputSide",
@@ -170,6 +172,23 @@ class TwoSided(Placement):
                 f"(output side) and B {dims[1]}×{dims[1]} (input side); got {what}. For a preconditioner "
                 "on the flattened gradient use Flatten()"
             )
+
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return grads[0].reshape(-1, 1)
+
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        return [X.reshape(shapes[0])]
+
+
+@dataclasses.dataclass(frozen=True)
+class EveryAxis(Placement):
+    """Every axis of a tensor (n₁, …, n_K): dims are its shape, so a Kronecker family puts one factor on
+    each axis, factor i acting on axis i of G (row-major vec, as `Kronecker` does) — psgd_torch's
+    `Kron` for tensors of any order.  A 0-d tensor has dims (1,).  For a matrix it is `TwoSided`.
+    """
+
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        return tuple(_single(self, shapes)) or (1,)
 
     def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return grads[0].reshape(-1, 1)

@@ -19,7 +19,7 @@ from torch import nn
 
 from precondalg import families
 from precondalg.fitters import TorchOptimizer
-from precondalg.optim import FOP, HD, Preconditioned
+from precondalg.optim import FOP, HD, PSGD, Preconditioned
 from precondalg.placement import Concatenated
 
 # One thread, as in conftest.py: the fresh-process resume script imports this module, and its run must
@@ -265,3 +265,29 @@ for _g in ("global", "layer", "parameter"):
                 ps, 0.05, 1e-3 if h == "adam" else 1e-2, g, b, hyper_optimizer=h, seed=seed
             ),
         )
+# PSGD (criterion "fisher": it steps from .grad, as `run` does): every preconditioner, with the update
+# draws, momentum, clipping, the on-the-fly Q₀ and both normalisers in play.
+_PSGD_FISHER = dict(criterion="fisher", damping=1e-3, lr_precond=0.2)
+
+
+def decaying_probability(steps: int) -> float:
+    """An update-probability schedule 1/(1 + t) (a module-level function: it pickles)."""
+    return 1 / (1 + steps)
+
+
+def _psgd(preconditioner: str, **kwargs: Any) -> Builder:
+    def build(params: Iterable[torch.Tensor], seed: int) -> torch.optim.Optimizer:
+        return PSGD(params, 0.05, preconditioner=preconditioner, **_PSGD_FISHER, **kwargs, seed=seed)
+
+    return build
+
+
+CONFIGS |= {
+    "psgd-kron": ("mlp", _psgd("kron", update_probability=0.5, momentum=0.9, clip=1.0)),
+    "psgd-kron-cnn": ("cnn", _psgd("kron", init_scale=1.0)),
+    "psgd-triangular-lipschitz": ("mlp", _psgd("triangular", normalizer="lipschitz")),
+    "psgd-dense": ("mlp", _psgd("dense")),
+    "psgd-diag": ("mlp", _psgd("diag", update_probability=decaying_probability)),
+    "psgd-scan-cnn": ("cnn", _psgd("scan")),
+    "psgd-scaw": ("mlp", _psgd("scaw")),
+}

@@ -282,7 +282,7 @@ def test_lie_fitter_lipschitz_normaliser():
     assert torch.allclose(leaves[0], expected.R, rtol=1e-14, atol=0)
 
 
-MAX_ABS_LR = r"LieGroup \(normalizer='max_abs'\): 'lr' must be a real number >= 0 and < 1"
+MAX_ABS_LR = r"LieGroup: 'lr' must be a real number >= 0 and < 1"
 
 
 def test_lie_fitter_errors():
@@ -292,6 +292,8 @@ def test_lie_fitter_errors():
         LieGroup(normalizer="frobenius")
     with pytest.raises(ValueError, match="LieGroup: 'beta_lipschitz'"):
         LieGroup(beta_lipschitz=1.0)
+    with pytest.raises(ValueError, match="LieGroup: 'diagonal' must be one of"):
+        LieGroup(diagonal="sign")
 
 
 @pytest.mark.parametrize("objective", [Newton(), Newton(hvp="finite_difference"), Fisher(damping=0.1)])

@@ -225,7 +225,7 @@ def test_skips_warn_at_once_then_periodically_with_the_counts(monkeypatch):
     assert all(w.filename == __file__ for w in caught if issubclass(w.category, SkippedStepWarning))
     assert len(messages) == 3, messages  # steps 1, 6, 11
     assert messages[0].startswith(
-        "Preconditioned: after 1 steps, 4 block updates were skipped on 4 of 4 blocks"
+        "FOP: after 1 steps, 4 block updates were skipped on 4 of 4 blocks"
     )
     assert "after 6 steps, 20 block updates were skipped on 4 of 4 blocks" in messages[1]
     assert "(16 since step 1)" in messages[1]

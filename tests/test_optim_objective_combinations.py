@@ -13,7 +13,7 @@ from precondalg.families import Family
 from precondalg.fitters import LieGroup, TorchOptimizer
 from precondalg.objectives import Fisher, Hypergradient, Newton, Proximal, squared_error
 from precondalg.optim import Preconditioned
-from precondalg.placement import Concatenated, Flatten, InputSide, TwoSided
+from precondalg.placement import Concatenated, EveryAxis, Flatten, InputSide, TwoSided
 
 F64 = torch.float64
 LR = 0.05
@@ -31,6 +31,9 @@ FAMILIES = {
     "diagonal": (families.diagonal(1.0), Flatten()),
     "kronecker_gram": (families.kronecker_gram(), TwoSided()),
     "kronecker_gram_triangular": (families.kronecker_gram("triangular", 0.5), TwoSided()),
+    "kronecker_gram_every_axis": (families.kronecker_gram("triangular", 0.5, max_size=3), EveryAxis()),
+    "scan_gram": (families.scan_gram(0.5), TwoSided()),
+    "scaw_gram": (families.scaw_gram(0.5), TwoSided()),
     "triangular_gram": (families.triangular_gram(), Flatten()),
     "diagonal_gram": (families.diagonal_gram(0.5), Flatten()),
     "permutation_gram": (Family(init=_network_init, form=pa.gram), Concatenated()),

@@ -1,5 +1,6 @@
 """PSGD (Li 2019) theory checks: PSGD-8 (Eq. 20's normalised step keeps Q in its group, with per-step
-bounds) and PSGD-11 (Lie-group closure rules, §5, Eqs. 21 and 25).
+bounds), PSGD-11 (Lie-group closure rules, §5, Eqs. 21 and 25) and PSGD-15 (the clipping bound, §4.4,
+through the `PSGD` preset).
 
 Group elements are precondalg structures (`precondalg.structures.lie`).  PSGD-11 uses `compose` and
 `inverse`; PSGD-8 runs PSGD's fitting loop: the `Newton` criterion's gradient and the `LieGroup`
@@ -20,6 +21,7 @@ import torch.utils._pytree as pytree
 import precondalg as pa
 from precondalg.fitters import Fitter, LieGroup
 from precondalg.objectives import BlockContext, Newton
+from precondalg.optim import PSGD
 from theory_checks._numerics import (
     E_ATOL,
     E_RTOL,
@@ -402,4 +404,72 @@ def psgd_8(
     out.details["per group"] = per_group
     out.details["mu0"] = mu0
     out.details["updates requested"] = sum(steps.values())
+    return out.outcome()
+
+
+PSGD15_CASES = 120
+"""Random (P, ĝ, Ω) cases of PSGD-15."""
+
+
+def _psgd_clipped_step(
+    theta: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, mu: float, omega: float
+) -> None:
+    """One step of the `PSGD` preset on the parameter `theta` (gradient `g`), its triangular Q set to `Q`
+    and held there (lr_precond = 0), with clipping Ω."""
+    opt = PSGD([theta], mu, preconditioner="triangular", criterion="fisher", lr_precond=0.0, init_scale=1.0,
+               clip=omega)
+    (leaf,) = opt.state[theta]["preconditioner"]["phi"]
+    leaf.copy_(Q)
+    theta.grad = g
+    opt.step()
+
+
+def _clip_gradient_first(
+    theta: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, mu: float, omega: float
+) -> None:
+    """Mutant: clip ĝ to norm Ω BEFORE applying P (then PSGD without clipping)."""
+    _psgd_clipped_step(theta, Q, g / max(1.0, float(torch.linalg.vector_norm(g)) / omega), mu, math.inf)
+
+
+@check(
+    id="PSGD-15",
+    paper="PSGD §4.4 (Li 2019)",
+    statement=(
+        "Preconditioned-gradient clipping: one step of the PSGD preset with clip=Ω moves θ by exactly "
+        "μPĝ/max(1, ‖Pĝ‖/Ω), so ‖θ′ − θ‖ ≤ μΩ, for random triangular Q (P = QᵀQ) and ĝ spanning 12 orders "
+        "of magnitude."
+    ),
+    tolerance="E: rel. error <= 1e-10; bound ‖Δθ‖/(μΩ) <= 1 + 1e-10",
+    provenance="PAPER",
+    mutants={"clip ĝ before applying P": {"step": _clip_gradient_first}},
+)
+def psgd_15(
+    step: Callable[..., None] = _psgd_clipped_step, cases: int = PSGD15_CASES, seed: int = 15
+) -> Outcome:
+    """PSGD-15 (Li 2019, §4.4): θ_new = θ − μ·Pĝ/max(1, ‖Pĝ‖/Ω).
+
+    Proof of the bound: ‖μPĝ/max(1, ‖Pĝ‖/Ω)‖ = μ·min(‖Pĝ‖, Ω) ≤ μΩ.  `step` makes the step (default:
+    the `PSGD` preset with ``clip=Ω``, its Q fixed at a random triangular matrix whose scale is
+    10^U(−3, 3), so P spans 12 orders of magnitude; ĝ has magnitudes 10^U(−6, 6); Ω ∈ 10^U(−3, 3),
+    μ = 0.5).  The expected step is computed densely from Q.
+    """
+    gen, out, n, mu = generator(seed), Measures(), 5, 0.5
+    worst_ratio = worst_err = 0.0
+    clipped = 0
+    for _ in range(cases):
+        Q = torch.triu(torch.randn(n, n, generator=gen)) + 3 * torch.eye(n)
+        Q = Q * log_uniform((), -1.5, 1.5, gen)
+        g = torch.randn(n, generator=gen) * log_uniform((n,), -6, 6, gen)
+        omega = float(log_uniform((), -3, 3, gen))
+        theta = torch.zeros(n, requires_grad=True)
+        step(theta, Q, g, mu, omega)
+        moved = -theta.detach()
+        pg = Q.T @ (Q @ g)
+        expected = mu * pg / max(1.0, float(torch.linalg.vector_norm(pg)) / omega)
+        clipped += float(torch.linalg.vector_norm(pg)) > omega
+        worst_ratio = max(worst_ratio, float(torch.linalg.vector_norm(moved)) / (mu * omega))
+        worst_err = max(worst_err, rel_err(moved, expected))
+    out.at_most("max ‖θ′ − θ‖/(μΩ)", worst_ratio, 1 + E_RTOL)
+    out.at_most("max rel. error of θ′ − θ vs μPĝ/max(1, ‖Pĝ‖/Ω)", worst_err, E_RTOL)
+    out.details["cases (clipped)"] = f"{cases} ({clipped})"
     return out.outcome()

@@ -12,7 +12,13 @@ hypergradient).  Fitters (`precondalg.fitters`) turn that gradient into a step o
 | `Proximal` | J_B(θ′) + λ_FSD·FSD(B′) + λ_WSD/2‖θ′ − θ‖², θ′ = θ − P_φ u | model, batches B and B′ | APO |
 """
 
-from precondalg.objectives.base import BlockContext, BlockwiseObjective, Evaluation, Objective
+from precondalg.objectives.base import (
+    BlockContext,
+    BlockwiseObjective,
+    Evaluation,
+    Objective,
+    RelativeGradient,
+)
 from precondalg.objectives.criteria import Fisher, Newton, closed_form_relative_gradient, criterion
 from precondalg.objectives.hypergradient import Hypergradient
 from precondalg.objectives.proximal import Proximal, kl_divergence, squared_error
@@ -26,6 +32,7 @@ __all__ = [
     "Newton",
     "Objective",
     "Proximal",
+    "RelativeGradient",
     "closed_form_relative_gradient",
     "criterion",
     "kl_divergence",

@@ -18,6 +18,7 @@ __all__ = [
     "BlockwiseObjective",
     "Evaluation",
     "Objective",
+    "RelativeGradient",
     "fresh_buffers",
     "functional_outputs",
     "loss_gradients",
@@ -48,6 +49,8 @@ class BlockContext:
             φ's dtype).
         lr: the learning rate α of this step.
         form_vjp: the family's closed-form VJP of φ ↦ form(φ) @ u (`Family.hyper_vjp`), or None.
+        relative: the fitter steps on φ's matrix Lie group (`precondalg.fitters.LieGroup`), so the
+            objective may return a `RelativeGradient` in closed form instead of ∂/∂φ.
     """
 
     phi: Structure
@@ -61,6 +64,20 @@ class BlockContext:
     view: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
     lr: float = 0.0
     form_vjp: Callable[[Structure, torch.Tensor, torch.Tensor], Structure] | None = None
+    relative: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RelativeGradient:
+    """An objective's answer in the group's own coordinates: the relative gradient R (an element of
+    φ's Lie algebra, as `precondalg.structures.relative_gradient` returns it) instead of the Euclidean
+    ∂/∂φ — for a fitter that steps on the group (asked for by `BlockContext.relative`).
+
+    Attributes:
+        R: the relative gradient, e.g. a `KroneckerSum` for a Kronecker φ.
+    """
+
+    R: Structure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,20 +130,39 @@ class Objective(abc.ABC):
             **inputs: the keyword arguments given to ``step`` (objective-specific).
         """
 
+    def evaluate_gradients(
+        self,
+        params: list[torch.Tensor],
+        closure: Callable[[], Any] | None,
+        generator: torch.Generator,
+        **inputs: Any,
+    ) -> Evaluation:
+        """What a step that does not fit φ needs (``update_probability`` < 1 skipped the fit): the
+        gradients only, set in every ``.grad``, from the closure in either convention (see
+        `run_closure`); the objective's per-step inputs are not used.  Objectives whose gradients come
+        from elsewhere override it."""
+        return Evaluation(run_closure(closure, params, type(self).__name__))
+
     @abc.abstractmethod
-    def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
-        """For each block, the gradient of the meta-loss with respect to its φ (same pytree type), or
-        None where there is none this step."""
+    def meta_grads(
+        self, blocks: list[BlockContext], evaluation: Evaluation
+    ) -> list[Structure | RelativeGradient | None]:
+        """For each block, the gradient of the meta-loss with respect to its φ (same pytree type), a
+        `RelativeGradient` where the block's context asks for one and the objective has it, or None
+        where there is none this step."""
 
 
 class BlockwiseObjective(Objective):
     """An objective whose meta-loss is a sum over blocks: `meta_grad` one block at a time."""
 
     @abc.abstractmethod
-    def meta_grad(self, ctx: BlockContext) -> Structure | None:
-        """The gradient of this block's meta-loss with respect to its φ, or None."""
+    def meta_grad(self, ctx: BlockContext) -> Structure | RelativeGradient | None:
+        """The gradient of this block's meta-loss with respect to its φ (or its `RelativeGradient`),
+        or None."""
 
-    def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
+    def meta_grads(
+        self, blocks: list[BlockContext], evaluation: Evaluation
+    ) -> list[Structure | RelativeGradient | None]:
         return [self.meta_grad(ctx) for ctx in blocks]
 
 

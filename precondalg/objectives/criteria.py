@@ -32,6 +32,7 @@ from precondalg.objectives.base import (
     BlockContext,
     BlockwiseObjective,
     Evaluation,
+    RelativeGradient,
     functional_outputs,
     loss_gradients,
     parameter_names,
@@ -40,9 +41,21 @@ from precondalg.objectives.base import (
     set_grads,
     watch_gradients,
 )
-from precondalg.structures import Kronecker, KroneckerSum, Structure, lie_project
+from precondalg.structures import (
+    Dense,
+    Diagonal,
+    Kronecker,
+    KroneckerSum,
+    Normalization,
+    Scalar,
+    Structure,
+    Triangular,
+    gram,
+    is_lie_group,
+    lie_project,
+)
 
-__all__ = ["Fisher", "Newton", "closed_form_relative_gradient", "criterion"]
+__all__ = ["Fisher", "Newton", "closed_form_relative_gradient", "criterion", "has_closed_form"]
 
 
 def criterion(P: Structure, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -70,9 +83,24 @@ class _Criterion(BlockwiseObjective):
 
     requires: ClassVar[tuple[str, ...]] = ("solve",)
 
-    def meta_grad(self, ctx: BlockContext) -> Structure:
+    def meta_grad(self, ctx: BlockContext) -> Structure | RelativeGradient:
+        """∂c/∂φ by `torch.func.grad`; or, when the fitter steps on the group (``ctx.relative``) and
+        P_φ = φᵀφ with φ a group `closed_form_relative_gradient` covers, that relative gradient in
+        closed form (the same R the fitter would derive from ∂c/∂φ, without differentiating a solve)."""
         h, v = ctx.extras["h"], ctx.extras["v"]
+        if ctx.relative and ctx.form is gram and has_closed_form(ctx.phi):
+            return RelativeGradient(closed_form_relative_gradient(ctx.phi, h, v))
         return grad(lambda phi: criterion(ctx.form(phi), h, v))(ctx.phi)
+
+    @staticmethod
+    def initial_scale(ctx: BlockContext) -> torch.Tensor:
+        """psgd_torch's on-the-fly scale of Q₀ = s·I from the first pair (v, h):
+        s = (mean v²)^(1/4)·(mean h⁴)^(−1/8), so that P₀ = s²I matches E[vvᵀ] against E[hhᵀ] in scale
+        (P E[hhᵀ] P = E[vvᵀ]), with the fourth moment guarding against a few large entries.  It is
+        infinite or NaN for an all-zero or non-finite h; the optimizer then keeps waiting for a usable
+        pair (never a NaN preconditioner)."""
+        h, v = ctx.extras["h"], ctx.extras["v"]
+        return (v * v).mean() ** 0.25 * (h**4).mean() ** -0.125
 
 
 _HVP = ("autograd", "finite_difference", "torch.func")
@@ -134,11 +162,7 @@ class Newton(_Criterion):
             loss, grads, hs = self._forward_over_reverse(params, vs, closure, inputs)
         else:
             reject_inputs("Newton", inputs)
-            if closure is None:
-                raise ValueError(
-                    f"Newton(hvp={self.hvp!r}): step() needs a closure that returns the loss (the optimizer "
-                    "differentiates it for Hessian-vector products); got none"
-                )
+            self._require_closure(closure)
             with _explain_compiled_double_backward(self.hvp):
                 loss, grads = self._gradients(params, closure)
                 vs = _draw(params, generator)  # after the closure: a refused one leaves the generator as is
@@ -163,18 +187,47 @@ class Newton(_Criterion):
         hs = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hs)]
         return Evaluation(loss.detach(), _per_param(params, v=vs, h=hs))
 
+    def evaluate_gradients(
+        self,
+        params: list[torch.Tensor],
+        closure: Callable[[], Any] | None,
+        generator: torch.Generator,
+        **inputs: Any,
+    ) -> Evaluation:
+        """The gradients alone, for a step that does not fit P (no v drawn, no Hessian-vector product),
+        with the same requirements on the closure (or ``batch``) as `evaluate`."""
+        if self.hvp == "torch.func":
+            loss_fn, primal, names = self._functional(params, closure, inputs)
+            grads, loss = grad_and_value(loss_fn)(primal)
+            grads = [grads[names[p]] for p in params]
+        else:
+            reject_inputs("Newton", inputs)
+            self._require_closure(closure)
+            loss, grads = self._gradients(params, closure, create_graph=False)
+        set_grads(params, [None if g is None else g.detach() for g in grads])
+        return Evaluation(loss.detach())
+
+    def _require_closure(self, closure: Callable[[], Any] | None) -> None:
+        if closure is None:
+            raise ValueError(
+                f"Newton(hvp={self.hvp!r}): step() needs a closure that returns the loss (the optimizer "
+                "differentiates it for Hessian-vector products); got none"
+            )
+
     def _gradients(
-        self, params: list[torch.Tensor], closure: Callable[[], Any]
+        self, params: list[torch.Tensor], closure: Callable[[], Any], create_graph: bool = True
     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """The closure's loss and ∇L (with its graph for "autograd"), from either closure convention
-        for "finite_difference"; "autograd" refuses a closure that calls backward (the graph is gone)."""
+        """The closure's loss and ∇L (with its graph for "autograd", unless `create_graph` is False),
+        from either closure convention for "finite_difference"; "autograd" refuses a closure that calls
+        backward (the graph is gone)."""
         owner = f"Newton(hvp={self.hvp!r})"
         for p in params:
             p.grad = None  # Newton sets every gradient itself; a closure's backward must not accumulate
         with torch.enable_grad(), watch_gradients(params) as called:
             loss = closure()
         if not called:
-            return loss, loss_gradients(loss, params, owner, create_graph=self.hvp == "autograd")
+            graph = create_graph and self.hvp == "autograd"
+            return loss, loss_gradients(loss, params, owner, create_graph=graph)
         if self.hvp == "autograd":
             raise ValueError(
                 f"{owner}: the closure called backward() (it set the parameters' gradients), which frees "
@@ -184,9 +237,11 @@ class Newton(_Criterion):
             )
         return loss, [p.grad for p in params]
 
-    def _forward_over_reverse(
-        self, params: list[torch.Tensor], vs: list[torch.Tensor], closure: Any, inputs: dict[str, Any]
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def _functional(
+        self, params: list[torch.Tensor], closure: Any, inputs: dict[str, Any]
+    ) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], dict[str, torch.Tensor], dict]:
+        """For "torch.func": the loss as a function of the parameters by name, at which parameters,
+        and each parameter's name."""
         if closure is not None or set(inputs) != {"batch"}:
             given = ["a closure"] * (closure is not None) + [f"{k}=..." for k in sorted(inputs)]
             got = ", ".join(given) or "nothing"
@@ -206,7 +261,12 @@ class Newton(_Criterion):
         def loss(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.loss_fn(functional_outputs(self.model, {**fixed, **theta}, x), y)
 
-        primal = {names[p]: p.detach() for p in params}
+        return loss, {names[p]: p.detach() for p in params}, names
+
+    def _forward_over_reverse(
+        self, params: list[torch.Tensor], vs: list[torch.Tensor], closure: Any, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        loss, primal, names = self._functional(params, closure, inputs)
         tangent = {names[p]: v for p, v in zip(params, vs)}
         try:
             (grads, value), (hvps, _) = jvp(grad_and_value(loss), (primal,), (tangent,))
@@ -286,6 +346,16 @@ class Fisher(_Criterion):
         vs = _draw(params, generator)
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         return Evaluation(loss, _per_param(params, v=vs, h=[g + self.damping * v for g, v in zip(gs, vs)]))
+
+
+_CLOSED_FORM_GROUPS = (Triangular, Diagonal, Normalization, Dense, Scalar)
+
+
+def has_closed_form(Q: Structure) -> bool:
+    """Whether `closed_form_relative_gradient` covers Q: a simple group of `_CLOSED_FORM_GROUPS`, or a
+    Kronecker product of them."""
+    factors = Q.factors if isinstance(Q, Kronecker) else (Q,)
+    return is_lie_group(Q) and all(type(f) in _CLOSED_FORM_GROUPS for f in factors)
 
 
 def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor) -> Structure:

@@ -6,6 +6,7 @@ from precondalg.optim.choices import ByNdim, by_ndim
 from precondalg.optim.fop import FOP
 from precondalg.optim.hd import HD
 from precondalg.optim.preconditioned import Preconditioned
+from precondalg.optim.psgd import PSGD
 
 __all__ = [
     "BASE_RULES",
@@ -13,6 +14,7 @@ __all__ = [
     "HD",
     "BaseRule",
     "ByNdim",
+    "PSGD",
     "Preconditioned",
     "SkippedStepWarning",
     "base_rule",

@@ -46,7 +46,8 @@ class SkipWatch:
     read at once on the CPU; on a GPU through a non-blocking copy read one step later (no host
     synchronisation in the step)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "Preconditioned") -> None:
+        self.name = name  # the optimizer's (a preset's) name, for the warning
         self.steps = 0
         self.warned_at: tuple[int, int, int] | None = None  # (step, skipped, meta-skipped) at the warning
         self.pending: tuple[torch.Tensor, Any, int] | None = None
@@ -105,7 +106,7 @@ class SkipWatch:
             parts.append(f"{meta} preconditioner fits were rolled back (blocks of shapes {blocks_text(hit)})")
         since = "" if self.warned_at is None else f" ({new} since step {last_step})"
         warnings.warn(
-            f"Preconditioned: after {step} steps, {' and '.join(parts)}{since}, because a gradient, a new "
+            f"{self.name}: after {step} steps, {' and '.join(parts)}{since}, because a gradient, a new "
             "parameter or the preconditioner held NaN or Inf; a skipped update changes nothing. Pass "
             "nonfinite='raise' to stop at the first one. This warning repeats at most every "
             f"{WARN_EVERY} steps while skips continue.",

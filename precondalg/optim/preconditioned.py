@@ -49,7 +49,7 @@ from precondalg._checks import check_choice, check_number
 from precondalg._torch_compat import writable
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer
-from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective
+from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective, RelativeGradient
 from precondalg.optim._checkpoint import VERSION, describe, differences
 from precondalg.optim._watch import SkipWatch, blocks_text, callers_level
 from precondalg.optim.base_rules import (
@@ -61,7 +61,7 @@ from precondalg.optim.base_rules import (
 )
 from precondalg.optim.choices import call_choice, check_choices
 from precondalg.placement import Placement, default_placement
-from precondalg.structures import NotInvertibleError, Structure
+from precondalg.structures import NotInvertibleError, Structure, is_lie_group, scale_group
 
 __all__ = ["Preconditioned"]
 
@@ -150,6 +150,20 @@ class Preconditioned(torch.optim.Optimizer):
         eps: Adam's / RMSprop's ε, for "adam" and "rmsprop" only (default 1e-8).
         alpha: RMSprop's smoothing constant, for "rmsprop" only (default 0.99).
         weight_decay: L2 penalty added to the gradient (torch.optim convention).
+        update_probability: the probability that a step fits the preconditioners (P is applied every
+            step), or a callable ``steps_taken -> probability`` (e.g. an anneal from 1 to 0.03;
+            steps_taken counts the calls of `step` that reached a parameter, a skipped one included,
+            a raising one not; it is in the checkpoint as "steps").  The
+            draw comes from the optimizer's generator (checkpointed); at 1 nothing is drawn.  A step
+            that does not fit runs only the objective's `evaluate_gradients` (for PSGD: no v, no
+            Hessian-vector product), which amortises an expensive fit.
+        clip: Ω: clip the whole step direction, θ ← θ − lr·s/max(1, ‖s‖/Ω), with ‖s‖ the 2-norm over
+            every parameter of the optimizer (PSGD's preconditioned-gradient clipping, Li 2019 §4.4:
+            ‖Δθ‖ ≤ lr·Ω).  None: no clipping.
+        auto_scale: scale each block's φ₀ (a group element) by the objective's ``initial_scale`` of
+            its first usable (v, h) pair (psgd_torch's on-the-fly Q₀; PSGD criteria only).  A block
+            whose pair gives no finite positive scale (an all-zero or non-finite gradient) waits for the
+            next fitted step.  The first step always fits.
         nonfinite: "skip" or "raise" (see the module docstring).
         seed: seed of the optimizer's generator (random initialisations of φ, the PSGD criteria's v);
             its state is part of the checkpoint.
@@ -185,11 +199,20 @@ class Preconditioned(torch.optim.Optimizer):
         eps: float | None = None,
         alpha: float | None = None,
         weight_decay: float = 0.0,
+        update_probability: float | Callable[[int], float] = 1.0,
+        clip: float | None = None,
+        auto_scale: bool = False,
         nonfinite: str = "skip",
         seed: int = 0,
         name: str = "Preconditioned",
     ) -> None:
         check_choices(structure, placement, objective, fitter)
+        if not callable(update_probability):
+            check_number("Preconditioned", "update_probability", update_probability, 0.0, 1.0)
+        if clip is not None:
+            check_number("Preconditioned", "clip", clip, 0.0, lo_open=True)
+        if not isinstance(auto_scale, bool):
+            raise TypeError(f"Preconditioned: 'auto_scale' must be True or False; got {auto_scale!r}")
         if not isinstance(base, (str, BaseRule)):
             raise TypeError(
                 f"Preconditioned: 'base' must be one of {sorted(BASE_RULES)} or a BaseRule; got {base!r}"
@@ -208,13 +231,23 @@ class Preconditioned(torch.optim.Optimizer):
         self._structure = structure
         self._placement = placement
         self._objective = objective if objective is not None else Hypergradient()
+        if auto_scale and not hasattr(self._objective, "initial_scale"):
+            raise ValueError(
+                "Preconditioned: 'auto_scale' sets Q₀'s scale from the objective's first (v, h) pair, "
+                f"which only the PSGD criteria (Newton, Fisher) provide; got objective "
+                f"{type(self._objective).__name__}"
+            )
+        self._update_probability = update_probability
+        self._clip = None if clip is None else float(clip)
+        self._auto_scale = auto_scale
+        self._steps = 0
         self._fitter = fitter if fitter is not None else TorchOptimizer(torch.optim.Adam, lr=1e-4)
         self._position = position
         self._nonfinite = nonfinite
         self._name = str(name)
         self._generator = torch.Generator().manual_seed(seed)
         self._blocks: list[list[_Block]] = []
-        self._watch = SkipWatch()
+        self._watch = SkipWatch(self._name)
         rule_defaults = {
             k: (v if given.get(k) is None else given[k]) for k, v in self._base.hyperparameters.items()
         }
@@ -314,6 +347,12 @@ class Preconditioned(torch.optim.Optimizer):
         P = block.family.form(phi)
         self._check_size(block, P)
         self._check_operations(block, P)
+        if self._auto_scale and not is_lie_group(phi):
+            raise ValueError(
+                f"Preconditioned: 'auto_scale' scales φ₀ as a group element; structure {block.family!r} "
+                f"made {type(phi).__name__} for the parameter(s) of shape(s) {block.shapes}, which is not a "
+                "matrix Lie group"
+            )
         leaves, block.spec = pytree.tree_flatten(phi)
         leaves = [leaf.detach().clone() for leaf in leaves]
         block.fitter = self._fitter.build(leaves, block.spec)
@@ -322,6 +361,10 @@ class Preconditioned(torch.optim.Optimizer):
             "cache": {},
             "meta_skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
         }
+        if self._auto_scale:
+            self.state[anchor]["preconditioner"]["scale_pending"] = torch.ones(
+                (), dtype=torch.bool, device=anchor.device
+            )
 
     def _check_phi(self, block: _Block, phi: Any) -> None:
         """Refuse, at construction, a φ₀ that is not a structure in the block's compute dtype and device."""
@@ -451,7 +494,12 @@ class Preconditioned(torch.optim.Optimizer):
                 **entry,
                 "preconditioner": {**entry["preconditioner"], "fitter": block.fitter.state_dict()},
             }
-        return {**packed, "generator": self._generator.get_state(), "precondalg": self.configuration()}
+        return {
+            **packed,
+            "generator": self._generator.get_state(),
+            "steps": self._steps,
+            "precondalg": self.configuration(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; restores φ's leaves, the cache, the skip counters, the base rule's state
@@ -470,6 +518,7 @@ class Preconditioned(torch.optim.Optimizer):
         self._check_checkpoint(state_dict)
         state_dict = dict(state_dict)
         generator = state_dict.pop("generator")
+        steps = state_dict.pop("steps")
         state_dict.pop("precondalg")
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         saved = dict(state_dict["state"])
@@ -477,6 +526,7 @@ class Preconditioned(torch.optim.Optimizer):
         # state of bfloat16/float16 parameters.  The state is therefore taken as saved, below.
         super().load_state_dict(state_dict)
         self._generator.set_state(generator)
+        self._steps = int(steps)
         params = [p for group in self.param_groups for p in group["params"]]
         of = {p: saved.get(i, {}) for p, i in zip(params, saved_ids)}
         for p in params:
@@ -496,6 +546,10 @@ class Preconditioned(torch.optim.Optimizer):
             pre["phi"] = [leaf.to(dtype) for leaf in pre["phi"]]
             if "u" in pre["cache"]:
                 pre["cache"]["u"] = pre["cache"]["u"].to(dtype)
+            if self._auto_scale:  # a checkpoint made without auto_scale has its scale: nothing pending
+                pre.setdefault("scale_pending", torch.zeros((), dtype=torch.bool, device=anchor.device))
+            else:
+                pre.pop("scale_pending", None)
             block.fitter = self._fitter.build(pre["phi"], block.spec)
             block.fitter.load_state_dict(pre.pop("fitter"))
             self.state[anchor]["preconditioner"] = pre
@@ -519,7 +573,7 @@ class Preconditioned(torch.optim.Optimizer):
             )
         states = state_dict.get("state", {})
         index = self._param_index()
-        missing = [] if "generator" in state_dict else ["'generator'"]
+        missing = [f"'{key}'" for key in ("generator", "steps") if key not in state_dict]
         for block in self._every_block():
             for p in block.params:
                 needed = list(self._base_keys)
@@ -567,12 +621,14 @@ class Preconditioned(torch.optim.Optimizer):
             UserWarning: no parameter has a gradient (nothing is updated).
         """
         params = [p for group in self.param_groups for p in group["params"]]
-        evaluation = self._objective.evaluate(params, closure, self._generator, **inputs)
+        fitting = self._fitting_now()
+        evaluate = self._objective.evaluate if fitting else self._objective.evaluate_gradients
+        evaluation = evaluate(params, closure, self._generator, **inputs)
         ok = self._grads_finite()
         if self._nonfinite == "raise" and not bool(ok):
             raise FloatingPointError("Preconditioned.step: a gradient holds NaN or Inf; nothing was updated")
         plans = [
-            self._plan(group, block, evaluation)
+            self._plan(group, block, evaluation, fitting)
             for group, blocks in zip(self.param_groups, self._blocks, strict=True)
             for block in blocks
             if any(p.grad is not None for p in block.params)
@@ -585,21 +641,35 @@ class Preconditioned(torch.optim.Optimizer):
                 stacklevel=callers_level(),
             )
         learned = [plan for plan in plans if plan.context is not None]
+        if self._auto_scale:
+            for plan in learned:
+                plan.context = self._scale_once(plan.block, plan.context, ok)
         metas = self._objective.meta_grads([plan.context for plan in learned], evaluation) if learned else []
         fits = [
-            (plan.block, self._fit(plan.block, pytree.tree_leaves(meta), ok))
+            (plan.block, self._fit(plan.block, meta, ok))
             for plan, meta in zip(learned, metas)
             if meta is not None
         ]
         if self._nonfinite == "skip":
-            for plan in plans:  # one block at a time: one block's new parameters in memory at once
-                self._commit(plan, *self._propose(plan, ok))
+            if self._clip is None:
+                for plan in plans:  # one block at a time: one block's new parameters in memory at once
+                    self._commit(plan, *self._propose(plan, ok, *self._directions(plan)))
+            else:
+                directions = [self._directions(plan) for plan in plans]
+                factor = self._clip_factor([steps for _, steps in directions])
+                for plan, (states, steps) in zip(plans, directions):
+                    self._commit(plan, *self._propose(plan, ok, states, steps, factor))
             shapes = [b.shapes for b in self._every_block()], [b.shapes for b in self._all_blocks()]
             self._watch.record(self._counters(), *shapes)
+            self._steps += bool(plans)
             return evaluation.loss
         # "raise": all or nothing (host synchronisations).
         bad_fits = [block.shapes for block, (rolled_back, _) in fits if bool(rolled_back)]
-        proposals = [] if bad_fits else [self._propose(plan, ok) for plan in plans]
+        proposals = []
+        if not bad_fits:
+            directions = [self._directions(plan) for plan in plans]
+            factor = None if self._clip is None else self._clip_factor([steps for _, steps in directions])
+            proposals = [self._propose(plan, ok, *d, factor) for plan, d in zip(plans, directions)]
         bad_steps = [plan.block.shapes for plan, (_, _, fine) in zip(plans, proposals) if not bool(fine)]
         if bad_fits or bad_steps:
             for _, (_, undo) in fits:
@@ -615,7 +685,44 @@ class Preconditioned(torch.optim.Optimizer):
             )
         for plan, proposal in zip(plans, proposals):
             self._commit(plan, *proposal)
+        self._steps += bool(plans)
         return evaluation.loss
+
+    def _fitting_now(self) -> bool:
+        """Whether this step fits the preconditioners: with probability ``update_probability`` (of the
+        number of steps taken, when it is a callable), drawn from the optimizer's generator unless it
+        is 0 or 1; always on the first step with ``auto_scale``."""
+        p = self._update_probability
+        if callable(p):
+            p = p(self._steps)
+            check_number(
+                f"Preconditioned (update_probability({self._steps}))", "update_probability", p, 0.0, 1.0
+            )
+        if self._auto_scale and self._steps == 0:
+            return True
+        if p >= 1 or p <= 0:
+            return p >= 1
+        return float(torch.rand((), generator=self._generator, dtype=torch.float64)) < p
+
+    def _scale_once(self, block: _Block, ctx: BlockContext, ok: torch.Tensor) -> BlockContext:
+        """``auto_scale``: while the block waits for its scale, φ ← s·φ with s the objective's
+        ``initial_scale`` of this step's (v, h), where s is finite and positive (no host sync).
+        Returns the context with the (possibly) scaled φ, from which the fit starts."""
+        pre = self.state[block.params[0]]["preconditioner"]
+        s = self._objective.initial_scale(ctx)
+        apply = pre["scale_pending"] & ok & torch.isfinite(s) & (s > 0)
+        s = torch.where(apply, s, torch.ones_like(s))
+        scaled = pytree.tree_leaves(scale_group(self._phi(block), s))
+        for leaf, new in zip(pre["phi"], scaled):
+            writable(leaf).copy_(writable(new))
+        pre["scale_pending"] &= ~apply
+        return dataclasses.replace(ctx, phi=self._phi(block))
+
+    def _clip_factor(self, steps: list[list[torch.Tensor]]) -> torch.Tensor:
+        """min(1, Ω/‖s‖), ‖s‖ the 2-norm of every block's step direction together (device tensor)."""
+        flat = [s for block_steps in steps for s in block_steps]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in flat]))
+        return torch.clamp(self._clip / norm, max=1.0)
 
     def _grads_finite(self) -> torch.Tensor:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -641,9 +748,10 @@ class Preconditioned(torch.optim.Optimizer):
             steps.append(s)
         return states, steps
 
-    def _plan(self, group: dict[str, Any], block: _Block, evaluation: Evaluation) -> _Plan:
+    def _plan(self, group: dict[str, Any], block: _Block, evaluation: Evaluation, fitting: bool) -> _Plan:
         """Everything of a block's step that does not depend on φ's update: gradients, their placed
-        view, the objective's context, and for position "direction" the base rule's step."""
+        view, the objective's context (when `fitting`), and for position "direction" the base rule's
+        step."""
         params = block.params
         plan = _Plan(group, block, [p.grad is not None for p in params], self._decayed_grads(group, params))
         if block.placement is None:
@@ -658,6 +766,8 @@ class Preconditioned(torch.optim.Optimizer):
             plan.u = block.placement.view(base_steps)
         else:
             plan.u = plan.X
+        if not fitting:
+            return plan
         extras = {
             name: block.placement.view([of.to(dtype) for p, of in zip(params, evaluation.of(name, params))])
             for name in evaluation.per_param
@@ -674,25 +784,34 @@ class Preconditioned(torch.optim.Optimizer):
             view=lambda tensors: block.placement.view([t.to(dtype) for t in tensors]),
             lr=group["lr"],
             form_vjp=block.family.hyper_vjp,
+            relative=self._fitter.takes_relative,
         )
         return plan
 
-    def _propose(
-        self, plan: _Plan, ok: torch.Tensor
-    ) -> tuple[list[dict[str, Any]], list[torch.Tensor], torch.Tensor]:
-        """Apply P_φ (φ already fitted) and the base rule: the new base-rule states, the new parameters
-        θ − lr·s (in the compute dtype) and whether they may be committed (`ok` and all finite)."""
+    def _directions(self, plan: _Plan) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        """Apply P_φ (φ already fitted) and the base rule: the new base-rule states and the step
+        directions s (θ moves by −lr·s), in the compute dtype."""
         group, block, params = plan.group, plan.block, plan.block.params
         if block.placement is None:
-            states, steps = self._base_steps(group, params, plan.grads)
-        else:
-            P = block.family.form(self._phi(block))
-            if self._position == "gradient":
-                directions = block.placement.unview(P @ plan.X, plan.shapes)
-                states, steps = self._base_steps(group, params, directions)
-            else:
-                states, steps = plan.states, block.placement.unview(P @ plan.u, plan.shapes)
-        news = [p.to(s.dtype) - group["lr"] * s for p, s in zip(params, steps)]
+            return self._base_steps(group, params, plan.grads)
+        P = block.family.form(self._phi(block))
+        if self._position == "gradient":
+            directions = block.placement.unview(P @ plan.X, plan.shapes)
+            return self._base_steps(group, params, directions)
+        return plan.states, block.placement.unview(P @ plan.u, plan.shapes)
+
+    def _propose(
+        self,
+        plan: _Plan,
+        ok: torch.Tensor,
+        states: list[dict[str, Any]],
+        steps: list[torch.Tensor],
+        factor: torch.Tensor | None = None,
+    ) -> tuple[list[dict[str, Any]], list[torch.Tensor], torch.Tensor]:
+        """The new parameters θ − lr·factor·s (in the compute dtype) and whether they may be committed
+        (`ok` and all finite), with the states passed through."""
+        lr = plan.group["lr"] if factor is None else plan.group["lr"] * factor
+        news = [p.to(s.dtype) - lr * s for p, s in zip(plan.block.params, steps)]
         return states, news, ok & _all_finite(news)
 
     def _commit(
@@ -717,7 +836,7 @@ class Preconditioned(torch.optim.Optimizer):
             pre["cache"] = {"u": torch.where(fine, plan.u, previous), "lr": plan.group["lr"]}
 
     def _fit(
-        self, block: _Block, grads: list[torch.Tensor], ok: torch.Tensor
+        self, block: _Block, meta: Structure | RelativeGradient, ok: torch.Tensor
     ) -> tuple[torch.Tensor, Callable[[], None]]:
         """The fitter's step on φ's leaves, undone exactly where not `ok` or not finite (see the module
         docstring).
@@ -729,8 +848,13 @@ class Preconditioned(torch.optim.Optimizer):
         pre = self.state[block.params[0]]["preconditioner"]
         kept = pre["phi"] + block.fitter.tensors()
         saved = [t.clone() for t in kept]
+        relative = isinstance(meta, RelativeGradient)
+        grads, spec = pytree.tree_flatten(meta.R if relative else meta)
         safe = [torch.where(ok, g, torch.zeros_like(g)) for g in grads]
-        block.fitter.step(safe)
+        if relative:
+            block.fitter.step_relative(pytree.tree_unflatten(safe, spec))
+        else:
+            block.fitter.step(safe)
         after = block.fitter.tensors()
         fine = ok & _all_finite(pre["phi"] + after)
         for t, s in zip(map(writable, kept), map(writable, saved)):

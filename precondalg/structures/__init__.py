@@ -16,7 +16,14 @@ from precondalg.structures.inverse import inverse
 from precondalg.structures.kron import kron
 from precondalg.structures.kronecker import Kronecker, KroneckerSum
 from precondalg.structures.lazy import Gram, Inverse, Product, Sum, Transposed
-from precondalg.structures.lie import is_lie_group, lie_project, lie_step, max_abs, relative_gradient
+from precondalg.structures.lie import (
+    is_lie_group,
+    lie_project,
+    lie_step,
+    max_abs,
+    relative_gradient,
+    scale_group,
+)
 from precondalg.structures.low_rank import IdentityPlusLowRank
 from precondalg.structures.normalization import Normalization
 from precondalg.structures.permutation import PermutationNetwork, lodo_width, permutation_network
@@ -56,6 +63,7 @@ __all__ = [
     "max_abs",
     "permutation_network",
     "relative_gradient",
+    "scale_group",
     "scale",
     "transpose",
 ]

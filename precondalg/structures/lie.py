@@ -190,6 +190,25 @@ def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor
     return out
 
 
+def scale_group(Q: Structure, s: float | torch.Tensor) -> Structure:
+    """The group element s·Q, of Q's type: every leaf times s, a Kronecker's K factors each times
+    s^(1/K) (psgd_torch's split of a scale over the factors), a BlockDiagonal's blocks each times s.
+
+    Args:
+        Q: a group structure.
+        s: a positive number or 0-d tensor.
+
+    Raises:
+        TypeError: Q is not a group structure.
+    """
+    _require_group(Q, "scale_group")
+    if isinstance(Q, Kronecker):
+        return Kronecker(*[scale_group(f, s ** (1 / len(Q.factors))) for f in Q.factors])
+    if isinstance(Q, BlockDiagonal):
+        return BlockDiagonal(*[scale_group(b, s) for b in Q.blocks])
+    return pytree.tree_map(lambda leaf: leaf * s, Q)
+
+
 def max_abs(A: Structure) -> torch.Tensor:
     """The largest absolute stored value of A: PSGD's max-abs norm ‖R‖ for a pattern structure (Eq. 20)."""
     # Empty leaves (a 1×1 Normalization's c) hold no value and have no max.
