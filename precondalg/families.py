@@ -15,6 +15,7 @@ Each family is named like the structure φ it makes.
 | `kronecker_gram(factor, scale)` | ⊗ᵢ scale^(1/K)·I | ⊗ᵢ QᵢᵀQᵢ | PSGD's Kronecker Q (Eq. 23), by axis |
 | `scan_gram(scale)` | diag ⊗ Normalization | QᵀQ | PSGD's SCAN (§5, Eq. 25) |
 | `scaw_gram(scale)` | diag ⊗ Triangular | QᵀQ | PSGD's SCAW (§5, App. A) |
+| `lra_gram(rank, scale)` | (I + UVᵀ)·diag(d) | QᵀQ | psgd_torch's LRA (fitter `UVd`) |
 | `scalar(value)` | Scalar(value) | φ | hypergradient descent (global / per layer) |
 | `diagonal(value)` | Diagonal(value·1) | φ | per-parameter hypergradient descent (PP-HD) |
 
@@ -37,6 +38,7 @@ from precondalg.structures import (
     IdentityPlusLowRank,
     Kronecker,
     Normalization,
+    Product,
     Scalar,
     Structure,
     Triangular,
@@ -50,6 +52,7 @@ __all__ = [
     "diagonal_gram",
     "kronecker_gram",
     "low_rank_gram",
+    "lra_gram",
     "normalized_dense_gram",
     "scalar",
     "scan_gram",
@@ -400,3 +403,34 @@ def scaw_gram(scale: float = 1.0) -> Family:
     return Family(
         init=functools.partial(_two_sided_group, "scaw", value), form=gram, name=f"scaw_gram(scale={value!r})"
     )
+
+
+def _lra_init(
+    rank: int, value: float, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+) -> Structure:
+    n = math.prod(dims)
+    if rank >= n:
+        raise ValueError(f"lra_gram: 'rank' must be less than the dimension n = {n}; got {rank}")
+    # psgd_torch v0.6's LRA: U, V ~ N(0, 1/(n(r + 10))), so that ‖UVᵀ‖ ≪ 1 even for rank 1.
+    std = (n * (rank + 10)) ** -0.5
+    U, V = (torch.randn(n, rank, generator=gen, dtype=torch.float64) * std for _ in range(2))
+    U, V = (M.to(dtype=like.dtype, device=like.device) for M in (U, V))
+    return Product(IdentityPlusLowRank(U, V), _diagonal_init(value, dims, like, gen))
+
+
+def lra_gram(rank: int = 10, scale: float = 1.0) -> Family:
+    """PSGD's low-rank approximation (LRA, "UVd"): Q = (I + UVᵀ)·diag(d), P = QᵀQ, with U, V (n×r) and
+    d (n); psgd_torch's `LRA` preconditioner.  U, V start at N(0, 1/(n(r + 10))) entries (psgd_torch
+    v0.6), so Q₀ ≈ scale·I; d = scale·1.
+
+    Q is not on a matrix Lie group (I + UVᵀ is not closed under products), so `LieGroup` does not apply:
+    fit it with `UVd` (psgd_torch's update), or any `TorchOptimizer`.  Memory 2nr + n.
+
+    Raises:
+        TypeError: rank not an int, scale not a number.
+        ValueError: rank < 1 (rank ≥ n is reported when the placement's n is known), scale ≤ 0.
+    """
+    check_number("lra_gram", "rank", rank, 1, integer=True)
+    value = _positive_scale("lra_gram", scale)
+    name = f"lra_gram({rank}, scale={value!r})"
+    return Family(init=functools.partial(_lra_init, rank, value), form=gram, name=name)

@@ -11,6 +11,7 @@ step exactly, from a snapshot of ``fit.tensors()``).
   Q ← (I − μ R/‖R‖)Q, with ‖R‖ the max-abs norm of the paper and its 2019 code (default) or the 2026
   psgd_torch code's Lipschitz estimate L ← max(β_L L + (1 − β_L)ℓ, ℓ), ℓ = ‖R‖₂.  Each Kronecker factor
   and each diagonal block is normalised by its own norm and stepped on its own, as in PSGD's code.
+- `UVd`: psgd_torch's update of its low-rank approximation Q = (I + UVᵀ)·diag(d), which is not a group.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from precondalg._torch_compat import writable
 from precondalg.structures import (
     BlockDiagonal,
     Diagonal,
+    IdentityPlusLowRank,
     Kronecker,
     KroneckerSum,
+    Product,
     Scalar,
     Structure,
     is_lie_group,
@@ -38,7 +41,7 @@ from precondalg.structures import (
     relative_gradient,
 )
 
-__all__ = ["Fit", "Fitter", "LieGroup", "TorchOptimizer"]
+__all__ = ["Fit", "Fitter", "LieGroup", "TorchOptimizer", "UVd"]
 
 
 class Fit(abc.ABC):
@@ -264,3 +267,85 @@ class LieGroup(Fitter):
                 f"{type(phi).__name__} of shape {phi.shape}"
             )
         return _LieFit(self, leaves, spec)
+
+
+class _UVdFit(Fit):
+    def __init__(self, recipe: UVd, leaves: list[torch.Tensor]) -> None:
+        self.recipe, self.leaves = recipe, leaves
+        self.count = torch.zeros((), dtype=torch.int64, device=leaves[0].device)
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        (U, V, d), (gU, gV, gd) = self.leaves, grads
+        lr, tiny = self.recipe.lr, torch.finfo(d.dtype).tiny
+        eye = torch.eye(U.shape[1], dtype=U.dtype, device=U.device)
+        # From the Euclidean gradients (a = Qh, b = Q⁻ᵀv; see the class docstring):
+        nabla_d = d * gd / 2  # Ph⊙h − v⊙P⁻¹v
+        nabla_u = gU @ (eye + U.mT @ V) / 2  # (aaᵀ − bbᵀ)V
+        nabla_v = (gV + U @ (V.mT @ gV)) / 2  # (aaᵀ − bbᵀ)U
+        norm_d = nabla_d.abs().max().clamp_min(tiny)
+        norm_u = ((nabla_u.mT @ nabla_u) * (V.mT @ V)).sum().abs().sqrt().clamp_min(tiny)  # ‖∇_U Vᵀ‖_F
+        norm_v = ((nabla_v.mT @ nabla_v) * (U.mT @ U)).sum().abs().sqrt().clamp_min(tiny)  # ‖U ∇_Vᵀ‖_F
+        new_u = U - (lr / norm_u) * (nabla_u @ (eye + V.mT @ U))
+        new_v = V - (lr / norm_v) * (nabla_v + V @ (U.mT @ nabla_v))
+        new_d = d - (lr / norm_d) * nabla_d * d
+        on_u = self.count % 2 == 0
+        writable(U).copy_(torch.where(on_u, new_u, U))
+        writable(V).copy_(torch.where(on_u, V, new_v))
+        writable(d).copy_(new_d)
+        self.count += 1
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.count]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = state["count"].to(self.leaves[0].device)
+
+
+@dataclasses.dataclass(frozen=True)
+class UVd(Fitter):
+    """psgd_torch's fit of its low-rank approximation Q = (I + UVᵀ)·diag(d) (`lra_gram`), which is not
+    on a matrix Lie group, from the criterion's Euclidean gradients (psgd_torch v0.6
+    ``update_precond_UVd_math_`` with its "1st" step normaliser).
+
+    With a = Qh, b = Q⁻ᵀv, the criterion's gradients are ∂c/∂d = 2(Ph⊙h − v⊙P⁻¹v)/d,
+    ∂c/∂U = 2(aaᵀ − bbᵀ)V(I + UᵀV)⁻¹ and ∂c/∂V = 2(I + UVᵀ)⁻¹(aaᵀ − bbᵀ)U, from which every step
+    recovers psgd_torch's directions:
+
+        d ← d − μ ∇_d⊙d / max|∇_d|,                        ∇_d = Ph⊙h − v⊙P⁻¹v
+        U ← U − μ ∇_U(I + VᵀU) / ‖∇_U Vᵀ‖_F,               ∇_U = (aaᵀ − bbᵀ)V     (even fits)
+        V ← V − μ (I + VUᵀ)∇_V / ‖U ∇_Vᵀ‖_F,               ∇_V = (aaᵀ − bbᵀ)U     (odd fits)
+
+    psgd_torch picks U or V at random with probability ½ and rebalances ‖U‖ and ‖V‖ with probability
+    0.01; here U and V alternate (deterministic, and the count is checkpointed) and there is no
+    rebalancing (it leaves UVᵀ unchanged).
+
+    Attributes:
+        lr: the normalised step μ, in [0, 1) (psgd_torch's default with this normaliser: 0.01).
+
+    Raises:
+        TypeError: lr not a number; at build, φ is not (I + UVᵀ)·diag(d).
+        ValueError: lr not in [0, 1).
+    """
+
+    lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_number("UVd", "lr", self.lr, 0.0, 1.0, hi_open=True)
+
+    def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
+        phi = pytree.tree_unflatten(leaves, spec) if spec is not None else None
+        if not (
+            isinstance(phi, Product)
+            and len(phi.factors) == 2
+            and isinstance(phi.factors[0], IdentityPlusLowRank)
+            and isinstance(phi.factors[1], Diagonal)
+        ):
+            got = type(phi).__name__ if phi is not None else "no tree spec"
+            raise TypeError(
+                "UVd: the learned structure φ must be Q = (I + UVᵀ)·diag(d), as `lra_gram` makes it; got "
+                f"{got}"
+            )
+        return _UVdFit(self, leaves)

@@ -10,6 +10,7 @@ two threads contending made whole files 5–20× slower without changing a singl
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -20,3 +21,12 @@ settings.register_profile(
     "ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture(scope="session")
+def records():
+    """Every registered theory check (and its mutants), run once per session through the runner API:
+    id → record."""
+    from theory_checks import REGISTRY, run
+
+    return {r.id: r for r in run(REGISTRY)}

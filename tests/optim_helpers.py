@@ -290,4 +290,5 @@ CONFIGS |= {
     "psgd-diag": ("mlp", _psgd("diag", update_probability=decaying_probability)),
     "psgd-scan-cnn": ("cnn", _psgd("scan")),
     "psgd-scaw": ("mlp", _psgd("scaw")),
+    "psgd-lra": ("mlp", _psgd("lra", rank=3, update_probability=0.7)),
 }

@@ -34,6 +34,7 @@ FAMILIES = {
     "kronecker_gram_every_axis": (families.kronecker_gram("triangular", 0.5, max_size=3), EveryAxis()),
     "scan_gram": (families.scan_gram(0.5), TwoSided()),
     "scaw_gram": (families.scaw_gram(0.5), TwoSided()),
+    "lra_gram": (families.lra_gram(2), Flatten()),
     "triangular_gram": (families.triangular_gram(), Flatten()),
     "diagonal_gram": (families.diagonal_gram(0.5), Flatten()),
     "permutation_gram": (Family(init=_network_init, form=pa.gram), Concatenated()),
@@ -52,7 +53,7 @@ FITTERS = {
     "lie_group": functools.partial(LieGroup, lr=0.1),
 }
 NO_SOLVE = {"permutation_gram"}  # gram of a rectangular ñ×n network: no inverse, so no PSGD criterion
-NOT_A_GROUP = {"low_rank_gram", "permutation_gram"}  # φ is a rectangular M / network
+NOT_A_GROUP = {"low_rank_gram", "permutation_gram", "lra_gram"}  # φ is a rectangular M / network
 COMBINATIONS = [(f, o, t) for f in FAMILIES for o in OBJECTIVES for t in FITTERS]
 
 

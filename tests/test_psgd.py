@@ -52,6 +52,13 @@ def test_each_preconditioner_is_its_row_of_choices(preconditioner):
         (q,) = Q.values()
         assert type(q) is (pa.Dense if preconditioner == "dense" else pa.Triangular)
         assert q.shape[0] == sum(p.numel() for p in model.parameters())
+    elif preconditioner == "lra":
+        (q,) = Q.values()
+        n = sum(p.numel() for p in model.parameters())
+        U, V = q.factors[0].U, q.factors[0].V
+        assert U.shape == V.shape == (n, 10) and torch.equal(q.factors[1].d, torch.full((n,), 0.5, dtype=F64))
+        assert float(torch.linalg.matrix_norm(U @ V.mT, 2)) < 0.1  # Q₀ ≈ init_scale·I
+        return
     elif preconditioner == "diag":
         assert all(type(q) is pa.Diagonal for q in Q.values())
     elif preconditioner == "kron":
@@ -108,6 +115,9 @@ BAD = {
     "nonfinite": (dict(nonfinite="zero"), ValueError, "'nonfinite'"),
     "lr type": (dict(lr="0.1"), TypeError, "'lr'"),
     "torch.func without model": (dict(hvp="torch.func"), ValueError, "'model'"),
+    "rank without lra": (dict(rank=4), ValueError, "'rank'"),
+    "lra rank ≥ n": (dict(preconditioner="lra", rank=6), ValueError, "'rank'"),
+    "lra with lipschitz": (dict(preconditioner="lra", normalizer="lipschitz"), ValueError, "'normalizer'"),
 }
 
 
@@ -122,8 +132,11 @@ def test_bad_hyperparameters_are_refused_naming_the_argument(case):
 # ----- reductions: Q fixed at I -----
 
 
+GROUPS = tuple(p for p in PRECONDITIONERS if p != "lra")
+
+
 @pytest.mark.parametrize("criterion", ["newton", "fisher"])
-@pytest.mark.parametrize("preconditioner", PRECONDITIONERS)
+@pytest.mark.parametrize("preconditioner", GROUPS)
 def test_q_fixed_at_identity_is_sgd(preconditioner, criterion):
     """Q₀ = I with lr_precond = 0: the fit leaves Q at I, so every step is torch.optim.SGD's."""
     kind = "cnn"
@@ -134,6 +147,28 @@ def test_q_fixed_at_identity_is_sgd(preconditioner, criterion):
     _train(ours, opt, kind, 5)
     _train(ref, sgd, kind, 5, closure=False)
     assert_close(clone_params(ours.parameters()), clone_params(ref.parameters()))
+
+
+@pytest.mark.parametrize("criterion", ["newton", "fisher"])
+def test_lra_with_lr_precond_zero_keeps_its_initial_p(criterion):
+    """LRA's Q₀ = (I + UVᵀ)·s is random (psgd_torch's init), so the reduction is to SGD preconditioned by
+    that fixed P₀ = Q₀ᵀQ₀, computed densely."""
+    kind = "mlp"
+    ours, ref = make_model(kind), make_model(kind)
+    opt = PSGD(ours.parameters(), LR, preconditioner="lra", rank=3, criterion=criterion, lr_precond=0.0,
+               init_scale=0.8)
+    ((_, P),) = opt.preconditioners()
+    P0 = P.to_dense()
+    _train(ours, opt, kind, 4)
+    params = list(ref.parameters())
+    for t in range(4):
+        ref.zero_grad()
+        loss_at(ref, kind, t).backward()
+        with torch.no_grad():
+            step = P0 @ torch.cat([p.grad.reshape(-1) for p in params])
+            for p, s in zip(params, step.split([p.numel() for p in params])):
+                p -= LR * s.reshape(p.shape)
+    assert_close(clone_params(ours.parameters()), clone_params(params), tol=1e-14)
 
 
 def test_momentum_is_the_ema_of_the_gradient_with_p_applied_to_it():

@@ -778,3 +778,54 @@ def test_closed_form_and_autograd_paths_fit_the_same_q(preconditioner, monkeypat
         _assert_close(f"closed form vs autograd {preconditioner} Q", a, b)
     for a, b in zip(theta_auto, theta_closed, strict=True):
         _assert_close(f"closed form vs autograd {preconditioner} θ", a, b)
+
+
+# ----- LRA: Q = (I + UVᵀ)·diag(d), fitted by UVd -----
+
+
+def _torch_seed_for_branch(update_u: bool) -> int:
+    """A seed of torch's global generator under which psgd_torch's LRA update does not rebalance
+    (first draw ≥ 0.01) and updates U (second draw < 0.5) or V."""
+    for seed in range(1000):
+        torch.manual_seed(seed)
+        first, second = float(torch.rand([])), float(torch.rand([]))
+        if first >= 0.01 and (second < 0.5) == update_u:
+            return seed
+    raise AssertionError("no seed found")
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(3, 9), rank=st.integers(1, 2), update_u=st.booleans())
+def test_uvd_update_equals_psgd_torch(seed, n, rank, update_u):
+    """One `UVd` fit from the Newton criterion's Euclidean gradients equals psgd_torch's
+    `update_precond_UVd_math_` with its "1st" step normaliser on the same (v, h): U on even fits, V on
+    odd ones (psgd_torch draws the branch; here it is forced through torch's global seed)."""
+    from precondalg.families import lra_gram
+    from precondalg.fitters import UVd
+
+    assume(rank < n)
+    gen = torch.Generator().manual_seed(seed)
+    phi = lra_gram(rank, 0.7).init((n,), torch.zeros((), dtype=F64), gen)
+    U, V, d = (leaf.clone() for leaf in pytree.tree_leaves(phi))
+    U += 0.3 * torch.randn(n, rank, generator=gen, dtype=F64)
+    V += 0.3 * torch.randn(n, rank, generator=gen, dtype=F64)
+    d = d * (1 + torch.rand(n, generator=gen, dtype=F64))
+    v, h = torch.randn(n, 1, generator=gen, dtype=F64), torch.randn(n, 1, generator=gen, dtype=F64)
+    spec = pytree.tree_structure(phi)
+    leaves = [U.clone(), V.clone(), d.clone()]
+    fit = UVd(lr=0.05).build(leaves, spec)
+    if not update_u:
+        fit.step([torch.zeros_like(t) for t in leaves])  # a zero step: moves the count to odd, nothing else
+        assert all(torch.equal(a, b) for a, b in zip(leaves, (U, V, d)))
+    ctx = BlockContext(phi=pytree.tree_unflatten(leaves, spec), form=pa.gram, grad=h, cache={},
+                       extras={"h": h, "v": v})
+    fit.step(pytree.tree_leaves(Newton().meta_grad(ctx)))
+    Ur, Vr, dr = U.clone(), V.clone(), d.clone()[:, None]
+    torch.manual_seed(_torch_seed_for_branch(update_u))
+    psgd.update_precond_UVd_math_(Ur, Vr, dr, v, h, 0.05, "1st", torch.finfo(F64).tiny)
+    for label, ours, ref in zip("UVd", leaves, (Ur, Vr, dr[:, 0])):
+        _assert_close(f"LRA {label}", ours, ref)
+
+    g = torch.randn(n, 1, generator=gen, dtype=F64)
+    Q = pytree.tree_unflatten(leaves, spec)
+    _assert_close("LRA P g", pa.gram(Q) @ g, psgd.precond_grad_UVd_math(*leaves[:2], leaves[2][:, None], g))

@@ -24,7 +24,7 @@ CLAIMS = (
         "paper": "PSGD §3 scale invariance (Li 2019)",
         "statement": "Preconditioned SGD inherits the scale-invariance of the Newton method.",
         "reason": "Only partly testable.  Criterion (8) is covariant: under θ′ = Dθ its solution maps to "
-        "P′ = DPDᵀ, which PSGD-1 (planned) will check as a sub-case.  But with v ~ N(0, I) drawn afresh in "
+        "P′ = DPDᵀ, which PSGD-1 checks as a sub-case.  But with v ~ N(0, I) drawn afresh in "
         "each coordinate system the fixed point is invariant only for a noiseless positive definite "
         "Hessian; for an indefinite or noisy Ĥ it depends on E[vvᵀ] (a limitation, not a bug).",
         "provenance": "PAPER+DERIVED",

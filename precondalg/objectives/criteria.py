@@ -384,5 +384,6 @@ def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor
 
 def _mode_gram(T: torch.Tensor, axis: int) -> torch.Tensor:
     """Σ over every index but `axis` (and the batch axis 0) of T Tᵀ: the mode-`axis` Gram matrix."""
-    moved = torch.movedim(T, axis + 1, 1).reshape(T.shape[0], T.shape[axis + 1], -1)
-    return torch.einsum("kia,kja->ij", moved, moved)
+    n = T.shape[axis + 1]
+    moved = torch.movedim(T, axis + 1, 0).reshape(n, -1)  # (n, k·rest): every column a mode-axis fibre
+    return moved @ moved.mT

@@ -61,7 +61,7 @@ from precondalg.optim.base_rules import (
 )
 from precondalg.optim.choices import call_choice, check_choices
 from precondalg.placement import Placement, default_placement
-from precondalg.structures import NotInvertibleError, Structure, is_lie_group, scale_group
+from precondalg.structures import NotInvertibleError, Structure, scale_group
 
 __all__ = ["Preconditioned"]
 
@@ -347,12 +347,14 @@ class Preconditioned(torch.optim.Optimizer):
         P = block.family.form(phi)
         self._check_size(block, P)
         self._check_operations(block, P)
-        if self._auto_scale and not is_lie_group(phi):
-            raise ValueError(
-                f"Preconditioned: 'auto_scale' scales φ₀ as a group element; structure {block.family!r} "
-                f"made {type(phi).__name__} for the parameter(s) of shape(s) {block.shapes}, which is not a "
-                "matrix Lie group"
-            )
+        if self._auto_scale:
+            try:
+                scale_group(phi, 1.0)
+            except TypeError as err:
+                raise ValueError(
+                    f"Preconditioned: 'auto_scale' scales φ₀ as a group element; structure {block.family!r} "
+                    f"made {type(phi).__name__} for the parameter(s) of shape(s) {block.shapes}: {err}"
+                ) from err
         leaves, block.spec = pytree.tree_flatten(phi)
         leaves = [leaf.detach().clone() for leaf in leaves]
         block.fitter = self._fitter.build(leaves, block.spec)

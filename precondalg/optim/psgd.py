@@ -8,6 +8,7 @@
 | "kron" | Q₁ ⊗ ⋯ ⊗ Q_K, one triangular (or diagonal) factor per axis | `EveryAxis` | Kronecker (Eq. 23) |
 | "scan" | diag(q₁) ⊗ Normalization on a weight (out, in…) | `TwoSided` | SCAN (§5, Eq. 25) |
 | "scaw" | diag(q₁) ⊗ triangular on a weight (out, in…) | `TwoSided` | SCAW (§5, App. A) |
+| "lra" | (I + UVᵀ)·diag(d), U, V n×rank, over all parameters of a group | `Concatenated` | none: `UVd` fit |
 
 "scan" and "scaw" give 1-d (and 0-d) tensors a diagonal Q normalised as a whole (max over its entries,
 psgd_torch's rule for a diagonal Kronecker factor), where "diag" normalises each entry on its own.
@@ -27,11 +28,12 @@ from precondalg.families import (
     dense_gram,
     diagonal_gram,
     kronecker_gram,
+    lra_gram,
     scan_gram,
     scaw_gram,
     triangular_gram,
 )
-from precondalg.fitters import LieGroup
+from precondalg.fitters import Fitter, LieGroup, UVd
 from precondalg.objectives import Fisher, Newton
 from precondalg.optim.choices import by_ndim
 from precondalg.optim.preconditioned import Preconditioned
@@ -39,15 +41,19 @@ from precondalg.placement import Concatenated, EveryAxis, Flatten, Placement, Tw
 
 __all__ = ["PSGD", "PRECONDITIONERS"]
 
-PRECONDITIONERS = ("dense", "triangular", "diag", "kron", "scan", "scaw")
+PRECONDITIONERS = ("dense", "triangular", "diag", "kron", "scan", "scaw", "lra")
 """The preconditioners `PSGD` offers."""
 _CRITERIA = ("newton", "fisher")
 _DEFAULT_LR = {"newton": 1e-2, "fisher": 1e-3}
 _MATRIX_NDIMS = (2, 3, 4, 5)
 
 
-def _choices(preconditioner: str, scale: float, max_size: float, max_skew: float) -> tuple[Any, Any]:
+def _choices(
+    preconditioner: str, scale: float, max_size: float, max_skew: float, rank: int
+) -> tuple[Any, Any]:
     """The structure and placement choices of a preconditioner (see the module docstring)."""
+    if preconditioner == "lra":
+        return lra_gram(rank, scale), Concatenated()
     if preconditioner == "dense":
         return dense_gram(scale), Concatenated()
     if preconditioner == "triangular":
@@ -85,6 +91,7 @@ def PSGD(
     seed: int = 0,
     model: torch.nn.Module | None = None,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    rank: int | None = None,
 ) -> Preconditioned:
     """PSGD (Li 2019): θ ← θ − lr·P ĝ with P = QᵀQ, Q fitted on a matrix Lie group to the Newton or the
     Fisher (whitening) criterion by the normalised multiplicative step Q ← (I − μ R/‖R‖)Q (Eq. 20).
@@ -95,6 +102,8 @@ def PSGD(
     `preconditioner` (table in `precondalg.optim.psgd`); base SGD, or with momentum β an EMA
     m ← βm + (1 − β)g to which P is applied (psgd_torch's decoupled momentum; Q is fitted on ĝ).
     Each step fits Q first (with probability `update_probability`), then moves θ with the new P.
+    "lra" (psgd_torch's low-rank approximation) is not a group: it is fitted by `UVd`, psgd_torch's own
+    update with its first-order step normaliser (``normalizer`` must stay "max_abs").
 
     ``step(closure)``: ``closure()`` returns the loss WITHOUT calling backward; the optimizer
     differentiates it (psgd_torch's convention) and `step` returns the loss.  The closure is required
@@ -108,7 +117,7 @@ def PSGD(
         params: parameters or param groups ("dense"/"triangular" fit one Q per group).
         lr: the parameters' step μ; None: 1e-2 for "newton", 1e-3 for "fisher" (psgd_torch's defaults;
             the Newton step is normalised, so 0 < μ < 1 converges near a minimum, Eqs. 15–16).
-        preconditioner: "dense", "triangular", "diag", "kron", "scan" or "scaw".
+        preconditioner: "dense", "triangular", "diag", "kron", "scan", "scaw" or "lra".
         criterion: "newton" or "fisher".
         lr_precond: μ₀ of the Lie-group step, in [0, 1) (Eq. 20; the paper's typical value 0.01,
             psgd_torch's 0.1).
@@ -131,6 +140,7 @@ def PSGD(
         seed: seed of the optimizer's generator (v, the update draws).
         model: the module, for ``hvp="torch.func"`` only.
         loss_fn: ``loss_fn(outputs, targets)``, for ``hvp="torch.func"`` only.
+        rank: "lra" only: the rank r of U and V (None: 10, psgd_torch's default).
 
     Returns:
         A `Preconditioned` optimizer configured as PSGD.
@@ -139,7 +149,8 @@ def PSGD(
         TypeError: a hyperparameter that is not a number.
         ValueError: an unknown preconditioner, criterion or normalizer; a hyperparameter out of range;
             an argument that the chosen criterion or preconditioner does not use (damping with
-            "newton", hvp/model/loss_fn with "fisher", max_size/max_skew without "kron").
+            "newton", hvp/model/loss_fn with "fisher", max_size/max_skew without "kron", rank without
+            "lra", normalizer "lipschitz" with "lra").
     """
     check_choice("PSGD", "preconditioner", preconditioner, PRECONDITIONERS)
     check_choice("PSGD", "criterion", criterion, _CRITERIA)
@@ -157,6 +168,17 @@ def PSGD(
             f"PSGD: 'max_size' and 'max_skew' choose diagonal factors of the 'kron' preconditioner; got "
             f"max_size={max_size!r}, max_skew={max_skew!r} with preconditioner={preconditioner!r}"
         )
+    if preconditioner != "lra" and rank is not None:
+        raise ValueError(
+            f"PSGD: 'rank' is the rank of the 'lra' preconditioner; got rank={rank!r} with "
+            f"preconditioner={preconditioner!r}"
+        )
+    check_choice("PSGD", "normalizer", normalizer, ("max_abs", "lipschitz"))
+    if preconditioner == "lra" and normalizer != "max_abs":
+        raise ValueError(
+            "PSGD: the 'lra' preconditioner is fitted by UVd, psgd_torch's update with its own first-order "
+            f"normaliser; 'normalizer' applies to the Lie-group preconditioners only, got {normalizer!r}"
+        )
     if criterion == "newton":
         if damping != 0:
             raise ValueError(
@@ -173,7 +195,13 @@ def PSGD(
             )
         objective = Fisher(damping=damping)
     scale = 1.0 if init_scale is None else init_scale
-    structure, placement = _choices(preconditioner, scale, max_size, max_skew)
+    structure, placement = _choices(preconditioner, scale, max_size, max_skew, 10 if rank is None else rank)
+    diagonal = "per_entry" if preconditioner == "diag" else "whole"
+    fitter: Fitter = (
+        UVd(lr=lr_precond)
+        if preconditioner == "lra"
+        else LieGroup(lr=lr_precond, normalizer=normalizer, diagonal=diagonal)
+    )
     rule = {"momentum": float(momentum)} if momentum > 0 else {}
     return Preconditioned(
         params,
@@ -181,11 +209,7 @@ def PSGD(
         structure=structure,
         placement=placement,
         objective=objective,
-        fitter=LieGroup(
-            lr=lr_precond,
-            normalizer=normalizer,
-            diagonal="per_entry" if preconditioner == "diag" else "whole",
-        ),
+        fitter=fitter,
         base="ema" if momentum > 0 else "sgd",
         position="direction",
         weight_decay=weight_decay,

@@ -36,6 +36,7 @@ from precondalg.structures.compose import compose, scale
 from precondalg.structures.dense import Dense
 from precondalg.structures.diagonal import Diagonal
 from precondalg.structures.kronecker import Kronecker, KroneckerSum
+from precondalg.structures.lazy import Product
 from precondalg.structures.normalization import Normalization
 from precondalg.structures.scalar import Scalar
 from precondalg.structures.triangular import Triangular
@@ -180,6 +181,10 @@ def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor
         return BlockDiagonal(*[lie_step(b, e, mu) for b, e in zip(Q.blocks, E.blocks)])
     if isinstance(Q, Dense) and not isinstance(E, Dense):
         E = Dense(E.to_dense())  # 𝔤𝔩(n) holds every n×n matrix, whatever structure E came in
+    if type(E) is type(Q) and isinstance(Q, (Dense, Triangular)):
+        # (I − μE)Q = Q − μ(EQ): one matmul (an upper-triangular product stays exactly upper triangular)
+        M, N = (Q.A, E.A) if isinstance(Q, Dense) else (Q.R, E.R)
+        return type(Q)(M - mu * (N @ M))
     identity = Scalar(torch.ones((), dtype=Q.dtype, device=Q.device), Q.shape[0])
     out = compose(add(identity, scale(E, -mu)), Q)
     if type(out) is not type(Q):
@@ -191,16 +196,19 @@ def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor
 
 
 def scale_group(Q: Structure, s: float | torch.Tensor) -> Structure:
-    """The group element s·Q, of Q's type: every leaf times s, a Kronecker's K factors each times
-    s^(1/K) (psgd_torch's split of a scale over the factors), a BlockDiagonal's blocks each times s.
+    """s·Q, of Q's type: every leaf times s for a simple group, a Kronecker's K factors each times
+    s^(1/K) (psgd_torch's split of a scale over the factors), a BlockDiagonal's blocks each times s, and
+    the last factor of a `Product` ending in a group (psgd_torch's LRA Q = (I + UVᵀ)·diag(d) scales d).
 
     Args:
-        Q: a group structure.
+        Q: a group structure, or a Product whose last factor is one.
         s: a positive number or 0-d tensor.
 
     Raises:
-        TypeError: Q is not a group structure.
+        TypeError: Q is neither.
     """
+    if isinstance(Q, Product) and is_lie_group(Q.factors[-1]):
+        return Product(*Q.factors[:-1], scale_group(Q.factors[-1], s))
     _require_group(Q, "scale_group")
     if isinstance(Q, Kronecker):
         return Kronecker(*[scale_group(f, s ** (1 / len(Q.factors))) for f in Q.factors])
