@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -151,20 +150,13 @@ def _parts(A: Structure) -> list[Structure]:
     return [A]
 
 
-def _assemble(R: Structure, parts: Iterator[Structure]) -> Structure:
-    """R's nesting, with its simple terms replaced in order by `parts`."""
-    if isinstance(R, KroneckerSum):
-        return KroneckerSum(*[_assemble(t, parts) for t in R.terms])
-    if isinstance(R, BlockDiagonal):
-        return BlockDiagonal(*[_assemble(b, parts) for b in R.blocks])
-    return next(parts)
-
-
 class _LieFit(Fit):
     def __init__(self, recipe: LieGroup, leaves: list[torch.Tensor], spec: pytree.TreeSpec) -> None:
         # A structure over the leaves, not the tree spec: torch deprecates copying and pickling specs.
         self.recipe, self.leaves, self.template = recipe, leaves, pytree.tree_unflatten(leaves, spec)
-        self.sizes = [self._entries(part) for part in _parts(self.template)]
+        # The simple group factors of Q, over the live leaf tensors (stepped in place, factor by factor).
+        self.factors = _parts(self.template)
+        self.sizes = [self._entries(part) for part in self.factors]
         self.lipschitz = torch.zeros(sum(self.sizes), dtype=leaves[0].dtype, device=leaves[0].device)
 
     def _entries(self, part: Structure) -> int:
@@ -177,8 +169,8 @@ class _LieFit(Fit):
         self.step_relative(relative_gradient(Q, pytree.tree_unflatten(grads, spec)))
 
     def step_relative(self, R: Structure) -> None:
-        """The normalised step Q ← (I − μ R/‖R‖)Q, given the relative gradient R itself."""
-        Q = pytree.tree_unflatten(self.leaves, pytree.tree_structure(self.template))
+        """The normalised step Q ← (I − μ R/‖R‖)Q, given the relative gradient R itself: factor by
+        factor (Kronecker, BlockDiagonal), Qᵢ ← (I − (μ/‖Rᵢ‖)Rᵢ)Qᵢ."""
         parts = _parts(R)
         ell = torch.cat([self._norm(r, n) for r, n in zip(parts, self.sizes)])
         if self.recipe.normalizer == "lipschitz":
@@ -186,11 +178,13 @@ class _LieFit(Fit):
             self.lipschitz.copy_(torch.maximum(beta * self.lipschitz + (1 - beta) * ell, ell))
             ell = self.lipschitz
         norms = torch.clamp(ell, min=torch.finfo(ell.dtype).tiny).split(self.sizes)
-        normalized = _assemble(
-            R, iter([Diagonal(r.d / n) if n.numel() > 1 else r / n[0] for r, n in zip(parts, norms)])
-        )
-        for leaf, value in zip(self.leaves, pytree.tree_leaves(lie_step(Q, normalized, self.recipe.lr))):
-            writable(leaf).copy_(writable(value))
+        for q, r, n in zip(self.factors, parts, norms):
+            if n.numel() > 1:  # entry-wise normalised diagonal
+                new = lie_step(q, Diagonal(r.d / n), self.recipe.lr)
+            else:
+                new = lie_step(q, r, self.recipe.lr / n[0])
+            for leaf, value in zip(pytree.tree_leaves(q), pytree.tree_leaves(new)):
+                writable(leaf).copy_(writable(value))
 
     def _norm(self, r: Structure, entries: int) -> torch.Tensor:
         """‖r‖ of one part, shape (entries,): |rᵢ| entry-wise, max|r| (max-abs), or ‖r‖₂ (Lipschitz)."""

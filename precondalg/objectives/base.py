@@ -38,7 +38,8 @@ class BlockContext:
         form: the map φ ↦ P_φ the objective differentiates.
         grad: (n, k) the block's current gradient g_t in the placement's space.
         cache: what the previous step left (``u``: (n, k) the vector P was applied to; ``lr``: the
-            learning rate α it was applied with); empty on the first step.
+            learning rate α it was applied with); empty on the first step, and always for an objective
+            whose `Objective.reads_cache` is False.
         extras: per-step quantities the objective's `evaluate` produced, placed like `grad` (e.g.
             ``v`` and ``h`` for the PSGD criteria).
         params: the block's parameters.
@@ -112,6 +113,10 @@ class Objective(abc.ABC):
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
+    reads_cache: ClassVar[bool] = True
+    """Whether `meta_grads` reads `BlockContext.cache` (the previous step's u and lr); an objective that
+    never does (the PSGD criteria) sets it False, and the optimizer then keeps no cache (n·k values
+    per block)."""
 
     @abc.abstractmethod
     def evaluate(

