@@ -69,6 +69,8 @@ def test_solve_recovers_x(kind, dtype, seed, n, k):
         assert_close(A.solve(B), X, cond=c, what=f"solve(A @ X), X {tuple(X.shape)}")
         # The transposed solve goes through _rsolve: Aᵀ⁻¹ (Aᵀ X) = X.
         assert_close(A.T.solve(A.T @ X), X, cond=c, what="A.T.solve(A.T @ X)")
+        assert_close(A.solve_transpose(A.T @ X), X, cond=c, what="A.solve_transpose(A.T @ X)")
+        assert torch.equal(A.solve_transpose(X), A.T.solve(X))  # the same kernel, without building A.T
         Minv = torch.linalg.inv(M)
         assert_close(
             A.solve(X), Minv @ X.double(), cond=c, scale=matvec_scale(Minv, X), what="solve vs dense"
@@ -83,6 +85,8 @@ def test_solve_raises_where_not_invertible(kind, dtype, seed, n):
     owner = type(A.Q).__name__ if isinstance(A, pa.Gram) else type(A).__name__
     with pytest.raises(pa.NotInvertibleError, match=owner):
         A.solve(X)
+    with pytest.raises(pa.NotInvertibleError, match=owner):
+        A.solve_transpose(X)
     assert issubclass(pa.NotInvertibleError, ValueError)
 
 

@@ -378,7 +378,7 @@ def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor
         h: (n, k) placed h (Hv or g + λv).
         v: (n, k) placed v.
     """
-    a, b = Q @ h, Q.T.solve(v)
+    a, b = Q @ h, Q.solve_transpose(v)
     if isinstance(Q, Kronecker):
         dims = [f.shape[0] for f in Q.factors]
         A, B = a.mT.reshape(-1, *dims), b.mT.reshape(-1, *dims)

@@ -250,6 +250,20 @@ class Structure(abc.ABC):
             )
         return _apply(self, X, self._solve, n, "solve")
 
+    def solve_transpose(self, X: torch.Tensor) -> torch.Tensor:
+        """A⁻ᵀ X for X of shape (n,) or (n, k): ``A.T.solve(X)`` without building the transpose.
+
+        Raises:
+            NotInvertibleError: if the structure has no inverse (non-square, or no solve rule).
+        """
+        m, n = self.shape
+        if m != n:
+            raise NotInvertibleError(
+                f"{type(self).__name__}.solve_transpose: the matrix is {m}×{n}, not square, so it has no "
+                "inverse"
+            )
+        return _apply(self, X, self._rsolve, n, "solve_transpose")
+
     def __matmul__(self, other: Any) -> Any:
         if isinstance(other, Structure):
             from precondalg.structures.compose import compose
