@@ -42,6 +42,7 @@ import platform
 import pstats
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -73,8 +74,10 @@ BATCH = 128
 
 
 # ----------------------------------------------------------------------------------------- machine
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """The machine, in words and numbers: CPU model (/proc/cpuinfo), cores, torch, threads, GPU."""
+def machine_info(device: torch.device, *, git: bool = True) -> dict[str, Any]:
+    """The machine, in words and numbers: CPU model (/proc/cpuinfo), cores, torch, threads, GPU, and
+    with git the commit of the checkout precondalg is imported from (git_commit, git_dirty_precondalg;
+    None without git, or where git fails or it is not a checkout)."""
     cpu_model, family, model = platform.processor() or "unknown", None, None
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -105,21 +108,20 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    try:
-        import subprocess
-
+    info["git_consulted"], info["git_commit"], info["git_dirty_precondalg"] = git, None, None
+    if git:
         root = Path(precondalg.__file__).resolve().parent.parent  # the checkout precondalg is imported from
 
-        def git(*a: str) -> str:
+        def run_git(*a: str) -> str:
             run = subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)
             return run.stdout.strip()
 
-        info["git_commit"] = git("rev-parse", "--short", "HEAD") or None
-        info["git_dirty_precondalg"] = (
-            bool(git("status", "--porcelain", "--", "precondalg")) if info["git_commit"] else None
-        )
-    except (OSError, subprocess.SubprocessError):
-        info["git_commit"], info["git_dirty_precondalg"] = None, None
+        try:
+            info["git_commit"] = run_git("rev-parse", "--short", "HEAD") or None
+            if info["git_commit"]:
+                info["git_dirty_precondalg"] = bool(run_git("status", "--porcelain", "--", "precondalg"))
+        except (OSError, subprocess.SubprocessError):
+            info["git_commit"], info["git_dirty_precondalg"] = None, None
     try:
         info["load_average"] = os.getloadavg()
     except OSError:
@@ -143,10 +145,56 @@ def describe_machine(info: dict[str, Any]) -> str:
             " (+ uncommitted changes)" if info["git_dirty_precondalg"] else ""
         )
     else:
-        line += f"; precondalg from {info['precondalg_path']} (not a git checkout)"
+        why = "git not run" if info.get("git_consulted") is False else "not a git checkout"
+        line += f"; precondalg from {info['precondalg_path']} ({why})"
     if info["load_average"]:
         line += "; load average at start " + ", ".join(f"{x:.2f}" for x in info["load_average"])
     return line
+
+
+@dataclass
+class BenchRun:
+    """What a benchmark script's main sets up before it measures (see `start_run`)."""
+
+    device: torch.device
+    json_path: Path
+    csv_path: Path
+    info: dict[str, Any]  # machine_info, taken after the threads were set
+    start: float  # time.perf_counter() when the run started
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.perf_counter() - self.start
+
+    def log(self, msg: str) -> None:
+        """Print msg at once, prefixed with the seconds since the run started."""
+        print(f"[{self.elapsed():6.1f}s] {msg}", flush=True)
+
+
+def start_run(args: argparse.Namespace, name: str, *, git: bool = True) -> BenchRun | None:
+    """The common start of a benchmark script, from its arguments --device, --threads, --json, --csv.
+
+    Sets torch's intra-op threads to args.threads (None: 1 on the CPU, torch's default on CUDA; 0:
+    torch's default); the JSON path is args.json or benchmarks/results/<name>_<device>.json, the CSV
+    path args.csv or the JSON path with .csv, and their folders are made; then the clock starts and
+    the machine (`machine_info`, with git or without) is taken and logged.  None, with a message on
+    stderr, where --device cuda is asked for and CUDA is not available.
+    """
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available here", file=sys.stderr)
+        return None
+    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    json_path = args.json or Path(__file__).parent / "results" / f"{name}_{device.type}.json"
+    csv_path = args.csv or json_path.with_suffix(".csv")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    run = BenchRun(device, json_path, csv_path, machine_info(device, git=git), start)
+    run.log("machine: " + describe_machine(run.info))
+    return run
 
 
 # -------------------------------------------------------------------------------------- data, models
@@ -240,17 +288,22 @@ METHODS: dict[str, dict[str, Maker]] = {
 
 
 # --------------------------------------------------------------------------------------------- memory
-def _tensors(obj: Any) -> list[torch.Tensor]:
+def tensors_in(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in obj, a tensor or dicts, lists and tuples nested to any depth (other values are
+    passed over), in order."""
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
+        return [t for v in obj.values() for t in tensors_in(v)]
     if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors(v)]
+        return [t for v in obj for t in tensors_in(v)]
     return []
 
 
-def _bytes(tensors: list[torch.Tensor], seen: set) -> int:
+def storage_bytes(tensors: list[torch.Tensor], seen: set) -> int:
+    """Bytes of the tensors (numel × element size) not yet in seen, which it updates: a tensor that
+    views the same storage at the same offset, size and dtype as one counted before (in this call or an
+    earlier one with the same seen) is counted once."""
     total = 0
     for t in tensors:
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
@@ -270,25 +323,27 @@ def state_bytes(opt: torch.optim.Optimizer) -> dict[str, int]:
     for st in sd["state"].values():
         for key, value in st.items():
             if key == "preconditioner":
-                parts["phi"] += _bytes(_tensors(value.get("phi", [])), seen)
-                parts["meta_optimizer"] += _bytes(_tensors(value.get("fitter", {})), seen)
-                parts["cache"] += _bytes(_tensors(value.get("cache", {})), seen)
+                parts["phi"] += storage_bytes(tensors_in(value.get("phi", [])), seen)
+                parts["meta_optimizer"] += storage_bytes(tensors_in(value.get("fitter", {})), seen)
+                parts["cache"] += storage_bytes(tensors_in(value.get("cache", {})), seen)
                 rest = {k: v for k, v in value.items() if k not in ("phi", "fitter", "cache")}
-                parts["other"] += _bytes(_tensors(rest), seen)
+                parts["other"] += storage_bytes(tensors_in(rest), seen)
             else:
-                parts["base"] += _bytes(_tensors(value), seen)
-    parts["other"] += _bytes(_tensors(sd["param_groups"]), seen)
+                parts["base"] += storage_bytes(tensors_in(value), seen)
+    parts["other"] += storage_bytes(tensors_in(sd["param_groups"]), seen)
     # Keys beside "state" and "param_groups" (Preconditioned's "generator": the RNG state, a fixed
     # ~5 KB per optimizer, not per parameter).
-    parts["top_level"] += _bytes(
-        _tensors({k: v for k, v in sd.items() if k not in ("state", "param_groups")}), seen
+    parts["top_level"] += storage_bytes(
+        tensors_in({k: v for k, v in sd.items() if k not in ("state", "param_groups")}), seen
     )
     parts["total"] = sum(parts.values())
     return parts
 
 
 # --------------------------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (torch.cuda.synchronize on CUDA; nothing on the CPU), so that
+    a clock read after it sees the work done."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -308,15 +363,15 @@ class Runner:
         """One training step; returns (whole step seconds, optimizer step seconds)."""
         x, y = self.batches[self.step_index % len(self.batches)]
         self.step_index += 1
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(self.model(x), y)
         loss.backward()
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         self.opt.step()
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         self.last_loss = float(loss.detach())
         return t2 - t0, t2 - t1
@@ -397,11 +452,11 @@ def _median_time(fn: Callable[[], Any], device: torch.device, repeats: int, inne
         fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(inner):
             fn()
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - t0) / inner)
     return statistics.median(times)
 
@@ -482,7 +537,7 @@ def profile_fop(
     prof.enable()
     for _ in range(steps):
         opt.step()
-    _sync(device)
+    sync(device)
     prof.disable()
     stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
     rows = []
@@ -604,25 +659,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available here", file=sys.stderr)
+    run = start_run(args, "optimizers")
+    if run is None:
         return 2
-    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    json_path = args.json or Path(__file__).parent / "results" / f"optimizers_{device.type}.json"
-    csv_path = args.csv or json_path.with_suffix(".csv")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-
-    t_all = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_all:6.1f}s] {msg}", flush=True)
-
-    info = machine_info(device)
-    log("machine: " + describe_machine(info))
+    device, log, info = run.device, run.log, run.info
     n_batches = args.warmup + args.repeats * args.steps + 1
     flat, image = digits_batches(device, max(n_batches, 64), args.seed)
     records = []
@@ -658,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(growth_table(grow))
     print()
-    print(f"Total time {time.perf_counter() - t_all:.1f} s")
+    print(f"Total time {run.elapsed():.1f} s")
 
     out = {
         "machine": info,
@@ -680,10 +720,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "profile": prof,
     }
-    json_path.write_text(json.dumps(out, indent=2))
-    write_csv(csv_path, records)
-    write_csv(csv_path.with_name(csv_path.stem + "_growth.csv"), grow)
-    print(f"Wrote {json_path}, {csv_path} and {csv_path.with_name(csv_path.stem + '_growth.csv')}")
+    growth_csv = run.csv_path.with_name(run.csv_path.stem + "_growth.csv")
+    run.json_path.write_text(json.dumps(out, indent=2))
+    write_csv(run.csv_path, records)
+    write_csv(growth_csv, grow)
+    print(f"Wrote {run.json_path}, {run.csv_path} and {growth_csv}")
     return 0
 
 
