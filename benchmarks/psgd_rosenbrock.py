@@ -65,7 +65,7 @@ def precondalg_psgd(seed: int, iterations: int, criterion: str) -> tuple[int | N
     else:
         kwargs = dict(lr=1e-3, lr_precond=0.01, damping=0.1)
     opt = PSGD([x], preconditioner="triangular", criterion=criterion, init_scale=0.1, seed=seed, **kwargs)
-    return _count(lambda: float(opt.step(lambda: rosenbrock(x))), iterations)
+    return _count(lambda: float(opt.step(lambda: rosenbrock(x)).detach()), iterations)
 
 
 def psgd_torch_functional(seed: int, iterations: int) -> tuple[int | None, float]:
@@ -97,7 +97,7 @@ def psgd_torch_newton_class(seed: int, iterations: int) -> tuple[int | None, flo
     torch.manual_seed(seed)
     x = _start()
     opt = psgd.Newton([x], preconditioner_init_scale=0.1, lr_params=0.5, lr_preconditioner=0.2)
-    return _count(lambda: float(opt.step(lambda: rosenbrock(x))), iterations)
+    return _count(lambda: float(opt.step(lambda: rosenbrock(x)).detach()), iterations)
 
 
 def first_order(lr: float, momentum: float, nesterov: bool, iterations: int) -> tuple[int | None, float]:

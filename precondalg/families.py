@@ -149,7 +149,7 @@ def _low_rank_init(
 
 
 def _positive_scale(owner: str, scale_: float) -> float:
-    check_number(owner, "scale", scale_, 0.0, lo_open=True)
+    check_number(owner, "scale", scale_, 0.0, math.inf, lo_open=True, hi_open=True)
     return float(scale_)
 
 

@@ -638,8 +638,10 @@ def test_family_names_show_in_messages():
     assert repr(Family(init=_too_small)) == "Family(init=_too_small)"
     with pytest.raises(ValueError, match="kronecker_gram: 'factor' must be one of"):
         families.kronecker_gram("lower")
-    with pytest.raises(ValueError, match="triangular_gram: 'scale' must be a real number > 0; got 0"):
-        families.triangular_gram(0)
+    for bad in (0, float("inf")):
+        expected = f"triangular_gram: 'scale' must be a real number > 0 and < inf; got {bad}"
+        with pytest.raises(ValueError, match=expected):
+            families.triangular_gram(bad)
 
 
 # ----------------------------------------------------------------------------------------------

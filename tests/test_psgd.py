@@ -94,6 +94,7 @@ def test_the_placements():
     assert PSGD([w], preconditioner="diag")._fitter.diagonal == "per_entry"
 
 
+W = torch.nn.Parameter(torch.ones(3, 2, dtype=F64))
 BAD = {
     "preconditioner": (dict(preconditioner="lower"), ValueError, "'preconditioner'"),
     "criterion": (dict(criterion="gauss-newton"), ValueError, "'criterion'"),
@@ -101,6 +102,11 @@ BAD = {
     "lr_precond ≥ 1": (dict(lr_precond=1.0), ValueError, "'lr_precond'"),
     "lr_precond < 0": (dict(lr_precond=-0.1), ValueError, "'lr_precond'"),
     "init_scale": (dict(init_scale=0.0), ValueError, "'init_scale'"),
+    "init_scale inf": (dict(init_scale=math.inf), ValueError, "'init_scale' must be .* > 0 and < inf"),
+    "damping in a group": (dict(params=[{"params": [W], "damping": 0.1}], criterion="fisher"), ValueError,
+                           "PSGD: a param group cannot choose 'damping'"),
+    "lr_precond in a group": (dict(params=[{"params": [W], "lr_precond": 0.2}]), ValueError,
+                              "a param group cannot choose 'lr_precond'"),
     "momentum": (dict(momentum=1.0), ValueError, "'momentum'"),
     "damping < 0": (dict(criterion="fisher", damping=-1.0), ValueError, "'damping'"),
     "damping with newton": (dict(damping=0.1), ValueError, "'damping'"),
@@ -123,10 +129,10 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_hyperparameters_are_refused_naming_the_argument(case):
-    kwargs, error, name = BAD[case]
-    w = torch.nn.Parameter(torch.ones(3, 2, dtype=F64))
+    kwargs, error, name = dict(BAD[case][0]), *BAD[case][1:]
+    params = kwargs.pop("params", [torch.nn.Parameter(torch.ones(3, 2, dtype=F64))])
     with pytest.raises(error, match=name):
-        PSGD([w], **kwargs)
+        PSGD(params, **kwargs)
 
 
 # ----- reductions: Q fixed at I -----
@@ -402,3 +408,70 @@ def test_rosenbrock_fisher_does_poorly():
     """Fisher type 'does not fit into this problem, and performs poorly' (Li 2019, §7.1)."""
     count, f = rosenbrock_iterations(0, "fisher", steps=1000)
     assert count is None and f > 1.0
+
+
+# ----- weight decay, finite differences, checkpoints -----
+
+
+@pytest.mark.parametrize("criterion", ["newton", "fisher"])
+def test_weight_decay_is_the_l2_term_of_the_fitted_loss(criterion):
+    """weight_decay = wd fits P to the loss + (wd/2)‖θ‖² (h = (H + wd·I)v for Newton, the decayed
+    gradient for Fisher): the same run as with the L2 term written into the closure."""
+    a, b = make_model("mlp"), make_model("mlp")
+    kwargs = dict(preconditioner="kron", criterion=criterion, init_scale=1.0, seed=2)
+    opt_a = PSGD(a.parameters(), 0.05, weight_decay=0.3, **kwargs)
+    opt_b = PSGD(b.parameters(), 0.05, **kwargs)
+    for t in range(4):
+        opt_a.step(_closure(a, "mlp", t))
+        opt_b.step(lambda t=t: loss_at(b, "mlp", t) + 0.15 * sum((p**2).sum() for p in b.parameters()))
+    assert_close(clone_params(a.parameters()), clone_params(b.parameters()), tol=1e-12)
+
+
+def test_weight_decay_with_newton_keeps_the_step_normalised():
+    """A quadratic with L2: P fitted to H + wd·I, so the normalised step converges (it diverged when h
+    ignored the decay)."""
+    H = torch.diag(torch.tensor([1e-2, 1e-1, 1.0, 3.0], dtype=F64))
+    x = torch.nn.Parameter(torch.ones(4, dtype=F64))
+    opt = PSGD([x], lr=0.5, preconditioner="dense", weight_decay=1.0, seed=1)
+    for _ in range(300):
+        opt.step(lambda: 0.5 * x @ H @ x)
+    assert float(x.detach().abs().max()) < 1e-20
+
+
+def test_finite_difference_replays_the_closures_random_draws():
+    """With dropout in the closure, the shifted evaluation draws the same masks (h matches autograd's
+    Hv to finite-difference accuracy), and the global random state ends where one evaluation leaves it."""
+    from precondalg.objectives import Newton as NewtonCriterion
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Dropout(0.3),
+                              torch.nn.Linear(6, 2)).to(F64)
+    x, y = torch.randn(16, 4, dtype=F64), torch.randn(16, 2, dtype=F64)
+    params = list(net.parameters())
+
+    def closure():
+        return ((net(x) - y) ** 2).mean()
+
+    results = {}
+    for hvp in ("autograd", "finite_difference"):
+        torch.manual_seed(5)
+        evaluation = NewtonCriterion(hvp=hvp).evaluate(params, closure, torch.Generator().manual_seed(1))
+        results[hvp] = evaluation.of("h", params), torch.get_rng_state()
+    (h_exact, state_exact), (h_fd, state_fd) = results["autograd"], results["finite_difference"]
+    assert max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(h_exact, h_fd)) < 1e-5
+    assert torch.equal(state_exact, state_fd)
+
+
+def test_a_checkpoint_of_another_lra_rank_is_refused():
+    w = torch.nn.Parameter(torch.ones(4, 3, dtype=F64))
+    saved = PSGD([w], preconditioner="lra", rank=3, criterion="fisher").state_dict()
+    with pytest.raises(ValueError, match=r"IdentityPlusLowRank 12×12 \(leaves 12×3, 12×3\).*12×5"):
+        PSGD([w], preconditioner="lra", rank=5, criterion="fisher").load_state_dict(saved)
+
+
+def test_one_q_over_parameters_of_different_dtypes_is_refused_at_construction():
+    a = torch.nn.Parameter(torch.ones(2, dtype=torch.float32))
+    b = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"must share one dtype and device.*float32.*float64"):
+        PSGD([a, b], preconditioner="dense")
+    PSGD([{"params": [a]}, {"params": [b]}], preconditioner="dense")  # one group each: fine

@@ -135,6 +135,14 @@ class Objective(abc.ABC):
             **inputs: the keyword arguments given to ``step`` (objective-specific).
         """
 
+    def with_weight_decay(
+        self, extras: dict[str, torch.Tensor], weight_decay: float, theta: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """A block's extras for the loss plus the optimizer's L2 term (wd/2)‖θ‖², whose gradient the
+        optimizer adds to the block's gradient: by default unchanged (the extras do not depend on the
+        loss).  `theta`: (n, k) the block's parameters, placed like the extras."""
+        return extras
+
     def evaluate_gradients(
         self,
         params: list[torch.Tensor],

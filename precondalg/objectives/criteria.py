@@ -122,10 +122,15 @@ class Newton(_Criterion):
       WITHOUT calling backward (psgd_torch's convention; a closure that calls backward is refused
       with a ValueError saying so, since its graph is freed);
     - "finite_difference": (∇L(θ + δv) − ∇L(θ))/δ, δ = √eps, from two evaluations of the closure,
-      which may call backward (torch.optim's convention) or not;
+      which may call backward (torch.optim's convention) or not.  The second evaluation starts from
+      the global random state the first one started from, so dropout draws the same masks (the state
+      then continues from where the first left it); a BatchNorm in training mode updates its running
+      statistics twice per fitted step (the second time at θ + δv);
     - "torch.func": forward-over-reverse, ``torch.func.jvp(torch.func.grad(L), (θ,), (v,))``, with L
       written functionally by `torch.func.functional_call` on `model`; the step then takes
-      ``step(batch=(inputs, targets))`` and no closure.
+      ``step(batch=(inputs, targets))`` and no closure.  The functional call does not write the
+      module's buffers: a BatchNorm's running statistics are not updated (use "autograd" for such
+      models, or update them yourself).
 
     Attributes:
         hvp: "autograd", "finite_difference" or "torch.func".
@@ -170,6 +175,7 @@ class Newton(_Criterion):
             reject_inputs("Newton", inputs)
             self._require_closure(closure)
             with _explain_compiled_double_backward(self.hvp):
+                rng = _global_rng_state()  # a stochastic closure (dropout) draws the same twice
                 loss, grads = self._gradients(params, closure)
                 vs = _draw(params, generator)  # after the closure: a refused one leaves the generator as is
                 if self.hvp == "autograd":
@@ -188,10 +194,16 @@ class Newton(_Criterion):
                     of = {p: h for (p, _, _), h in zip(used, second)}
                     hs = [of.get(p) for p in params]
                 else:
-                    hs = self._finite_difference(params, closure, grads, vs)
+                    hs = self._finite_difference(params, closure, grads, vs, rng)
         set_grads(params, grads)  # unused parameters keep no gradient (skipped)
         hs = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hs)]
         return Evaluation(loss.detach(), _per_param(params, v=vs, h=hs))
+
+    def with_weight_decay(
+        self, extras: dict[str, torch.Tensor], weight_decay: float, theta: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """h = (H + wd·I)v: the Hessian-vector product of the loss plus the optimizer's L2 term."""
+        return {**extras, "h": extras["h"] + weight_decay * extras["v"]}
 
     def evaluate_gradients(
         self,
@@ -292,19 +304,39 @@ class Newton(_Criterion):
         closure: Callable[[], Any],
         grads: list[torch.Tensor | None],
         vs: list[torch.Tensor],
+        rng: tuple[torch.Tensor, list[torch.Tensor]],
     ) -> list[torch.Tensor | None]:
+        """(∇L(θ + δv) − ∇L(θ))/δ, the shifted closure run with the global random state the first run
+        started from (so that dropout and other random layers draw the same), which is then left where
+        the first run left it."""
         delta = torch.finfo(params[0].dtype).eps ** 0.5
         saved = [p.detach().clone() for p in params]
+        after = _global_rng_state()
         try:
             with torch.no_grad():
                 for p, v in zip(params, vs):
                     p.add_(v, alpha=delta)
+            _set_global_rng_state(rng)
             _, shifted = self._gradients(params, closure)
         finally:
+            _set_global_rng_state(after)
             with torch.no_grad():  # restored exactly: θ + δv − δv is not θ in floating point
                 for p, value in zip(params, saved):
                     p.copy_(value)
         return [None if g is None or gs is None else (gs - g) / delta for gs, g in zip(shifted, grads)]
+
+
+def _global_rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """torch's global random state: the CPU generator's and, where CUDA is initialised, every GPU's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), cuda
+
+
+def _set_global_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @contextlib.contextmanager
@@ -339,6 +371,12 @@ class Fisher(_Criterion):
 
     def __post_init__(self) -> None:
         check_number("Fisher", "damping", self.damping, 0.0)
+
+    def with_weight_decay(
+        self, extras: dict[str, torch.Tensor], weight_decay: float, theta: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """h = (g + wd·θ) + λv: the whitened gradient is the one the optimizer steps with."""
+        return {**extras, "h": extras["h"] + weight_decay * theta}
 
     def evaluate(
         self,

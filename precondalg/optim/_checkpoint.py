@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch.utils._pytree as pytree
+
 from precondalg.structures import Structure
 
 __all__ = ["VERSION", "describe", "differences"]
@@ -27,7 +29,10 @@ def describe(S: Any) -> str:
     if children:
         return f"{type(S).__name__}({', '.join(children)})"
     m, n = S.shape
-    return f"{type(S).__name__} {m}×{n}"
+    # Matrix leaves of another shape than S's (the n×r factors of I + UVᵀ) carry a size of their own.
+    others = [f"{leaf.shape[0]}×{leaf.shape[1]}" for leaf in pytree.tree_leaves(S) if leaf.ndim == 2]
+    others = [o for o in others if o != f"{m}×{n}"]
+    return f"{type(S).__name__} {m}×{n}" + (f" (leaves {', '.join(others)})" if others else "")
 
 
 def differences(saved: Any, mine: dict[str, Any]) -> list[str]:

@@ -68,7 +68,14 @@ __all__ = ["Preconditioned"]
 PlacementChoice = Placement | Callable[[tuple[int, ...]], Placement | None] | None
 StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
-_CHOICES = ("structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed")
+_CHOICES = (
+    "structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed",
+    "update_probability", "clip", "auto_scale",
+    # the presets' construction arguments (FOP, HD, PSGD): one choice for the whole optimizer too
+    "hyper_lr", "rank", "normalized", "low_rank_std", "granularity", "hyper_optimizer", "preconditioner",
+    "criterion", "lr_precond", "init_scale", "damping", "normalizer", "max_size", "max_skew", "hvp",
+)
+"""Keys a param group cannot hold: choices (and preset arguments) made once for the whole optimizer."""
 _NONFINITE = ("skip", "raise")
 
 
@@ -285,7 +292,7 @@ class Preconditioned(torch.optim.Optimizer):
         for key in group:
             if key in _CHOICES:
                 raise ValueError(
-                    f"Preconditioned: a param group cannot choose '{key}' (it is one choice for the whole "
+                    f"{self._name}: a param group cannot choose '{key}' (it is one choice for the whole "
                     "optimizer; choose per parameter shape with a callable such as by_ndim, or build one "
                     "optimizer per group)"
                 )
@@ -326,6 +333,14 @@ class Preconditioned(torch.optim.Optimizer):
                 joint.setdefault(placement, []).append(p)
             else:
                 blocks.append(_Block([p], placement))
+        for placement, ps in joint.items():
+            kinds = sorted({(str(p.dtype), str(p.device)) for p in ps})
+            if len(kinds) > 1:
+                raise ValueError(
+                    f"{self._name}: placement {placement!r} puts all the parameters of a param group into "
+                    f"one block, so they must share one dtype and device; got {kinds}. Put each kind in its "
+                    "own param group"
+                )
         blocks.extend(_Block(ps, placement) for placement, ps in joint.items())
         for block in blocks:
             for p in block.params:
@@ -782,6 +797,9 @@ class Preconditioned(torch.optim.Optimizer):
             name: block.placement.view([of.to(dtype) for p, of in zip(params, evaluation.of(name, params))])
             for name in evaluation.per_param
         }
+        if group["weight_decay"]:
+            theta = block.placement.view([_in_compute_dtype(p) for p in params])
+            extras = self._objective.with_weight_decay(extras, group["weight_decay"], theta)
         plan.context = BlockContext(
             self._phi(block),
             block.family.hyper_form or block.family.form,

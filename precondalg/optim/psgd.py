@@ -111,7 +111,8 @@ def PSGD(
     optional for "fisher" (without one, ``.grad`` is used, torch.optim style).  With
     ``hvp="torch.func"`` pass ``model`` and ``loss_fn`` here and ``step(batch=(x, y))``.
 
-    At Q₀ = I (``init_scale=1``) with ``lr_precond=0`` it is torch.optim.SGD exactly.
+    At Q₀ = I (``init_scale=1``) with ``lr_precond=0`` it is torch.optim.SGD exactly (every
+    preconditioner but "lra", whose U and V start small and random).
 
     Args:
         params: parameters or param groups ("dense"/"triangular" fit one Q per group).
@@ -135,7 +136,8 @@ def PSGD(
         update_probability: probability of fitting Q at a step, or a callable ``steps_taken ->
             probability`` (e.g. an anneal from 1 to 0.03); P is applied at every step.
         hvp: "newton" only: "autograd", "finite_difference" or "torch.func" (see `Newton`).
-        weight_decay: L2 penalty added to the gradient (torch.optim convention, before P).
+        weight_decay: L2 penalty wd added to the gradient (torch.optim convention, before P); P is fitted
+            to the loss plus (wd/2)‖θ‖² (Newton: h = (H + wd·I)v; Fisher: h = ĝ + wd·θ + λv).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
         seed: seed of the optimizer's generator (v, the update draws).
         model: the module, for ``hvp="torch.func"`` only.
@@ -160,7 +162,7 @@ def PSGD(
     check_number("PSGD", "max_size", max_size, 0.0)
     check_number("PSGD", "max_skew", max_skew, 0.0)
     if init_scale is not None:
-        check_number("PSGD", "init_scale", init_scale, 0.0, lo_open=True)
+        check_number("PSGD", "init_scale", init_scale, 0.0, math.inf, lo_open=True, hi_open=True)
     if lr is not None:
         check_number("PSGD", "lr", lr, 0.0)
     if preconditioner != "kron" and (given(max_size) or given(max_skew)):
