@@ -24,7 +24,7 @@ from optim_helpers import (
 )
 
 from precondalg import families
-from precondalg.optim import FOP, HD, Preconditioned
+from precondalg.optim import FOP, HD, PSGD, Preconditioned
 from precondalg.placement import Concatenated
 
 LR = 0.05
@@ -171,6 +171,10 @@ SCHEDULED: dict[str, tuple[Callable, Callable]] = {
     "generic-sgd": (lambda ps: _identity(ps), lambda ps: torch.optim.SGD(ps, lr=LR)),
     "fop": (lambda ps: FOP(ps, LR, hyper_lr=0.0), lambda ps: torch.optim.SGD(ps, lr=LR, momentum=0.9)),
     "hd-adam": (lambda ps: HD(ps, LR, 0.0, "layer", "adam"), lambda ps: torch.optim.Adam(ps, lr=LR)),
+    "psgd": (
+        lambda ps: PSGD(ps, LR, criterion="fisher", lr_precond=0.0, init_scale=1.0),
+        lambda ps: torch.optim.SGD(ps, lr=LR),
+    ),
 }
 
 

@@ -22,7 +22,7 @@ from optim_helpers import (
 )
 
 from precondalg import families
-from precondalg.optim import FOP, HD, Preconditioned
+from precondalg.optim import FOP, HD, PSGD, Preconditioned
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 EXPECTED_PRECONDITIONER = {
@@ -39,6 +39,9 @@ DTYPE_CONFIGS = [
     "fop-lowrank",
     "hd-parameter-adam",
     "hd-global-momentum",
+    "psgd-kron",
+    "psgd-scan-cnn",
+    "psgd-lra",
 ]
 
 
@@ -146,6 +149,10 @@ SEEDED = {
     "generic-lowrank": lambda seed, ps: Preconditioned(
         ps, 0.05, structure=families.low_rank_gram(3, 0.5), base="adam", seed=seed
     ),
+    # v, the update draws and LRA's random U, V all come from the optimizer's generator
+    "psgd-lra": lambda seed, ps: PSGD(
+        ps, 0.05, preconditioner="lra", rank=2, criterion="fisher", update_probability=0.5, seed=seed
+    ),
 }
 
 
@@ -169,4 +176,5 @@ def test_same_seed_same_run(name):
 def test_different_seeds_differ_for_low_rank(name):
     a = preconditioner_leaves(SEEDED[name](7, make_model().parameters()))
     b = preconditioner_leaves(SEEDED[name](8, make_model().parameters()))
-    assert len(a) == len(b) and all(not torch.equal(x, y) for x, y in zip(a, b))
+    random = [(x, y) for x, y in zip(a, b) if x.ndim == 2]  # the low-rank factors (LRA's d starts at 1)
+    assert len(a) == len(b) and random and all(not torch.equal(x, y) for x, y in random)

@@ -475,3 +475,33 @@ def test_one_q_over_parameters_of_different_dtypes_is_refused_at_construction():
     with pytest.raises(ValueError, match=r"must share one dtype and device.*float32.*float64"):
         PSGD([a, b], preconditioner="dense")
     PSGD([{"params": [a]}, {"params": [b]}], preconditioner="dense")  # one group each: fine
+
+
+def test_param_groups_and_add_param_group_keep_their_own_lr():
+    """Two groups with their own lr (one added later), Q fixed at I: torch.optim.SGD with the same groups;
+    the second group gets its own preconditioner blocks."""
+    ours, theirs = make_model("mlp"), make_model("mlp")
+    opt = PSGD(list(ours.fc1.parameters()), LR, criterion="fisher", lr_precond=0.0, init_scale=1.0)
+    blocks = len(opt.preconditioners())
+    opt.add_param_group({"params": list(ours.fc2.parameters()), "lr": 0.2})
+    assert len(opt.preconditioners()) == blocks + 2
+    ref = torch.optim.SGD(list(theirs.fc1.parameters()), lr=LR)
+    ref.add_param_group({"params": list(theirs.fc2.parameters()), "lr": 0.2})
+    _train(ours, opt, "mlp", 5)
+    _train(theirs, ref, "mlp", 5, closure=False)
+    assert_close(clone_params(ours.parameters()), clone_params(theirs.parameters()))
+
+
+def test_raise_policy_changes_nothing():
+    model = make_model("mlp")
+    opt = PSGD(model.parameters(), criterion="fisher", nonfinite="raise", init_scale=1.0)
+    _train(model, opt, "mlp", 2, closure=False)
+    before, state = clone_params(model.parameters()), opt.state_dict()
+    loss_at(model, "mlp", 2).backward()
+    model.fc2.bias.grad[0] = math.nan
+    with pytest.raises(FloatingPointError, match="a gradient holds NaN or Inf"):
+        opt.step()
+    assert_close(clone_params(model.parameters()), before, tol=0.0)
+    after = opt.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(after["state"][0]["preconditioner"]["phi"],
+                                                 state["state"][0]["preconditioner"]["phi"]))
