@@ -16,7 +16,7 @@ from optim_helpers import assert_close, clone_params, ema_sgd, loss_at, make_mod
 import precondalg as pa
 from precondalg.fitters import LieGroup
 from precondalg.objectives import Fisher, Newton
-from precondalg.optim import PSGD, SkippedStepWarning
+from precondalg.optim import PSGD, SkippedStepWarning, optimizer_generator
 from precondalg.optim.psgd import PRECONDITIONERS
 from precondalg.placement import Concatenated, EveryAxis, Flatten, TwoSided
 
@@ -233,7 +233,7 @@ def test_torch_func_hvp_equals_autograd():
 
 
 def _first_v(seed: int, params) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
+    gen = optimizer_generator(seed)
     return [torch.randn(p.shape, generator=gen, dtype=F64) for p in params]
 
 
@@ -305,7 +305,7 @@ def test_update_probability_draws_from_the_checkpointed_generator():
         fitted.append(not torch.equal(before, opt.preconditioners()[0][1].to_dense()))
     assert 10 <= sum(fitted) <= 30
     # the draw decides first, then (if fitting) v is drawn
-    gen, expected = torch.Generator().manual_seed(3), []
+    gen, expected = optimizer_generator(3), []
     for _ in range(40):
         fit = float(torch.rand((), generator=gen, dtype=F64)) < 0.5
         expected.append(fit)
@@ -505,3 +505,16 @@ def test_raise_policy_changes_nothing():
     after = opt.state_dict()
     assert all(torch.equal(a, b) for a, b in zip(after["state"][0]["preconditioner"]["phi"],
                                                  state["state"][0]["preconditioner"]["phi"]))
+
+
+def test_the_default_seed_does_not_replay_torch_manual_seed():
+    """v must not be the noise a closure draws from torch's global generator seeded with the same
+    number (seed=0 and torch.manual_seed(0) are everyone's defaults): on a noisy linear loss
+    x·ξ with ξ from the global generator, Fisher's h = ξ + 0·v and v would then coincide and the
+    criterion's relative gradient vanish (P never fits)."""
+    x = torch.nn.Parameter(torch.zeros(4, dtype=F64))
+    opt = PSGD([x], criterion="fisher", preconditioner="diag", init_scale=1.0, seed=0)
+    torch.manual_seed(0)
+    for _ in range(50):
+        opt.step(lambda: x @ torch.randn(4, dtype=F64))
+    assert not torch.allclose(opt.preconditioners()[0][1].to_dense(), torch.eye(4, dtype=F64))

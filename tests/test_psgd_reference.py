@@ -39,7 +39,7 @@ One fit of Q is run through the engine exactly as `Preconditioned` runs it — t
    axes get diagonal factors, and Q₀) with ``kronecker_gram("triangular", scale, max_size, max_skew)``.
 
 3. `PSGD` itself, end to end (criterion "fisher": v is the optimizer generator's first draw of each
-   step, ``torch.randn(p.shape, generator=torch.Generator().manual_seed(seed))`` per parameter in order;
+   step, ``torch.randn(p.shape, generator=optimizer_generator(seed))`` per parameter in order;
    "newton" on a quadratic, h = Hv), against the formulas of (1) for every preconditioner, and with
    its closed-form relative gradients swapped for autograd's (see `_AutogradLieGroup`).
 
@@ -66,7 +66,7 @@ import precondalg.optim.psgd as psgd_preset
 from precondalg.families import kronecker_gram
 from precondalg.fitters import LieGroup
 from precondalg.objectives import BlockContext, Newton, RelativeGradient, closed_form_relative_gradient
-from precondalg.optim import PSGD
+from precondalg.optim import PSGD, optimizer_generator
 from precondalg.placement import EveryAxis
 
 psgd = pytest.importorskip("psgd_torch.psgd", reason="psgd_torch (a dev dependency) is not installed")
@@ -169,9 +169,15 @@ def _lie_step_2019(q: torch.Tensor, E: torch.Tensor, step: float, algebra: str) 
     triu(E), a dense (GL(n)) one all of E."""
     if q.ndim < 2:
         grad = E.diagonal()
-        return q - step / grad.abs().max() * grad * q
+        return q - step / _norm(grad) * grad * q
     grad = torch.triu(E) if algebra == "triu" else E
-    return q - step / grad.abs().max() * grad @ q
+    return q - step / _norm(grad) * grad @ q
+
+
+def _norm(grad: torch.Tensor) -> torch.Tensor:
+    """max|∇|, kept above the smallest normal number as the 2019 code's `+ _tiny` does (∇ = 0 exactly,
+    e.g. a 1×1 factor right after the on-the-fly scale, then makes no step instead of 0/0)."""
+    return grad.abs().max().clamp_min(torch.finfo(grad.dtype).tiny)
 
 
 def _dense_2019(Q, dx, dg, step, algebra):
@@ -244,10 +250,10 @@ def _scan_2019(ql, qr, dX, dG, step):
     full = A @ A.T - Bt @ Bt.T
     grad1 = torch.diag(full.diagonal())
     grad1[:-1, -1] = full[:-1, -1]
-    Ql = Ql - step / grad1.abs().max() * grad1 @ Ql
+    Ql = Ql - step / _norm(grad1) * grad1 @ Ql
     grad2 = (A * A).sum(0) - (Bt * Bt).sum(0)
     ql_new = torch.stack([Ql.diagonal(), torch.cat([Ql[:-1, -1], ql.new_zeros(1)])])
-    return ql_new, qr - step / grad2.abs().max() * grad2 * qr
+    return ql_new, qr - step / _norm(grad2) * grad2 * qr
 
 
 def _scaw_2019(Ql, qr, dX, dG, step):
@@ -258,7 +264,7 @@ def _scaw_2019(Ql, qr, dX, dG, step):
     A = Ql @ (dG * qr)
     Bt = torch.linalg.solve(Ql.T, dX / qr)
     grad2 = (A * A).sum(0) - (Bt * Bt).sum(0)
-    return _lie_step_2019(Ql, A @ A.T - Bt @ Bt.T, step, "triu"), qr - step / grad2.abs().max() * grad2 * qr
+    return _lie_step_2019(Ql, A @ A.T - Bt @ Bt.T, step, "triu"), qr - step / _norm(grad2) * grad2 * qr
 
 
 def _gram_dense(Q: torch.Tensor) -> torch.Tensor:
@@ -650,7 +656,7 @@ FALLBACKS = {"max_size": 3, "max_skew": 1.5}  # on SHAPES: (3, 4) → (tri, diag
 )
 def test_psgd_fisher_steps_are_the_2019_updates(preconditioner, kron, init_scale):
     """`PSGD(criterion="fisher")`, three steps: each step draws v per parameter (in order) from
-    ``Generator().manual_seed(seed)``, fits Q on h = g + λv by the 2019 formula of its preconditioner,
+    ``optimizer_generator(seed)``, fits Q on h = g + λv by the 2019 formula of its preconditioner,
     then moves θ ← θ − lr·QᵀQ g.  φ and θ are compared with the references after every step."""
     params = _make_params(0)
     options = kron if preconditioner == "kron" else {}  # PSGD refuses max_size/max_skew otherwise
@@ -667,7 +673,7 @@ def test_psgd_fisher_steps_are_the_2019_updates(preconditioner, kron, init_scale
     )
     blocks = _reference_blocks(preconditioner, 1.0 if init_scale is None else init_scale, **kron)
     theta = [p.detach().clone() for p in params]
-    draws, grads_gen = torch.Generator().manual_seed(123), torch.Generator().manual_seed(7)
+    draws, grads_gen = optimizer_generator(123), torch.Generator().manual_seed(7)
     for step in range(STEPS):
         grads = [torch.randn(s, generator=grads_gen, dtype=F64) for s in SHAPES]
         for p, g in zip(params, grads):
@@ -713,7 +719,7 @@ def test_psgd_newton_steps_are_the_2019_updates():
         seed=11,
     )
     block = _ReferenceBlock("triu", [0], [0.5 * torch.eye(n, dtype=F64)])  # one concatenated "parameter"
-    draws = torch.Generator().manual_seed(11)
+    draws = optimizer_generator(11)
     for _ in range(STEPS):
         theta = torch.cat([p.detach().reshape(-1) for p in params])
         g = A @ theta + b

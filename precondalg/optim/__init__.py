@@ -5,7 +5,7 @@ from precondalg.optim.base_rules import BASE_RULES, BaseRule, base_rule
 from precondalg.optim.choices import ByNdim, by_ndim
 from precondalg.optim.fop import FOP
 from precondalg.optim.hd import HD
-from precondalg.optim.preconditioned import Preconditioned
+from precondalg.optim.preconditioned import Preconditioned, optimizer_generator
 from precondalg.optim.psgd import PSGD
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "SkippedStepWarning",
     "base_rule",
     "by_ndim",
+    "optimizer_generator",
 ]

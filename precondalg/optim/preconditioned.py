@@ -63,7 +63,7 @@ from precondalg.optim.choices import call_choice, check_choices
 from precondalg.placement import Placement, default_placement
 from precondalg.structures import NotInvertibleError, Structure, scale_group
 
-__all__ = ["Preconditioned"]
+__all__ = ["Preconditioned", "optimizer_generator"]
 
 PlacementChoice = Placement | Callable[[tuple[int, ...]], Placement | None] | None
 StructureChoice = Family | Callable[[tuple[int, ...]], Family]
@@ -125,6 +125,25 @@ def _initial_phi(block: _Block, generator: torch.Generator) -> Any:
     return block.family.init(block.placement.dims(block.shapes), like, generator)
 
 
+_STREAM = 0x5EED_0F_0971_3A11
+"""Mixed into every optimizer seed (see `optimizer_generator`)."""
+
+
+def optimizer_generator(seed: int) -> torch.Generator:
+    """The optimizer's own CPU generator for `seed` (its random initialisations, the PSGD criteria's v,
+    the update draws).  The seed is mixed with a constant, so that ``seed=s`` never replays the stream
+    of ``torch.manual_seed(s)``: a closure whose data noise comes from the global generator, seeded with
+    the same number, would otherwise draw the same numbers as v (and Fisher's h = g + λv could even
+    cancel against them).
+
+    Example:
+        >>> plain = torch.Generator().manual_seed(0)
+        >>> torch.equal(torch.randn(3, generator=optimizer_generator(0)), torch.randn(3, generator=plain))
+        False
+    """
+    return torch.Generator().manual_seed(seed ^ _STREAM)
+
+
 def _on_host(flag: torch.Tensor) -> bool:
     """Whether a device boolean lives on the CPU, where reading it costs no synchronisation (the step
     then branches instead of selecting with `torch.where`; the results are the same bits)."""
@@ -180,8 +199,9 @@ class Preconditioned(torch.optim.Optimizer):
             whose pair gives no finite positive scale (an all-zero or non-finite gradient) waits for the
             next fitted step.  The first step always fits.
         nonfinite: "skip" or "raise" (see the module docstring).
-        seed: seed of the optimizer's generator (random initialisations of φ, the PSGD criteria's v);
-            its state is part of the checkpoint.
+        seed: seed of the optimizer's generator (random initialisations of φ, the PSGD criteria's v,
+            the update draws; `optimizer_generator`: never torch.manual_seed(seed)'s stream); its state is
+            part of the checkpoint.
         name: the method's name, shown in checkpoint errors (presets pass theirs, e.g. "FOP").
 
     A param group holds exactly the hyperparameters its base rule reads (as the torch optimizer the
@@ -260,7 +280,7 @@ class Preconditioned(torch.optim.Optimizer):
         self._position = position
         self._nonfinite = nonfinite
         self._name = str(name)
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = optimizer_generator(seed)
         self._blocks: list[list[_Block]] = []
         self._watch = SkipWatch(self._name)
         rule_defaults = {
