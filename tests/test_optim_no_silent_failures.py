@@ -789,6 +789,20 @@ def test_a_param_group_key_that_would_be_ignored_is_refused(group, words):
 
 
 @pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (lambda groups: FOP(groups, 0.1), "hyper_lr"),
+        (lambda groups: HD(groups, 0.1, 1e-3), "granularity"),
+        (lambda groups: Preconditioned(groups, 0.1, structure=families.dense_gram(), name="Mine",
+                                       preset_arguments=("depth",)), "depth"),
+    ],
+)
+def test_a_presets_own_argument_in_a_param_group_is_refused(build, key):
+    with pytest.raises(ValueError, match=f"a param group cannot choose '{key}'"):
+        build([{"params": _w(), key: 1}])
+
+
+@pytest.mark.parametrize(
     ("init", "words"),
     [
         (lambda dims, like, gen: pa.Dense(torch.eye(4, dtype=torch.float64)), "φ₀ in torch.float64 on cpu"),

@@ -16,6 +16,7 @@ import math
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from hypothesis import strategies as st
 from strategies import (
     ALL_KINDS,
@@ -158,6 +159,41 @@ def test_lie_project_is_the_orthogonal_projection(kind, dtype, seed, n):
         inner = float(((E.double() - PE.double()) * ZD).sum())
         bound = TOL_EPS * eps * float(E.double().norm()) * float(ZD.norm())
         assert abs(inner) <= bound, f"<E - P(E), Z> = {inner:.3g} > {bound:.3g}"
+
+
+@kind_cases(GROUP_KINDS, EXAMPLES, n=dims(1, 7), m=st.integers(1, 4))
+def test_lie_project_gram_is_the_projection_of_the_grams(kind, dtype, seed, n, m):
+    """Π_𝔤(AAᵀ − BBᵀ) for each simple factor, against `lie_project` of the dense difference of Grams."""
+    Q = make(kind, seed, n, dtype, positive=True)
+    draw = Draw(seed + 2, dtype)
+    for (q,) in simple_parts(Q):
+        k = q.shape[0]
+        A, B = draw.normal(k, m), draw.normal(k, m)
+        got = pa.lie_project_gram(q, A, B)
+        q64, A64, B64 = pytree.tree_map(lambda t: t.double(), q), A.double(), B.double()
+        want = pa.lie_project(q64, A64 @ A64.mT - B64 @ B64.mT)
+        assert type(got) is type(want)
+        scale = float((A64.abs() @ A64.abs().mT + B64.abs() @ B64.abs().mT).max())
+        assert_close(got.to_dense(), want.to_dense(), scale=scale, what="lie_project_gram vs lie_project")
+
+
+@pytest.mark.parametrize("group", ["scalar", "diagonal", "normalization"])
+def test_lie_project_gram_never_forms_the_n_by_n_matrix_of_a_sparse_algebra(group, monkeypatch):
+    """A diagonal PSGD preconditioner on a large tensor must not cost n² memory: the sparse algebras'
+    rules read A and B directly (the n×n difference of Grams would be refused here)."""
+    n = 7
+    Q = {
+        "scalar": pa.Scalar(torch.tensor(2.0), n),
+        "diagonal": pa.Diagonal(torch.ones(n)),
+        "normalization": pa.Normalization(torch.ones(n), torch.zeros(n - 1)),
+    }[group]
+
+    def no_dense(Q, E):
+        raise AssertionError(f"lie_project_gram formed the {tuple(E.shape)} matrix")
+
+    monkeypatch.setattr(pa.structures.lie, "lie_project", no_dense)
+    A, B = torch.randn(n, 3), torch.randn(n, 3)
+    assert type(pa.lie_project_gram(Q, A, B)) is type(Q)
 
 
 @kind_cases(GROUP_KINDS, EXAMPLES, n=dims(1, 7), mu=st.floats(0.01, 0.99))

@@ -52,7 +52,7 @@ from precondalg.structures import (
     Triangular,
     gram,
     is_lie_group,
-    lie_project,
+    lie_project_gram,
 )
 
 __all__ = ["Fisher", "Newton", "closed_form_relative_gradient", "criterion", "has_closed_form"]
@@ -421,13 +421,12 @@ def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor
         dims = [f.shape[0] for f in Q.factors]
         A, B = a.mT.reshape(-1, *dims), b.mT.reshape(-1, *dims)
         return KroneckerSum(
-            *[lie_project(f, 2 * (_mode_gram(A, i) - _mode_gram(B, i))) for i, f in enumerate(Q.factors)]
+            *[2 * lie_project_gram(f, _unfold(A, i), _unfold(B, i)) for i, f in enumerate(Q.factors)]
         )
-    return lie_project(Q, 2 * (a @ a.mT - b @ b.mT))
+    return 2 * lie_project_gram(Q, a, b)
 
 
-def _mode_gram(T: torch.Tensor, axis: int) -> torch.Tensor:
-    """Σ over every index but `axis` (and the batch axis 0) of T Tᵀ: the mode-`axis` Gram matrix."""
-    n = T.shape[axis + 1]
-    moved = torch.movedim(T, axis + 1, 0).reshape(n, -1)  # (n, k·rest): every column a mode-axis fibre
-    return moved @ moved.mT
+def _unfold(T: torch.Tensor, axis: int) -> torch.Tensor:
+    """The mode-`axis` unfolding of T (k, d₀, …): (d_axis, k·rest), every column a mode-axis fibre, so
+    that its Gram is Σ over every other index of T Tᵀ."""
+    return torch.movedim(T, axis + 1, 0).reshape(T.shape[axis + 1], -1)

@@ -115,5 +115,6 @@ def FOP(
         nonfinite=nonfinite,
         seed=seed,
         name="FOP",
+        preset_arguments=("hyper_lr", "rank", "normalized", "low_rank_std"),
         **rule,
     )

@@ -104,5 +104,6 @@ def HD(
         nonfinite=nonfinite,
         seed=seed,
         name="HD",
+        preset_arguments=("hyper_lr", "granularity", "hyper_optimizer"),
         **rule,
     )

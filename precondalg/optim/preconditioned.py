@@ -71,11 +71,9 @@ _POSITIONS = ("gradient", "direction")
 _CHOICES = (
     "structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed",
     "update_probability", "clip", "auto_scale",
-    # the presets' construction arguments (FOP, HD, PSGD): one choice for the whole optimizer too
-    "hyper_lr", "rank", "normalized", "low_rank_std", "granularity", "hyper_optimizer", "preconditioner",
-    "criterion", "lr_precond", "init_scale", "damping", "normalizer", "max_size", "max_skew", "hvp",
 )
-"""Keys a param group cannot hold: choices (and preset arguments) made once for the whole optimizer."""
+"""Keys a param group cannot hold: choices made once for the whole optimizer (and a preset's own
+construction arguments, `Preconditioned(preset_arguments=...)`)."""
 _NONFINITE = ("skip", "raise")
 
 
@@ -203,6 +201,8 @@ class Preconditioned(torch.optim.Optimizer):
             the update draws; `optimizer_generator`: never torch.manual_seed(seed)'s stream); its state is
             part of the checkpoint.
         name: the method's name, shown in checkpoint errors (presets pass theirs, e.g. "FOP").
+        preset_arguments: a preset's own construction arguments (e.g. PSGD's "lr_precond"): like the
+            five choices, one value for the whole optimizer, so a param group holding one is refused.
 
     A param group holds exactly the hyperparameters its base rule reads (as the torch optimizer the
     rule mirrors does), so a base-rule hyperparameter given for a base that does not read it is an
@@ -240,6 +240,7 @@ class Preconditioned(torch.optim.Optimizer):
         nonfinite: str = "skip",
         seed: int = 0,
         name: str = "Preconditioned",
+        preset_arguments: tuple[str, ...] = (),
     ) -> None:
         check_choices(structure, placement, objective, fitter)
         if not callable(update_probability):
@@ -280,6 +281,7 @@ class Preconditioned(torch.optim.Optimizer):
         self._position = position
         self._nonfinite = nonfinite
         self._name = str(name)
+        self._preset_arguments = tuple(preset_arguments)
         self._generator = optimizer_generator(seed)
         self._blocks: list[list[_Block]] = []
         self._watch = SkipWatch(self._name)
@@ -310,7 +312,7 @@ class Preconditioned(torch.optim.Optimizer):
     def _validate(self, group: dict[str, Any]) -> None:
         known = {"params", "lr", "weight_decay", *HYPERPARAMETERS, *self._base.hyperparameters}
         for key in group:
-            if key in _CHOICES:
+            if key in _CHOICES or key in self._preset_arguments:
                 raise ValueError(
                     f"{self._name}: a param group cannot choose '{key}' (it is one choice for the whole "
                     "optimizer; choose per parameter shape with a callable such as by_ndim, or build one "

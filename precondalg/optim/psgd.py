@@ -46,6 +46,11 @@ PRECONDITIONERS = ("dense", "triangular", "diag", "kron", "scan", "scaw", "lra")
 _CRITERIA = ("newton", "fisher")
 _DEFAULT_LR = {"newton": 1e-2, "fisher": 1e-3}
 _MATRIX_NDIMS = (2, 3, 4, 5)
+_ARGUMENTS = (
+    "preconditioner", "criterion", "lr_precond", "init_scale", "damping", "normalizer", "max_size",
+    "max_skew", "hvp", "model", "loss_fn", "rank",
+)
+"""PSGD's own construction arguments: one value for the whole optimizer, never a param group's."""
 
 
 def _choices(
@@ -221,5 +226,6 @@ def PSGD(
         nonfinite=nonfinite,
         seed=seed,
         name="PSGD",
+        preset_arguments=_ARGUMENTS,
         **rule,
     )

@@ -19,6 +19,7 @@ from precondalg.structures.lazy import Gram, Inverse, Product, Sum, Transposed
 from precondalg.structures.lie import (
     is_lie_group,
     lie_project,
+    lie_project_gram,
     lie_step,
     max_abs,
     relative_gradient,
@@ -58,6 +59,7 @@ __all__ = [
     "is_lie_group",
     "kron",
     "lie_project",
+    "lie_project_gram",
     "lie_step",
     "lodo_width",
     "max_abs",

@@ -243,12 +243,7 @@ class Structure(abc.ABC):
         Raises:
             NotInvertibleError: if the structure has no inverse (non-square, or no solve rule).
         """
-        m, n = self.shape
-        if m != n:
-            raise NotInvertibleError(
-                f"{type(self).__name__}.solve: the matrix is {m}×{n}, not square, so it has no inverse"
-            )
-        return _apply(self, X, self._solve, n, "solve")
+        return _apply(self, X, self._solve, self._square_size("solve"), "solve")
 
     def solve_transpose(self, X: torch.Tensor) -> torch.Tensor:
         """A⁻ᵀ X for X of shape (n,) or (n, k): ``A.T.solve(X)`` without building the transpose.
@@ -256,13 +251,16 @@ class Structure(abc.ABC):
         Raises:
             NotInvertibleError: if the structure has no inverse (non-square, or no solve rule).
         """
+        return _apply(self, X, self._rsolve, self._square_size("solve_transpose"), "solve_transpose")
+
+    def _square_size(self, op: str) -> int:
+        """n for an n×n structure; else `NotInvertibleError` naming the operation."""
         m, n = self.shape
         if m != n:
             raise NotInvertibleError(
-                f"{type(self).__name__}.solve_transpose: the matrix is {m}×{n}, not square, so it has no "
-                "inverse"
+                f"{type(self).__name__}.{op}: the matrix is {m}×{n}, not square, so it has no inverse"
             )
-        return _apply(self, X, self._rsolve, n, "solve_transpose")
+        return n
 
     def __matmul__(self, other: Any) -> Any:
         if isinstance(other, Structure):

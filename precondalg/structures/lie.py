@@ -146,6 +146,42 @@ def _kronecker(Q: Kronecker, E: torch.Tensor) -> KroneckerSum:
     return KroneckerSum(*terms)
 
 
+gram_rules = Rules("lie_project_gram")
+
+
+def lie_project_gram(Q: Structure, A: torch.Tensor, B: torch.Tensor) -> Structure:
+    """Π_𝔤(A Aᵀ − B Bᵀ), the projection of a difference of Grams onto the Lie algebra of Q's group,
+    without forming the n×n matrix where the algebra is sparse: the row sums of A² − B² for a diagonal,
+    their total over n for a scalar, those plus the last column's inner products for `Normalization`.
+    (PSGD's relative gradient, Eq. 18, has this form: A = Qh, B = Q⁻ᵀv.)
+
+    Args:
+        Q: a simple group structure (not Kronecker or BlockDiagonal) of shape (n, n).
+        A: (n, m) tensor.
+        B: (n, m) tensor.
+
+    Returns:
+        The same structure as ``lie_project(Q, A @ A.mT - B @ B.mT)``.
+    """
+    rule = gram_rules.lookup(Q)
+    return rule(Q, A, B) if rule is not None else lie_project(Q, A @ A.mT - B @ B.mT)
+
+
+@gram_rules.register(Scalar)
+def _gram_scalar(Q: Scalar, A: torch.Tensor, B: torch.Tensor) -> Scalar:
+    return Scalar(((A * A).sum() - (B * B).sum()) / Q.n, Q.n)
+
+
+@gram_rules.register(Diagonal)
+def _gram_diagonal(Q: Diagonal, A: torch.Tensor, B: torch.Tensor) -> Diagonal:
+    return Diagonal((A * A).sum(-1) - (B * B).sum(-1))
+
+
+@gram_rules.register(Normalization)
+def _gram_normalization(Q: Normalization, A: torch.Tensor, B: torch.Tensor) -> Normalization:
+    return Normalization((A * A).sum(-1) - (B * B).sum(-1), A[:-1] @ A[-1] - B[:-1] @ B[-1])
+
+
 def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor) -> Structure:
     """The multiplicative step Q ← (I − μE) Q on Q's group (PSGD Eq. 19/20).
 
