@@ -313,10 +313,11 @@ class Preconditioned(torch.optim.Optimizer):
         known = {"params", "lr", "weight_decay", *HYPERPARAMETERS, *self._base.hyperparameters}
         for key in group:
             if key in _CHOICES or key in self._preset_arguments:
+                by_shape = "choose per parameter shape with a callable such as by_ndim, or "
+                per_shape = "" if key in self._preset_arguments else by_shape
                 raise ValueError(
                     f"{self._name}: a param group cannot choose '{key}' (it is one choice for the whole "
-                    "optimizer; choose per parameter shape with a callable such as by_ndim, or build one "
-                    "optimizer per group)"
+                    f"optimizer; {per_shape}build one optimizer per group)"
                 )
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.85) if key not in known else []
             if close:
