@@ -16,8 +16,11 @@ Each family is named like the structure φ it makes.
 | `scan_gram(scale)` | diag ⊗ Normalization | QᵀQ | PSGD's SCAN (§5, Eq. 25) |
 | `scaw_gram(scale)` | diag ⊗ Triangular | QᵀQ | PSGD's SCAW (§5, App. A) |
 | `lra_gram(rank, scale)` | (I + UVᵀ)·diag(d) | QᵀQ | psgd_torch's LRA (fitter `UVd`) |
-| `scalar(value)` | Scalar(value) | φ | hypergradient descent (global / per layer) |
-| `diagonal(value)` | Diagonal(value·1) | φ | per-parameter hypergradient descent (PP-HD) |
+| `permutation_network_gram(N, k, ñ)` | A, orthogonal blocks | AᵀA (I at φ₀) | LODO (Liao 2023, Eq. 2) |
+| `residual_network_gram(N, ñ)` | diag(d)·R, d = 1 | Rᵀ diag(d) R | LODO-Residuals (§5.3) |
+| `scalar(value)` | Scalar(value) | φ | hypergradient descent (global / per layer); LODO-Global |
+| `diagonal(value)` | Diagonal(value·1) | φ | per-parameter hypergradient descent (PP-HD); LODO-Diagonal |
+| `dense(value)` | Dense(value·I) | φ | a dense learned matrix (LODO's simplified dynamics, §4.1) |
 
 A new structure needs only a new `init` (and `form`): every objective and fitter then works with it.
 """
@@ -30,6 +33,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number
 from precondalg.structures import (
@@ -38,15 +42,22 @@ from precondalg.structures import (
     IdentityPlusLowRank,
     Kronecker,
     Normalization,
+    PermutationNetwork,
     Product,
     Scalar,
     Structure,
     Triangular,
+    compose,
     gram,
+    permutation_network,
+    residual_network,
+    transpose,
 )
+from precondalg.structures._permutations import gather_index, inverse_permutation
 
 __all__ = [
     "Family",
+    "dense",
     "dense_gram",
     "diagonal",
     "diagonal_gram",
@@ -54,6 +65,8 @@ __all__ = [
     "low_rank_gram",
     "lra_gram",
     "normalized_dense_gram",
+    "permutation_network_gram",
+    "residual_network_gram",
     "scalar",
     "scan_gram",
     "scaw_gram",
@@ -290,6 +303,128 @@ def diagonal(value: float = 1.0) -> Family:
     check_number("diagonal", "value", value)
     init = functools.partial(_diagonal_init, float(value))
     return Family(init=init, hyper_vjp=_diagonal_vjp, name=f"diagonal({value!r})")
+
+
+def _dense_vjp(phi: Structure, u: torch.Tensor, c: torch.Tensor) -> Structure:
+    return Dense(c @ u.mT)  # d⟨c, G u⟩/dG = c uᵀ: LODO's simplified meta-gradient −α g_{t+1} g_tᵀ
+
+
+def dense(value: float = 1.0) -> Family:
+    """P = G, a dense n×n matrix learned entry by entry, G₀ = value·I.
+
+    With the `Hypergradient` and plain SGD (lr η) this is the simplified LODO of Liao et al. (2023,
+    §4.1): G ← G + η·lr·g_{t+1} g_tᵀ (base "sgd", position "direction").  G is not kept symmetric or
+    positive definite.  Memory n² per block.
+
+    Raises:
+        TypeError: value not a number.
+    """
+    check_number("dense", "value", value)
+    init = functools.partial(_dense_identity, float(value))
+    return Family(init=init, hyper_vjp=_dense_vjp, name=f"dense({value!r})")
+
+
+def _permutation_network_init(
+    depth: int, block_size: int, width: int | None, dims: tuple[int, ...], like: torch.Tensor,
+    gen: torch.Generator | None,
+) -> Structure:
+    n = math.prod(dims)
+    return permutation_network(
+        n, depth, block_size, width=width, generator=gen, dtype=like.dtype, device=like.device
+    )
+
+
+def _permutation_network_gram_vjp(A: PermutationNetwork, u: torch.Tensor, c: torch.Tensor) -> Structure:
+    """⟨c, d(AᵀA u)⟩ = ⟨Ac, dA u⟩ + ⟨Au, dA c⟩ as blocks: backpropagation through A's layers.
+
+    One forward pass of A on [u, c] keeps each layer's permuted input Z_i = Π_i Y_{i−1}; the output's
+    cotangent is [Ac, Au] (the forward outputs, swapped); going back, block b of layer i gets
+    Σ_columns δ_i[b] Z_i[b]ᵀ and δ_{i−1} = Π_iᵀ B_iᵀ δ_i.  Equal to `torch.func.vjp` of the form (tests).
+    """
+    k, r = A.blocks.shape[-1], u.shape[-1]
+    Y = torch.nn.functional.pad(torch.cat([u, c], dim=-1), (0, 0, 0, A.width - A.n))
+    inputs = []
+    for B, perm in zip(A.blocks, A.perms):
+        Z = Y[gather_index(perm, Y.device)].reshape(-1, k, 2 * r)
+        inputs.append(Z)
+        Y = (B @ Z).reshape(Y.shape)
+    delta = torch.cat([Y[:, r:], Y[:, :r]], dim=-1)
+    grads = []
+    for B, perm, Z in zip(reversed(A.blocks), reversed(A.perms), reversed(inputs)):
+        D = delta.reshape(-1, k, 2 * r)
+        grads.append(D @ Z.mT)
+        delta = (B.mT @ D).reshape(delta.shape)[gather_index(inverse_permutation(perm), delta.device)]
+    # Unflattening does not re-validate A's permutations (the constructor would, at O(N·ñ) Python cost).
+    return pytree.tree_unflatten([torch.stack(grads[::-1])], pytree.tree_structure(A))
+
+
+def permutation_network_gram(depth: int = 16, block_size: int = 4, width: int | None = None) -> Family:
+    """P = AᵀA = EᵀKᵀKE with A = B_N Π_N ⋯ B_1 Π_1 E a `PermutationNetwork`: LODO's learned inverse
+    Hessian (Liao et al. 2023, Eq. 2; its α₀ is the optimizer's lr).
+
+    φ₀ has random permutations and random orthogonal k×k blocks (the authors' code), so P₀ = I.  The
+    permutations are static data of φ, drawn from the optimizer's generator and saved in checkpoints.
+    A matvec with P costs 2·N·ñ·k multiply-adds; φ holds N·ñ·k values.
+
+    Args:
+        depth: N, the number of layers (LODO's 16).
+        block_size: k (LODO's 4).
+        width: ñ; None: `lodo_width(n, block_size)`, the code's rule (the smallest multiple of k above
+            2n).
+
+    Raises:
+        TypeError, ValueError: depth or block_size not a positive int; width not None or a positive int
+            (a width below n or not a multiple of k is reported when n is known).
+    """
+    check_number("permutation_network_gram", "depth", depth, 1, integer=True)
+    check_number("permutation_network_gram", "block_size", block_size, 1, integer=True)
+    if width is not None:
+        check_number("permutation_network_gram", "width", width, 1, integer=True)
+    init = functools.partial(_permutation_network_init, depth, block_size, width)
+    return Family(
+        init=init,
+        form=gram,
+        hyper_vjp=_permutation_network_gram_vjp,
+        name=f"permutation_network_gram(depth={depth}, block_size={block_size}, width={width})",
+    )
+
+
+def _residual_init(
+    depth: int, width: int | None, dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+) -> Structure:
+    n = math.prod(dims)
+    R = residual_network(n, depth, width=width, generator=gen, dtype=like.dtype, device=like.device)
+    d = torch.ones(R.width, dtype=like.dtype, device=like.device)
+    return compose(Diagonal(d), R)
+
+
+def _residual_form(phi: Structure) -> Structure:
+    return compose(transpose(phi.factors[-1]), phi)  # Rᵀ·(diag(d)·R)
+
+
+def residual_network_gram(depth: int = 64, width: int | None = None) -> Family:
+    """P = EᵀRᵀ diag(d) R E with R a `ResidualNetwork` (∏ (I + D_i Π_i)): LODO-Residuals (Liao et al.
+    2023, §5.3; the authors' code, its α₀ being the optimizer's lr).
+
+    φ = diag(d)·R E: d₀ = 1 and the layer weights drawn N(0, 1/N), so P₀ is only near I (the code's
+    choice).  P is symmetric, and PSD while d ≥ 0 (d is not constrained, as in the code).  A matvec
+    costs 2·N·ñ + ñ multiply-adds.
+
+    Args:
+        depth: N (the code's 64).
+        width: ñ; None: 2n (the code's rule for this variant).
+
+    Raises:
+        TypeError, ValueError: depth not a positive int; width not None or a positive int.
+    """
+    check_number("residual_network_gram", "depth", depth, 1, integer=True)
+    if width is not None:
+        check_number("residual_network_gram", "width", width, 1, integer=True)
+    return Family(
+        init=functools.partial(_residual_init, depth, width),
+        form=_residual_form,
+        name=f"residual_network_gram(depth={depth}, width={width})",
+    )
 
 
 _KRONECKER_FACTORS = tuple(_FACTORS)

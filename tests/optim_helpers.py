@@ -19,7 +19,7 @@ from torch import nn
 
 from precondalg import families
 from precondalg.fitters import TorchOptimizer
-from precondalg.optim import FOP, HD, PSGD, Preconditioned
+from precondalg.optim import FOP, HD, LODO, PSGD, Preconditioned
 from precondalg.placement import Concatenated
 
 # One thread, as in conftest.py: the fresh-process resume script imports this module, and its run must
@@ -291,4 +291,24 @@ CONFIGS |= {
     "psgd-scan-cnn": ("cnn", _psgd("scan")),
     "psgd-scaw": ("mlp", _psgd("scaw")),
     "psgd-lra": ("mlp", _psgd("lra", rank=3, update_probability=0.7)),
+}
+# LODO: small networks (the checkpoint and conventions matrices build every configuration several times);
+# the permutations are drawn from the seed, so a fresh optimizer with another seed must take them from the
+# checkpoint.
+CONFIGS |= {
+    "lodo-full": ("mlp", lambda ps, seed: LODO(ps, 0.1, meta_lr=1e-2, depth=4, block_size=2, seed=seed)),
+    "lodo-full-sgd-cnn": (
+        "cnn", lambda ps, seed: LODO(ps, 0.1, meta_lr=1e-3, depth=3, meta_optimizer="sgd", seed=seed)
+    ),
+    "lodo-diagonal": ("mlp", lambda ps, seed: LODO(ps, 0.1, meta_lr=1e-2, variant="diagonal", seed=seed)),
+    "lodo-global": ("mlp", lambda ps, seed: LODO(ps, 0.1, meta_lr=1e-2, variant="global", seed=seed)),
+    "lodo-residual": (
+        "mlp", lambda ps, seed: LODO(ps, 0.1, meta_lr=1e-2, variant="residual", depth=5, seed=seed)
+    ),
+    "lodo-no-momentum-code": (
+        "mlp",
+        lambda ps, seed: LODO(
+            ps, 0.1, meta_lr=1e-2, variant="no_momentum", variant_mapping="code", seed=seed
+        ),
+    ),
 }

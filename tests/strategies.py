@@ -261,6 +261,11 @@ def _permutation_network(draw: Draw, n: int) -> pa.Structure:
     return net
 
 
+def _residual_network(draw: Draw, n: int) -> pa.Structure:
+    net = pa.residual_network(n, depth=draw.integer(1, 4), generator=draw.generator(), dtype=draw.dtype)
+    return pa.ResidualNetwork(net.weights * 0.5, net.perms, n)  # keep I + D Π away from singular
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """A family of random instances of one structure.
@@ -302,6 +307,7 @@ KINDS: dict[str, Kind] = {
         Kind("kronecker_rect", _kronecker_rect, False, False, False),
         Kind("block_diagonal_rect", _block_diagonal_rect, False, False, False),
         Kind("permutation_network", _permutation_network, False, False, False),
+        Kind("residual_network", _residual_network, False, False, False),
     ]
 }
 SIMPLE_GROUPS = ("scalar", "diagonal", "dense", "triangular", "normalization")

@@ -36,6 +36,9 @@ SKIP_CONFIGS = [
     "fop-normalized",
     "hd-global-sgd",
     "hd-parameter-adam",
+    "lodo-full",
+    "lodo-residual",
+    "lodo-diagonal",
 ]
 
 

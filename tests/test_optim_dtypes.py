@@ -42,6 +42,9 @@ DTYPE_CONFIGS = [
     "psgd-kron",
     "psgd-scan-cnn",
     "psgd-lra",
+    "lodo-full",
+    "lodo-residual",
+    "lodo-diagonal",
 ]
 
 

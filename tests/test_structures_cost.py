@@ -77,6 +77,8 @@ def expected_cost(A):
     if isinstance(A, pa.PermutationNetwork):
         N, nb, k, _ = A.blocks.shape
         return (N * nb * k * k, N * nb * k * k, None)
+    if isinstance(A, pa.ResidualNetwork):
+        return (A.weights.numel(), A.weights.numel(), None)
     parts = [expected_cost(p) for p in _parts(A)]
     stored = sum(p[0] for p in parts)
     solves = [p[2] for p in parts]

@@ -5,6 +5,7 @@ from precondalg.optim.base_rules import BASE_RULES, BaseRule, base_rule
 from precondalg.optim.choices import ByNdim, by_ndim
 from precondalg.optim.fop import FOP
 from precondalg.optim.hd import HD
+from precondalg.optim.lodo import LODO
 from precondalg.optim.preconditioned import Preconditioned, optimizer_generator
 from precondalg.optim.psgd import PSGD
 
@@ -12,6 +13,7 @@ __all__ = [
     "BASE_RULES",
     "FOP",
     "HD",
+    "LODO",
     "BaseRule",
     "ByNdim",
     "PSGD",

@@ -10,10 +10,48 @@ import torch.utils._pytree as pytree
 
 from precondalg.structures import Structure
 
-__all__ = ["VERSION", "describe", "differences"]
+__all__ = ["VERSION", "describe", "differences", "static_contexts", "with_contexts"]
 
-VERSION = 1
-"""The format of `Preconditioned.configuration`; a checkpoint of another version is refused."""
+VERSION = 2
+"""The format of `Preconditioned.configuration`; a checkpoint of another version is refused.  Version 2
+added each block's "static" entry (`static_contexts`)."""
+
+
+def static_contexts(spec: pytree.TreeSpec) -> list[Any]:
+    """The static data of every node of φ's tree spec, in pre-order (plain Python data).
+
+    A structure's static fields are not leaves: the permutations of a `PermutationNetwork`, drawn from
+    the optimizer's generator, are the example that cannot be rebuilt from the constructor's arguments.
+    A checkpoint (and a pickled or deep-copied optimizer) carries them so that φ comes back exactly.
+    """
+    if spec.is_leaf():
+        return []
+    return [spec.context] + [c for child in spec.children() for c in static_contexts(child)]
+
+
+def with_contexts(spec: pytree.TreeSpec, contexts: list[Any]) -> pytree.TreeSpec:
+    """`spec` with its nodes' static data replaced by `contexts` (from `static_contexts`).
+
+    Raises:
+        ValueError: `contexts` does not hold one entry per node of `spec`.
+    """
+    remaining = iter(contexts)
+
+    def rebuild(node: pytree.TreeSpec) -> pytree.TreeSpec:
+        if node.is_leaf():
+            return node
+        context = next(remaining, _MISSING)
+        if context is _MISSING:
+            raise ValueError("with_contexts: fewer static entries than nodes of φ's tree")
+        return pytree.TreeSpec(node.type, context, [rebuild(child) for child in node.children()])
+
+    out = rebuild(spec)
+    if next(remaining, _MISSING) is not _MISSING:
+        raise ValueError("with_contexts: more static entries than nodes of φ's tree")
+    return out
+
+
+_MISSING = object()
 
 
 def describe(S: Any) -> str:

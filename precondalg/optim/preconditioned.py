@@ -50,7 +50,7 @@ from precondalg._torch_compat import writable
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer
 from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective, RelativeGradient
-from precondalg.optim._checkpoint import VERSION, describe, differences
+from precondalg.optim._checkpoint import VERSION, describe, differences, static_contexts, with_contexts
 from precondalg.optim._watch import SkipWatch, blocks_text, callers_level
 from precondalg.optim.base_rules import (
     BASE_RULES,
@@ -406,6 +406,7 @@ class Preconditioned(torch.optim.Optimizer):
         block.fitter = self._fitter.build(leaves, block.spec)
         self.state[anchor]["preconditioner"] = {
             "phi": leaves,
+            "static": static_contexts(block.spec),
             "cache": {},
             "meta_skipped": torch.zeros((), dtype=torch.int64, device=anchor.device),
         }
@@ -495,11 +496,12 @@ class Preconditioned(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for block in self._all_blocks():
-            block.spec = self._spec(block)
+            block.spec = self._spec(block, self.state[block.params[0]]["preconditioner"]["static"])
 
-    def _spec(self, block: _Block) -> pytree.TreeSpec:
-        """The tree spec of the block's φ, from a throw-away initialisation."""
-        return pytree.tree_structure(_initial_phi(block, torch.Generator()))
+    def _spec(self, block: _Block, static: list[Any]) -> pytree.TreeSpec:
+        """The tree spec of the block's φ: a throw-away initialisation's, with φ's static data (e.g. a
+        `PermutationNetwork`'s permutations, random) as saved by `static_contexts`."""
+        return with_contexts(pytree.tree_structure(_initial_phi(block, torch.Generator())), static)
 
     def configuration(self) -> dict[str, Any]:
         """What a checkpoint must match to be loaded: the method's name, base rule, position, objective
@@ -598,6 +600,7 @@ class Preconditioned(torch.optim.Optimizer):
                 pre.setdefault("scale_pending", torch.zeros((), dtype=torch.bool, device=anchor.device))
             else:
                 pre.pop("scale_pending", None)
+            block.spec = self._spec(block, pre["static"])
             block.fitter = self._fitter.build(pre["phi"], block.spec)
             block.fitter.load_state_dict(pre.pop("fitter"))
             self.state[anchor]["preconditioner"] = pre
