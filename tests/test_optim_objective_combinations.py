@@ -7,9 +7,7 @@ import functools
 import pytest
 import torch
 
-import precondalg as pa
 from precondalg import families
-from precondalg.families import Family
 from precondalg.fitters import LieGroup, TorchOptimizer
 from precondalg.objectives import Fisher, Hypergradient, Newton, Proximal, squared_error
 from precondalg.optim import Preconditioned
@@ -17,10 +15,6 @@ from precondalg.placement import Concatenated, EveryAxis, Flatten, InputSide, Tw
 
 F64 = torch.float64
 LR = 0.05
-
-
-def _network_init(dims, like, gen):
-    return pa.permutation_network(dims[0], depth=2, block_size=2, generator=gen, dtype=like.dtype)
 
 
 FAMILIES = {
@@ -37,7 +31,9 @@ FAMILIES = {
     "lra_gram": (families.lra_gram(2), Flatten()),
     "triangular_gram": (families.triangular_gram(), Flatten()),
     "diagonal_gram": (families.diagonal_gram(0.5), Flatten()),
-    "permutation_gram": (Family(init=_network_init, form=pa.gram), Concatenated()),
+    "dense": (families.dense(1.0), Flatten()),
+    "permutation_network_gram": (families.permutation_network_gram(2, 2), Concatenated()),
+    "residual_network_gram": (families.residual_network_gram(3), Concatenated()),
 }
 OBJECTIVES = {
     "hypergradient": lambda model: Hypergradient(),
@@ -52,8 +48,9 @@ FITTERS = {
     "adam": functools.partial(TorchOptimizer, torch.optim.Adam, lr=1e-2),
     "lie_group": functools.partial(LieGroup, lr=0.1),
 }
-NO_SOLVE = {"permutation_gram"}  # gram of a rectangular ñ×n network: no inverse, so no PSGD criterion
-NOT_A_GROUP = {"low_rank_gram", "permutation_gram", "lra_gram"}  # φ is a rectangular M / network
+# Products of a rectangular ñ×n network: no inverse, so no PSGD criterion.
+NO_SOLVE = {"permutation_network_gram", "residual_network_gram"}
+NOT_A_GROUP = {"low_rank_gram", "lra_gram", *NO_SOLVE}  # φ is a rectangular M / network
 COMBINATIONS = [(f, o, t) for f in FAMILIES for o in OBJECTIVES for t in FITTERS]
 
 

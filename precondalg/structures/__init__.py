@@ -28,7 +28,7 @@ from precondalg.structures.lie import (
 from precondalg.structures.low_rank import IdentityPlusLowRank
 from precondalg.structures.normalization import Normalization
 from precondalg.structures.permutation import PermutationNetwork, lodo_width, permutation_network
-from precondalg.structures.residual_network import ResidualNetwork, residual_network
+from precondalg.structures.residual import ResidualNetwork, residual_network
 from precondalg.structures.scalar import Scalar
 from precondalg.structures.transpose import transpose
 from precondalg.structures.triangular import Triangular
