@@ -10,7 +10,16 @@ Run ``python -m theory_checks`` for the report, or use the runner API::
     records = run(REGISTRY, ids=["APO-7"])
 """
 
-from theory_checks import apo, fop, lodo, psgd, psgd_criteria, psgd_fitting, untested  # noqa: F401  (registers)
+from theory_checks import (  # noqa: F401  (registers)
+    apo,
+    fop,
+    lodo,
+    lodo_dynamics,
+    psgd,
+    psgd_criteria,
+    psgd_fitting,
+    untested,
+)
 from theory_checks.registry import REGISTRY, Check, Measures, NotTested, Outcome, Registry, check, not_tested
 from theory_checks.runner import MutantResult, Record, run, run_check
 

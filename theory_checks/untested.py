@@ -34,8 +34,8 @@ CLAIMS = (
         "paper": "LODO Thm 4.2, Eqs. 15-16 (Liao 2023)",
         "statement": "The exact probability bound of the expressiveness theorem.",
         "reason": "The function f of Def. 4.1 and Eq. 15 are stripped from the paper text, and f is only "
-        "hypothesised to behave like 1 − C e^{−cN/…}; the constructive parts of the theorem will be "
-        "checked by LODO-9 (planned).",
+        "hypothesised to behave like 1 − C e^{−cN/…}; the constructive parts of the theorem are "
+        "checked by LODO-9.",
         "provenance": "PAPER",
     },
     {
