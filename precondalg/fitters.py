@@ -34,11 +34,13 @@ from precondalg.structures import (
     Product,
     Scalar,
     Structure,
+    Triangular,
     is_lie_group,
     lie_step,
     max_abs,
     relative_gradient,
 )
+from precondalg.structures.triangular import hold_upper
 
 __all__ = ["Fit", "Fitter", "LieGroup", "TorchOptimizer", "UVd"]
 
@@ -53,6 +55,11 @@ class Fit(abc.ABC):
     @abc.abstractmethod
     def tensors(self) -> list[torch.Tensor]:
         """Every state tensor the step changes in place (besides the leaves)."""
+
+    def phi(self) -> Structure | None:
+        """φ over the live leaves, kept by the fit (the leaves move in place, so it stays current), for
+        the optimizer's step; None where the fit keeps none (the optimizer unflattens the leaves)."""
+        return None
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
@@ -156,6 +163,10 @@ class _LieFit(Fit):
         self.recipe, self.leaves, self.template = recipe, leaves, pytree.tree_unflatten(leaves, spec)
         # The simple group factors of Q, over the live leaf tensors (stepped in place, factor by factor).
         self.factors = _parts(self.template)
+        for part in self.factors:
+            if isinstance(part, Triangular):  # every step writes an upper-triangular factor
+                hold_upper(part)
+        self.targets = [writable(leaf) for part in self.factors for leaf in pytree.tree_leaves(part)]
         self.sizes = [self._entries(part) for part in self.factors]
         self.lipschitz = torch.zeros(sum(self.sizes), dtype=leaves[0].dtype, device=leaves[0].device)
 
@@ -172,19 +183,35 @@ class _LieFit(Fit):
         """The normalised step Q ← (I − μ R/‖R‖)Q, given the relative gradient R itself: factor by
         factor (Kronecker, BlockDiagonal), Qᵢ ← (I − (μ/‖Rᵢ‖)Rᵢ)Qᵢ."""
         parts = _parts(R)
-        ell = torch.cat([self._norm(r, n) for r, n in zip(parts, self.sizes)])
+        ell = self._norms(parts)
         if self.recipe.normalizer == "lipschitz":
             beta = self.recipe.beta_lipschitz
             self.lipschitz.copy_(torch.maximum(beta * self.lipschitz + (1 - beta) * ell, ell))
             ell = self.lipschitz
-        norms = torch.clamp(ell, min=torch.finfo(ell.dtype).tiny).split(self.sizes)
-        for q, r, n in zip(self.factors, parts, norms):
-            if n.numel() > 1:  # entry-wise normalised diagonal
-                new = lie_step(q, Diagonal(r.d / n), self.recipe.lr)
-            else:
-                new = lie_step(q, r, self.recipe.lr / n[0])
-            for leaf, value in zip(pytree.tree_leaves(q), pytree.tree_leaves(new)):
-                writable(leaf).copy_(writable(value))
+        norms = torch.clamp(ell, min=torch.finfo(ell.dtype).tiny)
+        if norms.numel() == len(parts):  # one norm per part: every μ/‖Rᵢ‖ at once
+            mus = (self.recipe.lr / norms).unbind()
+            news = [lie_step(q, r, mu) for q, r, mu in zip(self.factors, parts, mus)]
+        else:
+            news = [self._step_part(q, r, n) for q, r, n in zip(self.factors, parts, norms.split(self.sizes))]
+        values = [writable(value) for new in news for value in pytree.tree_leaves(new)]
+        for t, v in zip(self.targets, values):
+            t.copy_(v)
+
+    def _step_part(self, q: Structure, r: Structure, n: torch.Tensor) -> Structure:
+        """Qᵢ's new value, given its norm(s) n: entry-wise for a diagonal normalised so."""
+        if n.numel() > 1:
+            return lie_step(q, Diagonal(r.d / n), self.recipe.lr)
+        return lie_step(q, r, self.recipe.lr / n[0])
+
+    def _norms(self, parts: list[Structure]) -> torch.Tensor:
+        """The norms of every part, concatenated: with the max-abs norm and one leaf per part (Triangular,
+        Dense, Diagonal, Scalar), each max|r| of that leaf, stacked at once."""
+        leaves = [[leaf for leaf in pytree.tree_leaves(r) if leaf.numel()] for r in parts]
+        single = all(len(x) == 1 for x in leaves) and sum(self.sizes) == len(parts)
+        if single and self.recipe.normalizer == "max_abs":
+            return torch.stack([x[0].abs().amax() for x in leaves])
+        return torch.cat([self._norm(r, n) for r, n in zip(parts, self.sizes)])
 
     def _norm(self, r: Structure, entries: int) -> torch.Tensor:
         """‖r‖ of one part, shape (entries,): |rᵢ| entry-wise, max|r| (max-abs), or ‖r‖₂ (Lipschitz)."""
@@ -194,7 +221,15 @@ class _LieFit(Fit):
             return max_abs(r).reshape(1)
         return torch.linalg.matrix_norm(r.to_dense(), ord=2).reshape(1)
 
+    def phi(self) -> Structure:
+        """Q over the live leaves; its triangular factors are known upper triangular: every step
+        writes an element of the group, and the leaves were made so at build."""
+        return self.template
+
     def tensors(self) -> list[torch.Tensor]:
+        # Always listed, though only the "lipschitz" normaliser changes it: without it, torch.compile
+        # (aot_eager, torch 2.13) wrote one block's fit into another's same-shaped leaves in
+        # tests/test_compile.py's compiled PSGD step.
         return [self.lipschitz]
 
     def state_dict(self) -> dict[str, Any]:

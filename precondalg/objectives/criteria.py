@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -66,9 +67,10 @@ def criterion(P: Structure, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def _draw(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
     """v ~ N(0, I) per parameter, drawn on the CPU generator then moved (same draws on every device), in
     the parameter's dtype (float32 for float16/bfloat16 ones)."""
+    draws = [torch.randn(p.shape, generator=generator, dtype=_draw_dtype(p)) for p in params]
     return [
-        torch.randn(p.shape, generator=generator, dtype=_draw_dtype(p)).to(dtype=p.dtype, device=p.device)
-        for p in params
+        v if (v.dtype, v.device) == (p.dtype, p.device) else v.to(dtype=p.dtype, device=p.device)
+        for v, p in zip(draws, params)
     ]
 
 
@@ -389,7 +391,8 @@ class Fisher(_Criterion):
         loss = run_closure(closure, params, "Fisher")
         vs = _draw(params, generator)
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        return Evaluation(loss, _per_param(params, v=vs, h=[g + self.damping * v for g, v in zip(gs, vs)]))
+        hs = [g + self.damping * v for g, v in zip(gs, vs)] if self.damping else gs
+        return Evaluation(loss, _per_param(params, v=vs, h=hs))
 
 
 _CLOSED_FORM_GROUPS = (Triangular, Diagonal, Normalization, Dense, Scalar)
@@ -419,14 +422,25 @@ def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor
     a, b = Q @ h, Q.solve_transpose(v)
     if isinstance(Q, Kronecker):
         dims = [f.shape[0] for f in Q.factors]
-        A, B = a.mT.reshape(-1, *dims), b.mT.reshape(-1, *dims)
         return KroneckerSum(
-            *[2 * lie_project_gram(f, _unfold(A, i), _unfold(B, i)) for i, f in enumerate(Q.factors)]
+            *[
+                2 * lie_project_gram(f, _unfold(a, dims, i), _unfold(b, dims, i))
+                for i, f in enumerate(Q.factors)
+            ]
         )
     return 2 * lie_project_gram(Q, a, b)
 
 
-def _unfold(T: torch.Tensor, axis: int) -> torch.Tensor:
-    """The mode-`axis` unfolding of T (k, d₀, …): (d_axis, k·rest), every column a mode-axis fibre, so
-    that its Gram is Σ over every other index of T Tᵀ."""
-    return torch.movedim(T, axis + 1, 0).reshape(T.shape[axis + 1], -1)
+def _unfold(X: torch.Tensor, dims: list[int], axis: int) -> torch.Tensor:
+    """The mode-`axis` unfolding of the columns of X (n, k), each viewed row-major as a tensor of shape
+    `dims`: (d_axis, k·rest), every column a mode-axis fibre (in the order column, then the other axes),
+    so that its Gram is Σ over every other index of X Xᵀ.  For one column, a view (no copy) of X
+    itself unless the axis is a middle one."""
+    k = X.shape[-1]
+    T = X if k == 1 else X.mT  # (k, n): for one column, X holds the same numbers in the same order
+    pre, d, post = k * math.prod(dims[:axis]), dims[axis], math.prod(dims[axis + 1 :])
+    if pre == 1:
+        return T.reshape(d, post)
+    if post == 1:
+        return T.reshape(pre, d).mT
+    return T.reshape(pre, d, post).movedim(1, 0).reshape(d, -1)

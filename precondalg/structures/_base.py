@@ -113,6 +113,8 @@ def _holds_proxy(value: Any) -> bool:
     """Whether a constructor argument holds a `torch.fx.Proxy` (the symbolic stand-in of a tensor,
     which has no shape or dtype to check): the argument itself, a structure's leaves, or a tuple/list
     of such arguments."""
+    if isinstance(value, torch.Tensor):  # the common case first: a tensor is never a Proxy
+        return False
     if isinstance(value, torch.fx.Proxy):
         return True
     if isinstance(value, Structure):

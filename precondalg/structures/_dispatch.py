@@ -29,7 +29,7 @@ class Rules:
 
     def lookup(self, *operands: Any) -> Callable[..., Any] | None:
         """The rule for these operands' types, or None."""
-        return self._table.get(tuple(type(x) for x in operands))
+        return self._table.get(tuple(map(type, operands)))
 
     def types(self) -> list[tuple[type, ...]]:
         """The registered type signatures (used by the docs and the tests)."""

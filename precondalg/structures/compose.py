@@ -10,6 +10,8 @@ factor shapes conform; BlockDiagonal·BlockDiagonal → BlockDiagonal when the b
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from precondalg.structures._base import Structure, check_same_kind
@@ -22,7 +24,7 @@ from precondalg.structures.lazy import Product, Sum
 from precondalg.structures.low_rank import IdentityPlusLowRank
 from precondalg.structures.normalization import Normalization
 from precondalg.structures.scalar import Scalar
-from precondalg.structures.triangular import Triangular
+from precondalg.structures.triangular import Triangular, upper_triangular
 
 rules = Rules("compose")
 scale_rules = Rules("scale")
@@ -82,6 +84,8 @@ def _scale_dense(A: Dense, alpha: torch.Tensor | float) -> Dense:
 
 @scale_rules.register(Triangular)
 def _scale_triangular(A: Triangular, alpha: torch.Tensor | float) -> Triangular:
+    if A.upper and isinstance(alpha, (int, float)) and math.isfinite(alpha):
+        return upper_triangular(alpha * A.R)  # α·0 = 0: no triu needed
     return Triangular(alpha * A.R)
 
 
@@ -137,17 +141,17 @@ def _dense_diag(A: Dense, B: Diagonal) -> Dense:
 
 @rules.register(Triangular, Triangular)
 def _tri_tri(A: Triangular, B: Triangular) -> Triangular:
-    return Triangular(torch.triu(A.R) @ torch.triu(B.R))  # triu: an unflattened R may hold a lower part
+    return Triangular(A.upper_part() @ B.upper_part())  # an unflattened R may hold a lower part
 
 
 @rules.register(Diagonal, Triangular)
 def _diag_tri(A: Diagonal, B: Triangular) -> Triangular:
-    return Triangular(A.d.unsqueeze(-1) * torch.triu(B.R))
+    return Triangular(A.d.unsqueeze(-1) * B.upper_part())
 
 
 @rules.register(Triangular, Diagonal)
 def _tri_diag(A: Triangular, B: Diagonal) -> Triangular:
-    return Triangular(torch.triu(A.R) * B.d)
+    return Triangular(A.upper_part() * B.d)
 
 
 @rules.register(Normalization, Normalization)

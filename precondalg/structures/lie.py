@@ -39,7 +39,7 @@ from precondalg.structures.kronecker import Kronecker, KroneckerSum
 from precondalg.structures.lazy import Product
 from precondalg.structures.normalization import Normalization
 from precondalg.structures.scalar import Scalar
-from precondalg.structures.triangular import Triangular
+from precondalg.structures.triangular import Triangular, upper_triangular
 
 project_rules = Rules("lie_project")
 relative_rules = Rules("relative_gradient")
@@ -217,10 +217,11 @@ def lie_step(Q: Structure, E: Structure | torch.Tensor, mu: float | torch.Tensor
         return BlockDiagonal(*[lie_step(b, e, mu) for b, e in zip(Q.blocks, E.blocks)])
     if isinstance(Q, Dense) and not isinstance(E, Dense):
         E = Dense(E.to_dense())  # 𝔤𝔩(n) holds every n×n matrix, whatever structure E came in
-    if type(E) is type(Q) and isinstance(Q, (Dense, Triangular)):
-        # (I − μE)Q = Q − μ(EQ): one matmul (an upper-triangular product stays exactly upper triangular)
-        M, N = (Q.A, E.A) if isinstance(Q, Dense) else (Q.R, E.R)
-        return type(Q)(M - mu * (N @ M))
+    if type(E) is type(Q) and isinstance(Q, Dense):
+        return Dense(Q.A - mu * (E.A @ Q.A))  # (I − μE)Q = Q − μ(EQ): one matmul
+    if type(E) is type(Q) and isinstance(Q, Triangular):
+        new = Q.R - mu * (E.R @ Q.R)  # a product of upper-triangular matrices is exactly one
+        return upper_triangular(new) if Q.upper and E.upper else Triangular(new)
     if type(E) is type(Q) and isinstance(Q, Diagonal):
         return Diagonal(Q.d - mu * E.d * Q.d)
     identity = Scalar(torch.ones((), dtype=Q.dtype, device=Q.device), Q.shape[0])
@@ -258,7 +259,10 @@ def scale_group(Q: Structure, s: float | torch.Tensor) -> Structure:
 def max_abs(A: Structure) -> torch.Tensor:
     """The largest absolute stored value of A: PSGD's max-abs norm ‖R‖ for a pattern structure (Eq. 20)."""
     # Empty leaves (a 1×1 Normalization's c) hold no value and have no max.
-    return torch.stack([leaf.abs().max() for leaf in pytree.tree_leaves(A) if leaf.numel()]).max()
+    leaves = [leaf for leaf in pytree.tree_leaves(A) if leaf.numel()]
+    if len(leaves) == 1:
+        return leaves[0].abs().max()
+    return torch.stack([leaf.abs().max() for leaf in leaves]).max()
 
 
 def relative_gradient(Q: Structure, G: Structure) -> Structure:
