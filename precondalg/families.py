@@ -33,7 +33,6 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number
 from precondalg.structures import (
@@ -42,7 +41,6 @@ from precondalg.structures import (
     IdentityPlusLowRank,
     Kronecker,
     Normalization,
-    PermutationNetwork,
     Product,
     Scalar,
     Structure,
@@ -53,7 +51,7 @@ from precondalg.structures import (
     residual_network,
     transpose,
 )
-from precondalg.structures._permutations import gather_index, inverse_permutation
+from precondalg.structures.permutation import permutation_network_gram_vjp
 
 __all__ = [
     "Family",
@@ -334,30 +332,6 @@ def _permutation_network_init(
     )
 
 
-def _permutation_network_gram_vjp(A: PermutationNetwork, u: torch.Tensor, c: torch.Tensor) -> Structure:
-    """⟨c, d(AᵀA u)⟩ = ⟨Ac, dA u⟩ + ⟨Au, dA c⟩ as blocks: backpropagation through A's layers.
-
-    One forward pass of A on [u, c] keeps each layer's permuted input Z_i = Π_i Y_{i−1}; the output's
-    cotangent is [Ac, Au] (the forward outputs, swapped); going back, block b of layer i gets
-    Σ_columns δ_i[b] Z_i[b]ᵀ and δ_{i−1} = Π_iᵀ B_iᵀ δ_i.  Equal to `torch.func.vjp` of the form (tests).
-    """
-    k, r = A.blocks.shape[-1], u.shape[-1]
-    Y = torch.nn.functional.pad(torch.cat([u, c], dim=-1), (0, 0, 0, A.width - A.n))
-    inputs = []
-    for B, perm in zip(A.blocks, A.perms):
-        Z = Y[gather_index(perm, Y.device)].reshape(-1, k, 2 * r)
-        inputs.append(Z)
-        Y = (B @ Z).reshape(Y.shape)
-    delta = torch.cat([Y[:, r:], Y[:, :r]], dim=-1)
-    grads = []
-    for B, perm, Z in zip(reversed(A.blocks), reversed(A.perms), reversed(inputs)):
-        D = delta.reshape(-1, k, 2 * r)
-        grads.append(D @ Z.mT)
-        delta = (B.mT @ D).reshape(delta.shape)[gather_index(inverse_permutation(perm), delta.device)]
-    # Unflattening does not re-validate A's permutations (the constructor would, at O(N·ñ) Python cost).
-    return pytree.tree_unflatten([torch.stack(grads[::-1])], pytree.tree_structure(A))
-
-
 def permutation_network_gram(depth: int = 16, block_size: int = 4, width: int | None = None) -> Family:
     """P = AᵀA = EᵀKᵀKE with A = B_N Π_N ⋯ B_1 Π_1 E a `PermutationNetwork`: LODO's learned inverse
     Hessian (Liao et al. 2023, Eq. 2; its α₀ is the optimizer's lr).
@@ -384,7 +358,7 @@ def permutation_network_gram(depth: int = 16, block_size: int = 4, width: int | 
     return Family(
         init=init,
         form=gram,
-        hyper_vjp=_permutation_network_gram_vjp,
+        hyper_vjp=permutation_network_gram_vjp,
         name=f"permutation_network_gram(depth={depth}, block_size={block_size}, width={width})",
     )
 

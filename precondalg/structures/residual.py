@@ -14,7 +14,7 @@ from precondalg.structures._base import (
     register_structure,
     static_field,
 )
-from precondalg.structures._permutations import check_permutations, gather_index, inverse_permutation
+from precondalg.structures.permutation import _index, _inverse_index, checked_permutations
 
 
 @register_structure
@@ -44,7 +44,10 @@ class ResidualNetwork(Structure):
     def __post_init__(self) -> None:
         check_tensor("ResidualNetwork", "weights", self.weights, "(N, ñ)", 2)
         depth, width = self.weights.shape
-        object.__setattr__(self, "perms", check_permutations("ResidualNetwork", self.perms, depth, width))
+        perms = checked_permutations(
+            "ResidualNetwork", self.perms, depth, width, layers=f" of 'weights' {tuple(self.weights.shape)}"
+        )
+        object.__setattr__(self, "perms", perms)
         if not isinstance(self.n, INTEGERS) or not 1 <= self.n <= width:
             raise ValueError(f"ResidualNetwork: argument 'n' must be an int in [1, {width}]; got {self.n!r}")
 
@@ -60,14 +63,14 @@ class ResidualNetwork(Structure):
     def _mv(self, X: torch.Tensor) -> torch.Tensor:
         Y = F.pad(X, (0, 0, 0, self.width - self.n))
         for w, perm in zip(self.weights, self.perms):
-            Y = Y + w[:, None] * Y[gather_index(perm, Y.device)]
+            Y = Y + w[:, None] * Y.index_select(0, _index(perm, Y.device))
         return Y
 
     def _rmv(self, X: torch.Tensor) -> torch.Tensor:
         # (I + DΠ)ᵀ y = y + Πᵀ(D y), and Πᵀ is the gather by the inverse permutation.
         Y = X
         for w, perm in zip(reversed(self.weights), reversed(self.perms)):
-            Y = Y + (w[:, None] * Y)[gather_index(inverse_permutation(perm), Y.device)]
+            Y = Y + (w[:, None] * Y).index_select(0, _inverse_index(perm, Y.device))
         return Y[: self.n]
 
     def _solve(self, X: torch.Tensor) -> torch.Tensor:
