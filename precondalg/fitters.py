@@ -2,7 +2,9 @@
 
 A fitter is a recipe; ``fitter.build(leaves, spec)`` returns the per-block `Fit`, which owns its
 state and updates the leaves *in place* on ``fit.step(grads)`` (the optimizer can then undo a skipped
-step exactly, from a snapshot of ``fit.tensors()``).
+step exactly, from a snapshot of ``fit.tensors()``).  A fit whose new leaves are new tensors anyway
+(`LieGroup`) also *proposes* them (``fit.propose(grads)``) without writing them: the optimizer then
+puts them in (`replace`) only once they are known finite, and needs no snapshot of the leaves.
 
 - `TorchOptimizer`: any torch.optim class on φ's leaves — Adam for FOP (lr 1e-4, Moskovitz et al.
   2019), LODO and APO; plain SGD for Baydin et al.'s hypergradient descent (2018).
@@ -42,7 +44,29 @@ from precondalg.structures import (
 )
 from precondalg.structures.triangular import hold_upper
 
-__all__ = ["Fit", "Fitter", "LieGroup", "TorchOptimizer", "UVd"]
+__all__ = ["Fit", "Fitter", "LieGroup", "TorchOptimizer", "UVd", "replace"]
+
+
+def replace(leaf: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Give `leaf` the values of `value` (a tensor of its shape) and return a tensor holding its old
+    values.  A fresh contiguous `value` is swapped in (``set_``: no copy, and the old values stay in
+    their storage, which the returned alias keeps); a 0-d leaf, a view, and everything under torch.compile
+    are copied (see `writable`).  The leaf stays the same tensor object, so every structure over it
+    (φ, a formed P_φ) follows."""
+    swap = (
+        value.ndim > 0
+        and value._base is None
+        and value.is_contiguous()
+        and value.shape == leaf.shape
+        and not torch.compiler.is_compiling()
+    )
+    if swap:
+        old = leaf.detach()
+        leaf.set_(value)
+        return old
+    old = leaf.clone()
+    writable(leaf).copy_(writable(value))
+    return old
 
 
 class Fit(abc.ABC):
@@ -51,6 +75,16 @@ class Fit(abc.ABC):
     @abc.abstractmethod
     def step(self, grads: list[torch.Tensor]) -> None:
         """Move the leaves in place, given the objective's gradient for each leaf."""
+
+    def propose(self, grads: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The leaves' new values for these gradients, as new tensors, leaving the leaves as they are
+        (the fit's own state, `tensors`, moves as in `step`); None, without any effect, for a fit that
+        steps only in place."""
+        return None
+
+    def propose_relative(self, R: Structure, scale: float = 1.0) -> list[torch.Tensor] | None:
+        """As `propose`, from the relative gradient scale·R (for a fitter that `takes_relative`)."""
+        return None
 
     @abc.abstractmethod
     def tensors(self) -> list[torch.Tensor]:
@@ -157,16 +191,25 @@ def _parts(A: Structure) -> list[Structure]:
     return [A]
 
 
+def _max_abs_each(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """max|t| of each tensor, stacked: from its least and largest entries (`torch.aminmax`, one pass
+    without the temporary |t|; they propagate NaN), complex tensors through |t|."""
+    if any(t.is_complex() for t in tensors):
+        return torch.stack([t.abs().amax() for t in tensors])
+    extremes = torch.stack([m for t in tensors for m in torch.aminmax(t)])
+    return extremes.view(-1, 2).abs().amax(1)
+
+
 class _LieFit(Fit):
     def __init__(self, recipe: LieGroup, leaves: list[torch.Tensor], spec: pytree.TreeSpec) -> None:
         # A structure over the leaves, not the tree spec: torch deprecates copying and pickling specs.
         self.recipe, self.leaves, self.template = recipe, leaves, pytree.tree_unflatten(leaves, spec)
-        # The simple group factors of Q, over the live leaf tensors (stepped in place, factor by factor).
+        # The simple group factors of Q, over the live leaf tensors (stepped factor by factor; their
+        # leaves, in order, are the leaves: pytree flattens depth first, as `_parts` walks).
         self.factors = _parts(self.template)
         for part in self.factors:
             if isinstance(part, Triangular):  # every step writes an upper-triangular factor
                 hold_upper(part)
-        self.targets = [writable(leaf) for part in self.factors for leaf in pytree.tree_leaves(part)]
         self.sizes = [self._entries(part) for part in self.factors]
         self.lipschitz = torch.zeros(sum(self.sizes), dtype=leaves[0].dtype, device=leaves[0].device)
 
@@ -175,28 +218,45 @@ class _LieFit(Fit):
         return part.shape[0] if self.recipe.diagonal == "per_entry" and isinstance(part, Diagonal) else 1
 
     def step(self, grads: list[torch.Tensor]) -> None:
+        self._write(self.propose(grads))
+
+    def step_relative(self, R: Structure, scale: float = 1.0) -> None:
+        """The normalised step Q ← (I − μ R'/‖R'‖)Q for the relative gradient R' = scale·R, in place:
+        factor by factor (Kronecker, BlockDiagonal), Qᵢ ← (I − (μ/‖R'ᵢ‖)R'ᵢ)Qᵢ."""
+        self._write(self.propose_relative(R, scale))
+
+    def propose(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         spec = pytree.tree_structure(self.template)
         Q = pytree.tree_unflatten(self.leaves, spec)
-        self.step_relative(relative_gradient(Q, pytree.tree_unflatten(grads, spec)))
+        return self.propose_relative(relative_gradient(Q, pytree.tree_unflatten(grads, spec)))
 
-    def step_relative(self, R: Structure) -> None:
-        """The normalised step Q ← (I − μ R/‖R‖)Q, given the relative gradient R itself: factor by
-        factor (Kronecker, BlockDiagonal), Qᵢ ← (I − (μ/‖Rᵢ‖)Rᵢ)Qᵢ."""
+    def propose_relative(self, R: Structure, scale: float = 1.0) -> list[torch.Tensor]:
+        """The new leaves of `step_relative`, in the leaves' order (the Lipschitz estimate moves).
+        With the max-abs normaliser R'/‖R'‖ = R/‖R‖: `scale` drops out."""
         parts = _parts(R)
-        ell = self._norms(parts)
+        norms = self._norms(parts)
         if self.recipe.normalizer == "lipschitz":
-            beta = self.recipe.beta_lipschitz
-            self.lipschitz.copy_(torch.maximum(beta * self.lipschitz + (1 - beta) * ell, ell))
-            ell = self.lipschitz
-        norms = torch.clamp(ell, min=torch.finfo(ell.dtype).tiny)
+            norms = self._lipschitz_step(norms, scale)
+        norms = torch.clamp(norms, min=torch.finfo(norms.dtype).tiny)
         if norms.numel() == len(parts):  # one norm per part: every μ/‖Rᵢ‖ at once
             mus = (self.recipe.lr / norms).unbind()
             news = [lie_step(q, r, mu) for q, r, mu in zip(self.factors, parts, mus)]
         else:
             news = [self._step_part(q, r, n) for q, r, n in zip(self.factors, parts, norms.split(self.sizes))]
-        values = [writable(value) for new in news for value in pytree.tree_leaves(new)]
-        for t, v in zip(self.targets, values):
-            t.copy_(v)
+        return [value for new in news for value in pytree.tree_leaves(new)]
+
+    def _lipschitz_step(self, ell: torch.Tensor, scale: float) -> torch.Tensor:
+        """L ← max(β_L L + (1 − β_L)ℓ', ℓ') with ℓ' = scale·ℓ the norms of scale·R; returns L/scale, what
+        R itself is divided by."""
+        if scale != 1:
+            ell = ell * scale
+        beta = self.recipe.beta_lipschitz
+        self.lipschitz.copy_(torch.maximum(beta * self.lipschitz + (1 - beta) * ell, ell))
+        return self.lipschitz if scale == 1 else self.lipschitz / scale
+
+    def _write(self, values: list[torch.Tensor]) -> None:
+        for leaf, value in zip(self.leaves, values):
+            replace(leaf, value)
 
     def _step_part(self, q: Structure, r: Structure, n: torch.Tensor) -> Structure:
         """Qᵢ's new value, given its norm(s) n: entry-wise for a diagonal normalised so."""
@@ -210,7 +270,7 @@ class _LieFit(Fit):
         leaves = [[leaf for leaf in pytree.tree_leaves(r) if leaf.numel()] for r in parts]
         single = all(len(x) == 1 for x in leaves) and sum(self.sizes) == len(parts)
         if single and self.recipe.normalizer == "max_abs":
-            return torch.stack([x[0].abs().amax() for x in leaves])
+            return _max_abs_each([x[0] for x in leaves])
         return torch.cat([self._norm(r, n) for r, n in zip(parts, self.sizes)])
 
     def _norm(self, r: Structure, entries: int) -> torch.Tensor:

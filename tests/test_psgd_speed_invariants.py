@@ -8,6 +8,8 @@
 - One finite-check primitive (the least and largest entries, `torch.aminmax`) catches NaN, +Inf and
   −Inf in every floating dtype, and ignores integer counters.
 - A step known to be finite on the CPU runs no `torch.where` and no `aten::to` that changes nothing.
+- A fitted factor is proposed as a new tensor and swapped in once known finite: no snapshot, no copy;
+  PSGD's 2 in R takes no pass of its own over a factor.
 """
 
 from __future__ import annotations
@@ -33,9 +35,14 @@ class _Count(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
+        self.on_square: collections.Counter[str] = collections.Counter()
+        """The operations with a square matrix among their arguments (a factor, in `_kron_mlp`)."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.__name__.split(".")[0]] += 1
+        name = func.__name__.split(".")[0]
+        self.ops[name] += 1
+        if any(isinstance(a, torch.Tensor) and a.ndim == 2 and a.shape[0] == a.shape[1] for a in args):
+            self.on_square[name] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -65,6 +72,17 @@ def test_a_closed_form_kron_step_runs_one_triu_per_triangular_factor():
         opt.step(closure)
     assert count.ops["triu"] == factors
     assert count.ops["where"] == 0 and count.ops["_to_copy"] == 0
+
+
+def test_a_fitted_factor_is_swapped_in_without_a_snapshot_a_copy_or_a_pass_for_the_2():
+    model, opt = _kron_mlp()  # square matrices: the factors only (the weights are 4×5 and 3×4)
+    closure = _closure(model)
+    opt.step(closure)
+    with _Count() as count:
+        opt.step(closure)
+    assert count.on_square["set_"] == 6
+    assert count.on_square["clone"] == count.on_square["copy_"] == 0
+    assert count.on_square["mul"] == 6  # μ·(EQ) per factor; PSGD's 2 in R takes none
 
 
 def test_fitted_triangular_leaves_stay_exactly_upper_triangular():

@@ -75,10 +75,13 @@ class RelativeGradient:
     ∂/∂φ — for a fitter that steps on the group (asked for by `BlockContext.relative`).
 
     Attributes:
-        R: the relative gradient, e.g. a `KroneckerSum` for a Kronecker φ.
+        R: the relative gradient up to `scale`, e.g. a `KroneckerSum` for a Kronecker φ.
+        scale: the relative gradient is scale·R: a constant factor left out of R (PSGD's 2, Eq. 18),
+            which a normalised step folds into its step size instead of a pass over R.
     """
 
     R: Structure
+    scale: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,10 +94,12 @@ class _Criterion(BlockwiseObjective):
     def meta_grad(self, ctx: BlockContext) -> Structure | RelativeGradient:
         """∂c/∂φ by `torch.func.grad`; or, when the fitter steps on the group (``ctx.relative``) and
         P_φ = φᵀφ with φ a group `closed_form_relative_gradient` covers, that relative gradient in
-        closed form (the same R the fitter would derive from ∂c/∂φ, without differentiating a solve)."""
+        closed form (the same R the fitter would derive from ∂c/∂φ, without differentiating a solve),
+        as R/2 with scale 2."""
         h, v = ctx.extras["h"], ctx.extras["v"]
         if ctx.relative and ctx.form is gram and has_closed_form(ctx.phi):
-            return RelativeGradient(closed_form_relative_gradient(ctx.phi, h, v))
+            # R/2, and its 2 in the scale: the normalised step folds it in (no pass over R).
+            return RelativeGradient(closed_form_relative_gradient(ctx.phi, h, v, 1.0), scale=2.0)
         return grad(lambda phi: criterion(ctx.form(phi), h, v))(ctx.phi)
 
     @staticmethod
@@ -405,7 +407,9 @@ def has_closed_form(Q: Structure) -> bool:
     return is_lie_group(Q) and all(type(f) in _CLOSED_FORM_GROUPS for f in factors)
 
 
-def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor) -> Structure:
+def closed_form_relative_gradient(
+    Q: Structure, h: torch.Tensor, v: torch.Tensor, factor: float = 2.0
+) -> Structure:
     """PSGD's closed-form relative gradient of the criterion at P = QᵀQ (Li 2019, Eq. 18).
 
     R = 2·Π_𝔤(a aᵀ − b bᵀ) with a = Q h and b = Q⁻ᵀ v (paper Eq. 18; the 2019 code's
@@ -418,17 +422,22 @@ def closed_form_relative_gradient(Q: Structure, h: torch.Tensor, v: torch.Tensor
         Q: a Triangular, Diagonal, Normalization, Dense or Scalar, or a Kronecker of these.
         h: (n, k) placed h (Hv or g + λv).
         v: (n, k) placed v.
+        factor: the factor in place of 2 (1: R/2, with no pass spent on the factor).
     """
     a, b = Q @ h, Q.solve_transpose(v)
     if isinstance(Q, Kronecker):
         dims = [f.shape[0] for f in Q.factors]
         return KroneckerSum(
             *[
-                2 * lie_project_gram(f, _unfold(a, dims, i), _unfold(b, dims, i))
+                _times(factor, lie_project_gram(f, _unfold(a, dims, i), _unfold(b, dims, i)))
                 for i, f in enumerate(Q.factors)
             ]
         )
-    return 2 * lie_project_gram(Q, a, b)
+    return _times(factor, lie_project_gram(Q, a, b))
+
+
+def _times(factor: float, R: Structure) -> Structure:
+    return R if factor == 1 else factor * R
 
 
 def _unfold(X: torch.Tensor, dims: list[int], axis: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ import torch.utils._pytree as pytree
 from precondalg._checks import check_choice, check_number
 from precondalg._torch_compat import writable
 from precondalg.families import Family
-from precondalg.fitters import Fit, Fitter, TorchOptimizer
+from precondalg.fitters import Fit, Fitter, TorchOptimizer, replace
 from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective, RelativeGradient
 from precondalg.optim._checkpoint import VERSION, describe, differences, static_contexts, with_contexts
 from precondalg.optim._watch import SkipWatch, blocks_text, callers_level
@@ -61,7 +61,7 @@ from precondalg.optim.base_rules import (
 )
 from precondalg.optim.choices import call_choice, check_choices
 from precondalg.placement import Placement, default_placement
-from precondalg.structures import NotInvertibleError, Structure, scale_group
+from precondalg.structures import NotInvertibleError, Structure, scale, scale_group
 
 __all__ = ["Preconditioned", "optimizer_generator"]
 
@@ -955,7 +955,8 @@ class Preconditioned(torch.optim.Optimizer):
         self, block: _Block, meta: Structure | RelativeGradient, ok: Flag
     ) -> tuple[torch.Tensor | None, Callable[[], None]]:
         """The fitter's step on φ's leaves, undone exactly where not `ok` or not finite (see the module
-        docstring).
+        docstring).  A fit that proposes its new leaves (`Fit.propose`) has them put in only where they
+        are kept, so its leaves need no snapshot; one that steps in place is undone from a snapshot.
 
         Returns:
             1 if the fit was rolled back, else 0 (a device integer), or None where it is known on the host
@@ -963,22 +964,20 @@ class Preconditioned(torch.optim.Optimizer):
             part of the step fails).
         """
         pre = self.state[block.params[0]]["preconditioner"]
-        kept = pre["phi"] + block.fitter.tensors()
-        saved = [t.clone() for t in kept]
-        relative = isinstance(meta, RelativeGradient)
-        direction = meta.R if relative else meta
-        if ok is not True:  # zero meta-gradients where the step's gradients are bad
-            direction = pytree.tree_map(lambda g: torch.where(ok, g, torch.zeros_like(g)), direction)
-        if relative:
-            block.fitter.step_relative(direction)
-        else:
-            block.fitter.step(pytree.tree_leaves(direction))
+        leaves, state = pre["phi"], block.fitter.tensors()
+        saved = [t.clone() for t in state]
+        values, saved_leaves = self._fitted(block.fitter, meta, ok, leaves)
         after = block.fitter.tensors()
-        fine = _and(ok, _all_finite(pre["phi"] + after))
-        known = {id(t) for t in kept}
+        fine = _and(ok, _all_finite((leaves if values is None else values) + after))
+        known = {id(t) for t in state}
         created = [writable(t) for t in after if id(t) not in known]
+        kept, saved = (state, saved) if values is not None else (leaves + state, saved_leaves + saved)
+        sure, olds = _certain(fine), []
+        if values is not None:  # the old leaves stay in their storage, which `olds` keeps for undo
+            chosen = values if sure else [torch.where(fine, v, leaf) for v, leaf in zip(values, leaves)]
+            olds = [replace(leaf, v) for leaf, v in zip(leaves, chosen)]
         rolled_back = None
-        if not _certain(fine):  # on the CPU a kept fit needs no select
+        if not sure:  # on the CPU a kept fit needs no select
             for t, s in zip(map(writable, kept), map(writable, saved)):
                 torch.where(fine, t, s, out=t)
             for t in created:  # state the step created: back to zeros, a torch optimizer's fresh state
@@ -987,6 +986,8 @@ class Preconditioned(torch.optim.Optimizer):
             pre["meta_skipped"] += rolled_back
 
         def undo() -> None:
+            for leaf, old in zip(leaves, olds):
+                replace(leaf, old)
             for t, s in zip(kept, saved):
                 writable(t).copy_(writable(s))
             for t in created:
@@ -995,6 +996,29 @@ class Preconditioned(torch.optim.Optimizer):
                 pre["meta_skipped"] -= rolled_back
 
         return rolled_back, undo
+
+    @staticmethod
+    def _fitted(
+        fit: Fit, meta: Structure | RelativeGradient, ok: Flag, leaves: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor]]:
+        """The fit's proposed new leaves, or None where it stepped in place, with then a snapshot of
+        the leaves from before the step (else no snapshot); the meta-gradient is zeroed where not `ok`."""
+        relative = isinstance(meta, RelativeGradient)
+        direction = meta.R if relative else meta
+        if ok is not True:  # zero meta-gradients where the step's gradients are bad
+            direction = pytree.tree_map(lambda g: torch.where(ok, g, torch.zeros_like(g)), direction)
+        if relative:
+            values = fit.propose_relative(direction, meta.scale)
+        else:
+            values = fit.propose(pytree.tree_leaves(direction))
+        if values is not None:
+            return values, []
+        saved = [t.clone() for t in leaves]
+        if relative:  # a fit that steps in place takes the relative gradient itself
+            fit.step_relative(direction if meta.scale == 1 else scale(direction, meta.scale))
+        else:
+            fit.step(pytree.tree_leaves(direction))
+        return None, saved
 
 
 def _unused_message(key: str, base: BaseRule) -> str:

@@ -40,7 +40,7 @@ def _kron(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _apply_factors(
-    kernels: list[Callable[[torch.Tensor], torch.Tensor]], dims: list[int], X: torch.Tensor
+    kernels: list[Callable[[torch.Tensor], torch.Tensor]], dims: list[int], X: torch.Tensor, square: bool
 ) -> torch.Tensor:
     """Apply kernel i along axis i of X (N, k) viewed row-major as (dims[0], …, dims[K-1], k).
 
@@ -48,10 +48,14 @@ def _apply_factors(
     the kernels' output sizes) and post = k·Π dims after it.  The kernel takes it as a (dᵢ, post) matrix
     when pre = 1 (the first axis), as the transposed (pre, dᵢ) matrix when post = 1 (the last axis of a
     single column), and otherwise after moving the axis to the front: the first two need no copy and
-    the fewest operations (this runs for every P @ X of a Kronecker preconditioner)."""
+    the fewest operations (this runs for every P @ X of a Kronecker preconditioner).  Two `square`
+    kernels (each keeps its axis's size, so the order costs the same flops) on a single column (a matrix
+    parameter) take the last axis first (see `_apply_two`)."""
     if len(kernels) == 1:
         return kernels[0](X)
     k, sizes, Y = X.shape[-1], list(dims), X
+    if len(kernels) == 2 and k == 1 and square:
+        return _apply_two(kernels, dims, X)
     for axis, kernel in enumerate(kernels):
         pre, post = math.prod(sizes[:axis]), math.prod(sizes[axis + 1 :]) * k
         if pre == 1:
@@ -65,6 +69,17 @@ def _apply_factors(
             Y = Z.reshape(-1, pre, post).movedim(0, 1)
             sizes[axis] = Z.shape[0]
     return Y.reshape(-1, k)
+
+
+def _apply_two(
+    kernels: list[Callable[[torch.Tensor], torch.Tensor]], dims: list[int], X: torch.Tensor
+) -> torch.Tensor:
+    """A X Bᵀ for kernels (A, B) and one column X viewed as the (d₀, d₁) matrix X: B on the transposed
+    (d₁, d₀) view first, then A on the transpose of that result.  Each kernel reads a transposed view,
+    which a matmul or a triangular solve takes without a copy, and a product's result comes out row-major,
+    so that no copy is left for the end (the first axis first would end in a transposed result)."""
+    Z = kernels[1](X.reshape(dims[0], dims[1]).mT)
+    return kernels[0](Z.mT).reshape(-1, 1)
 
 
 @register_structure
@@ -104,18 +119,23 @@ class Kronecker(Structure):
         )
 
     def _mv(self, X: torch.Tensor) -> torch.Tensor:
-        return _apply_factors([f._mv for f in self.factors], [f.shape[1] for f in self.factors], X)
+        kernels, dims = [f._mv for f in self.factors], [f.shape[1] for f in self.factors]
+        return _apply_factors(kernels, dims, X, self._square())
 
     def _rmv(self, X: torch.Tensor) -> torch.Tensor:
-        return _apply_factors([f._rmv for f in self.factors], [f.shape[0] for f in self.factors], X)
+        kernels, dims = [f._rmv for f in self.factors], [f.shape[0] for f in self.factors]
+        return _apply_factors(kernels, dims, X, self._square())
 
     def _solve(self, X: torch.Tensor) -> torch.Tensor:
         self._require_square()
-        return _apply_factors([f._solve for f in self.factors], [f.shape[0] for f in self.factors], X)
+        return _apply_factors([f._solve for f in self.factors], [f.shape[0] for f in self.factors], X, True)
 
     def _rsolve(self, X: torch.Tensor) -> torch.Tensor:
         self._require_square()
-        return _apply_factors([f._rsolve for f in self.factors], [f.shape[0] for f in self.factors], X)
+        return _apply_factors([f._rsolve for f in self.factors], [f.shape[0] for f in self.factors], X, True)
+
+    def _square(self) -> bool:
+        return all(f.shape[0] == f.shape[1] for f in self.factors)
 
     def _require_square(self) -> None:
         for i, f in enumerate(self.factors):

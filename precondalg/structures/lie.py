@@ -164,7 +164,9 @@ def lie_project_gram(Q: Structure, A: torch.Tensor, B: torch.Tensor) -> Structur
         The same structure as ``lie_project(Q, A @ A.mT - B @ B.mT)``.
     """
     rule = gram_rules.lookup(Q)
-    return rule(Q, A, B) if rule is not None else lie_project(Q, A @ A.mT - B @ B.mT)
+    if rule is not None:
+        return rule(Q, A, B)
+    return lie_project(Q, torch.addmm(A @ A.mT, B, B.mT, alpha=-1))  # the difference inside the matmul
 
 
 @gram_rules.register(Scalar)

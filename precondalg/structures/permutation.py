@@ -131,7 +131,8 @@ def checked_permutations(
         perms: a sequence of `depth` sequences of ints.
         depth: N, the number of layers.
         width: ñ.
-        layers, width_note: details appended to the messages.
+        layers: detail appended to the message on the count of permutations.
+        width_note: detail appended to the message on a sequence that is not a permutation.
 
     Raises:
         ValueError: another count of permutations, or one that is not a permutation of range(width).
@@ -277,7 +278,8 @@ def permutation_network_gram_vjp(
 
     Args:
         A: the network (ñ×n).
-        u, c: (n, m) each.
+        u: (n, m), the vector G was applied to.
+        c: (n, m), the cotangent of G u.
 
     Returns:
         A `PermutationNetwork` with A's permutations whose blocks are the gradient, (N, ñ/k, k, k).
