@@ -2,7 +2,8 @@
 2023) and APO (Bae 2022) papers checked numerically against the real implementation, one module per
 paper, with a registry, a runner and a CLI.
 
-Importing the package registers every check of `fop`, `psgd`, `lodo` and `apo`, and the claims of
+Importing the package registers every check of `fop`, `psgd` (with `psgd_criteria`, `psgd_fitting`),
+`lodo` (with `lodo_dynamics`, `lodo_bowl`) and `apo`, and the claims of
 `untested` (not numerically checkable as stated), in `REGISTRY`.
 Run ``python -m theory_checks`` for the report, or use the runner API::
 
@@ -14,6 +15,7 @@ from theory_checks import (  # noqa: F401  (registers)
     apo,
     fop,
     lodo,
+    lodo_bowl,
     lodo_dynamics,
     psgd,
     psgd_criteria,

@@ -1,0 +1,1 @@
+"""Experiments of the papers precondalg reproduces (tasks, harnesses and derived reference values)."""
