@@ -322,3 +322,8 @@ def test_lodo_e1_ci_scale_three_seeds():
         # measured last / first window: 0.838, 0.836, 0.800; Spearman ρ: −0.840, −0.819, −0.672
         assert smooth[-1] < 0.9 * smooth[0], smooth
         assert _spearman(list(range(len(after))), after) < -0.5, after
+
+
+def test_run_refuses_a_bowl_together_with_a_new_bowls_arguments():
+    with pytest.raises(ValueError, match=r"\['n', 'seed'\] describe a new bowl, but 'bowl' was given too"):
+        run(lambda p: torch.optim.SGD(p, lr=1.0), 3, bowl=NoisyBowl(4), n=5, seed=1)

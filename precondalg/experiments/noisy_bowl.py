@@ -366,10 +366,10 @@ def run(
     steps: int,
     *,
     bowl: NoisyBowl | None = None,
-    n: int = 100,
-    sigma: float = 1.0,
-    lam_min: float = 1e-3,
-    seed: int = 0,
+    n: int | None = None,
+    sigma: float | None = None,
+    lam_min: float | None = None,
+    seed: int | None = None,
     hessian_every: int | None = None,
     probes: int = 0,
     probe_seed: int = 12345,
@@ -389,7 +389,10 @@ def run(
             the oracle: ``lambda p: NewtonOracle(p, bowl)`` with `bowl` passed here too).
         steps: the number of steps.
         bowl: the bowl to use (it continues its walk); default a new ``NoisyBowl(n, sigma, lam_min, seed)``.
-        n, sigma, lam_min, seed: the new bowl's (ignored with `bowl`).
+        n: the new bowl's dimension (default 100); refused together with `bowl`.
+        sigma: the new bowl's noise standard deviation (default 1.0); refused together with `bowl`.
+        lam_min: the new bowl's smallest eigenvalue (default 1e-3); refused together with `bowl`.
+        seed: the new bowl's seed (default 0); refused together with `bowl`.
         hessian_every: measure the inverse-Hessian error every this many steps (and after the last);
             None: never.  Only for optimizers with a G (`inverse_hessian_estimate`).
         probes: also the code's estimate with this many random unit vectors (0: not).
@@ -401,10 +404,19 @@ def run(
 
     Returns:
         A `BowlRun`.
+
+    Raises:
+        ValueError: steps < 1, or `bowl` together with a new bowl's n, sigma, lam_min or seed.
     """
     if steps < 1:
         raise ValueError(f"run: steps must be >= 1; got {steps}")
-    bowl = bowl if bowl is not None else NoisyBowl(n, sigma, lam_min, seed)
+    described = {"n": n, "sigma": sigma, "lam_min": lam_min, "seed": seed}
+    new = {k: v for k, v in described.items() if v is not None}
+    if bowl is not None and new:
+        raise ValueError(
+            f"run: {sorted(new)} describe a new bowl, but 'bowl' was given too; pass one or the other"
+        )
+    bowl = bowl if bowl is not None else NoisyBowl(**new)
     x = bowl.initial_point().requires_grad_(True)
     opt = make_optimizer([x])
     losses: list[float] = []
