@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-momentum-buffer", action="store_true", help="keep the trained EMA (default: m₀ = 0)"
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 3000 training steps")
+    ap.add_argument("--resume", action="store_true", help="keep the seeds already in the JSON; run the rest")
     e1.add_common_arguments(ap)
     args = ap.parse_args(argv)
     if args.quick:
@@ -98,7 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     bench.log(f"command: {command}")
     hp = {"lr": e1.TUNED["LODO"]["lr"], "beta": e1.TUNED["LODO"]["beta"]}
     records: list[dict[str, Any]] = []
+    if args.resume and bench.json_path.exists():
+        old = json.loads(bench.json_path.read_text())
+        if old.get("train_steps", old.get("config", {}).get("train_steps")) != args.train_steps:
+            raise SystemExit(f"--resume: {bench.json_path} was made with another --train-steps")
+        records = [r for r in old["runs"] if r["seed"] < args.seeds]
+        bench.log(f"resumed seeds {[r['seed'] for r in records]} from {bench.json_path}")
     for seed in range(args.seeds):
+        if any(r["seed"] == seed for r in records):
+            continue
         trained_run = run(
             lambda p, seed=seed: LODO(p, meta_lr=args.meta_lr, seed=seed, **hp),
             args.train_steps,
@@ -147,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{'blow-up at ' + str(cb) if cb is not None else 'stable'}, "
             f"late mean {rec['control_late_mean']:.3f}"
         )
-        partial = {"complete": False, "command": command, "machine": bench.info, "runs": records}
+        partial = {
+            "complete": False,
+            "command": command,
+            "machine": bench.info,
+            "train_steps": args.train_steps,
+            "runs": records,
+        }
         bench.json_path.write_text(json.dumps(partial, indent=1, default=str))  # overwritten at the end
 
     k = len(records)

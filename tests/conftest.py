@@ -14,6 +14,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from theory_checks.runner import check_environment
+
 torch.set_num_threads(1)
 
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -30,3 +32,10 @@ def records():
     from theory_checks import REGISTRY, run
 
     return {r.id: r for r in run(REGISTRY)}
+
+
+@pytest.fixture
+def float64():
+    """Run the test in the theory checks' environment (float64 default dtype, one thread)."""
+    with check_environment():
+        yield

@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import seeds
+from theory_helpers import mutant, part
 
 import precondalg as pa
 import theory_checks  # noqa: F401  (registers the checks of the package)
@@ -24,22 +25,6 @@ from theory_checks import lodo as lo
 from theory_checks.runner import check_environment
 
 IDS = tuple(f"LODO-{i}" for i in range(3, 11))
-
-
-@pytest.fixture
-def float64():
-    with check_environment():
-        yield
-
-
-def part(record, prefix: str) -> dict:
-    (found,) = [p for p in record.parts if p["name"].startswith(prefix)]
-    return found
-
-
-def mutant(record, prefix: str):
-    (found,) = [m for m in record.mutants if m.name.startswith(prefix)]
-    return found
 
 
 # ----- registration, pass and mutants -----

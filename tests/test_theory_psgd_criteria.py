@@ -19,12 +19,6 @@ from theory_checks.runner import check_environment
 IDS = ("PSGD-1", "PSGD-2", "PSGD-3", "PSGD-4", "PSGD-5", "PSGD-6", "PSGD-7", "PSGD-13")
 
 
-@pytest.fixture
-def float64():
-    with check_environment():
-        yield
-
-
 def parts(record) -> dict[str, dict]:
     return {p["name"]: p for p in record.parts}
 

@@ -16,6 +16,7 @@ import torch.utils._pytree as pytree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import seeds
+from theory_helpers import mutant, part
 
 import precondalg as pa
 from precondalg.fitters import LieGroup
@@ -26,22 +27,6 @@ from theory_checks.psgd import triu_kind
 from theory_checks.runner import check_environment
 
 IDS = ("PSGD-9", "PSGD-10", "PSGD-12", "PSGD-14", "PSGD-16")
-
-
-@pytest.fixture
-def float64():
-    with check_environment():
-        yield
-
-
-def part(record, prefix: str) -> dict:
-    (found,) = [p for p in record.parts if p["name"].startswith(prefix)]
-    return found
-
-
-def mutant(record, prefix: str):
-    (found,) = [m for m in record.mutants if m.name.startswith(prefix)]
-    return found
 
 
 # ----- every check passes, every mutant fails -----
