@@ -13,6 +13,7 @@ Each family is named like the structure φ it makes.
 | `triangular_gram(scale)` | Triangular(scale·I) | QᵀQ | PSGD's triangular Q (Li 2019, Eq. 18) |
 | `diagonal_gram(scale)` | Diagonal(scale·1) | QᵀQ = diag(q²) | PSGD's diagonal Q |
 | `kronecker_gram(factor, scale)` | ⊗ᵢ scale^(1/K)·I | ⊗ᵢ QᵢᵀQᵢ | PSGD's Kronecker Q (Eq. 23), by axis |
+| `kronecker(factor, value)` | ⊗ᵢ value^(1/K)·I | φ | Shampoo, K-FAC (set in closed form) |
 | `scan_gram(scale)` | diag ⊗ Normalization | QᵀQ | PSGD's SCAN (§5, Eq. 25) |
 | `scaw_gram(scale)` | diag ⊗ Triangular | QᵀQ | PSGD's SCAW (§5, App. A) |
 | `lra_gram(rank, scale)` | (I + UVᵀ)·diag(d) | QᵀQ | psgd_torch's LRA (fitter `UVd`) |
@@ -59,6 +60,7 @@ __all__ = [
     "dense_gram",
     "diagonal",
     "diagonal_gram",
+    "kronecker",
     "kronecker_gram",
     "low_rank_gram",
     "lra_gram",
@@ -94,6 +96,9 @@ class Family:
             uses it instead of `torch.func.vjp` (it is faster; tests hold it equal to the generic VJP).
         name: how the family is shown in messages and checkpoints (the factories set it, e.g.
             "triangular_gram(scale=0.1)"); default: from `init`'s name.
+        power: how P depends on φ, for a closed-form fitter (`precondalg.fitters.ClosedForm`) that sets
+            φ from a target P: 1 for P = φ, 2 for P = φᵀφ (φ's parts then set symmetric, or upper
+            triangular); None (default): φ cannot be set from P in closed form.
     """
 
     init: Init
@@ -101,6 +106,7 @@ class Family:
     hyper_form: Callable[[Structure], Structure] | None = None
     hyper_vjp: Callable[[Structure, torch.Tensor, torch.Tensor], Structure] | None = None
     name: str | None = None
+    power: int | None = None
 
     def __repr__(self) -> str:
         if self.name is not None:
@@ -181,6 +187,7 @@ def dense_gram(scale: float = 1.0) -> Family:
         form=gram,
         hyper_vjp=_gram_vjp,
         name="dense_gram()" if value == 1.0 else f"dense_gram(scale={value!r})",
+        power=2,
     )
 
 
@@ -248,7 +255,7 @@ def triangular_gram(scale: float = 1.0) -> Family:
     """
     value = _positive_scale("triangular_gram", scale)
     name = f"triangular_gram(scale={value!r})"
-    return Family(init=functools.partial(_triangular_identity, value), form=gram, name=name)
+    return Family(init=functools.partial(_triangular_identity, value), form=gram, name=name, power=2)
 
 
 def diagonal_gram(scale: float = 1.0) -> Family:
@@ -262,7 +269,7 @@ def diagonal_gram(scale: float = 1.0) -> Family:
     """
     value = _positive_scale("diagonal_gram", scale)
     name = f"diagonal_gram(scale={value!r})"
-    return Family(init=functools.partial(_diagonal_init, value), form=gram, name=name)
+    return Family(init=functools.partial(_diagonal_init, value), form=gram, name=name, power=2)
 
 
 def _scalar_vjp(phi: Structure, u: torch.Tensor, c: torch.Tensor) -> Structure:
@@ -286,7 +293,7 @@ def scalar(value: float = 1.0) -> Family:
     """
     check_number("scalar", "value", value)
     init = functools.partial(_scalar_init, float(value))
-    return Family(init=init, hyper_vjp=_scalar_vjp, name=f"scalar({value!r})")
+    return Family(init=init, hyper_vjp=_scalar_vjp, name=f"scalar({value!r})", power=1)
 
 
 def diagonal(value: float = 1.0) -> Family:
@@ -300,7 +307,7 @@ def diagonal(value: float = 1.0) -> Family:
     """
     check_number("diagonal", "value", value)
     init = functools.partial(_diagonal_init, float(value))
-    return Family(init=init, hyper_vjp=_diagonal_vjp, name=f"diagonal({value!r})")
+    return Family(init=init, hyper_vjp=_diagonal_vjp, name=f"diagonal({value!r})", power=1)
 
 
 def _dense_vjp(phi: Structure, u: torch.Tensor, c: torch.Tensor) -> Structure:
@@ -319,7 +326,7 @@ def dense(value: float = 1.0) -> Family:
     """
     check_number("dense", "value", value)
     init = functools.partial(_dense_identity, float(value))
-    return Family(init=init, hyper_vjp=_dense_vjp, name=f"dense({value!r})")
+    return Family(init=init, hyper_vjp=_dense_vjp, name=f"dense({value!r})", power=1)
 
 
 def _permutation_network_init(
@@ -451,17 +458,57 @@ def kronecker_gram(
     Raises:
         ValueError: unknown factor; scale not positive; max_size or max_skew negative.
     """
-    check_choice("kronecker_gram", "factor", factor, _KRONECKER_FACTORS)
-    value = _positive_scale("kronecker_gram", scale)
-    check_number("kronecker_gram", "max_size", max_size, 0.0)
-    check_number("kronecker_gram", "max_skew", max_skew, 0.0)
-    name = "kronecker_gram()" if (factor, value) == ("dense", 1.0) else (
-        f"kronecker_gram(factor={factor!r}, scale={value!r})"
+    sizes = (max_size, max_skew)
+    name, init = _kronecker_choices("kronecker_gram", _KRONECKER_FACTORS, factor, "scale", scale, *sizes)
+    return Family(init=init, form=gram, name=name, power=2)
+
+
+def _kronecker_choices(
+    owner: str,
+    factors: tuple[str, ...],
+    factor: str,
+    value_name: str,
+    value: float,
+    max_size: float,
+    max_skew: float,
+) -> tuple[str, Init]:
+    """The checked name and init of a Kronecker family (`kronecker_gram`, `kronecker`)."""
+    check_choice(owner, "factor", factor, factors)
+    value = _positive_scale(owner, value)
+    check_number(owner, "max_size", max_size, 0.0)
+    check_number(owner, "max_skew", max_skew, 0.0)
+    name = f"{owner}()" if (factor, value) == ("dense", 1.0) else (
+        f"{owner}(factor={factor!r}, {value_name}={value!r})"
     )
     if (max_size, max_skew) != (math.inf, math.inf):
         name = f"{name[:-1]}, max_size={max_size!r}, max_skew={max_skew!r})".replace("(, ", "(")
-    init = functools.partial(_kronecker_identity, factor, value, float(max_size), float(max_skew))
-    return Family(init=init, form=gram, name=name)
+    return name, functools.partial(_kronecker_identity, factor, value, float(max_size), float(max_skew))
+
+
+def kronecker(
+    factor: str = "dense", value: float = 1.0, max_size: float = math.inf, max_skew: float = math.inf
+) -> Family:
+    """P = φ = A₁ ⊗ ⋯ ⊗ A_K, one factor per placement dimension, each value^(1/K)·I at the start (so
+    P₀ = value·I): the Kronecker structure itself, without a Gram.
+
+    Shampoo (Gupta et al. 2018; Aᵢ = (Lᵢ + εI)^(−1/2K)) and K-FAC (Martens & Grosse 2015; (Ḡ + γI)⁻¹ ⊗
+    (Ā + γI)⁻¹) set it in closed form with the `ClosedForm` fitter; with `TwoSided`/`EveryAxis`/`Layer`
+    placements.  A meta-objective can fit the same structure (P is then not guaranteed PSD; use
+    `kronecker_gram` for P = ⊗ QᵢᵀQᵢ).
+
+    Args:
+        factor: "dense" or "diagonal": every Aᵢ's structure.
+        value: the initial P = value·I (a positive number).
+        max_size: as for `kronecker_gram`: a longer axis gets a diagonal factor.
+        max_skew: as for `kronecker_gram`: an axis longer than max_skew × the second-largest axis gets
+            a diagonal factor.
+
+    Raises:
+        ValueError: unknown factor; value not positive; max_size or max_skew negative.
+    """
+    sizes = (max_size, max_skew)
+    name, init = _kronecker_choices("kronecker", ("dense", "diagonal"), factor, "value", value, *sizes)
+    return Family(init=init, name=name, power=1)
 
 
 def _two_sided_group(

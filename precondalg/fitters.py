@@ -14,6 +14,8 @@ puts them in (`replace`) only once they are known finite, and needs no snapshot 
   psgd_torch code's Lipschitz estimate L ← max(β_L L + (1 − β_L)ℓ, ℓ), ℓ = ‖R‖₂.  Each Kronecker factor
   and each diagonal block is normalised by its own norm and stepped on its own, as in PSGD's code.
 - `UVd`: psgd_torch's update of its low-rank approximation Q = (I + UVᵀ)·diag(d), which is not a group.
+- `ClosedForm`: φ set from averaged second-moment statistics (`precondalg.objectives.Statistics`) in
+  closed form every ``update_every`` steps: Shampoo's and K-FAC's inverse roots.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number
 from precondalg._torch_compat import writable
+from precondalg.matrix_functions import newton_inverse_root, psd_power
+from precondalg.objectives.statistics import Statistics
 from precondalg.structures import (
-    BlockDiagonal,
+    Dense,
     Diagonal,
     IdentityPlusLowRank,
-    Kronecker,
-    KroneckerSum,
     Product,
     Scalar,
     Structure,
@@ -41,10 +43,11 @@ from precondalg.structures import (
     lie_step,
     max_abs,
     relative_gradient,
+    simple_parts,
 )
 from precondalg.structures.triangular import hold_upper
 
-__all__ = ["Fit", "Fitter", "LieGroup", "TorchOptimizer", "UVd", "replace"]
+__all__ = ["ClosedForm", "Fit", "Fitter", "LieGroup", "TorchOptimizer", "UVd", "replace"]
 
 
 def replace(leaf: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -52,7 +55,9 @@ def replace(leaf: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     values.  A fresh contiguous `value` is swapped in (``set_``: no copy, and the old values stay in
     their storage, which the returned alias keeps); a 0-d leaf, a view, and everything under torch.compile
     are copied (see `writable`).  The leaf stays the same tensor object, so every structure over it
-    (φ, a formed P_φ) follows."""
+    (φ, a formed P_φ) follows.  `value` may be the leaf itself (nothing changes)."""
+    if value is leaf:
+        return leaf.detach()
     swap = (
         value.ndim > 0
         and value._base is None
@@ -86,9 +91,20 @@ class Fit(abc.ABC):
         """As `propose`, from the relative gradient scale·R (for a fitter that `takes_relative`)."""
         return None
 
+    def propose_statistics(self, statistics: Statistics) -> list[torch.Tensor] | None:
+        """For a fitter that `takes_statistics`: take in this step's statistics (the fit's own state,
+        `tensors`, moves) and return the leaves' new values, or None where they stay as they are."""
+        raise TypeError(f"{type(self).__name__} does not take statistics")
+
     @abc.abstractmethod
     def tensors(self) -> list[torch.Tensor]:
         """Every state tensor the step changes in place (besides the leaves)."""
+
+    def failed(self) -> torch.Tensor | None:
+        """After a proposal: a device boolean, True where the fit kept (part of) φ as it was because its
+        new value would not be finite while its own state is (`ClosedForm`: a singular statistic without
+        damping); the optimizer counts it as a rolled-back meta-step.  None: the fit never does so."""
+        return None
 
     def phi(self) -> Structure | None:
         """φ over the live leaves, kept by the fit (the leaves move in place, so it stays current), for
@@ -109,6 +125,8 @@ class Fitter(abc.ABC):
 
     takes_relative: ClassVar[bool] = False
     """Whether its `Fit` has ``step_relative(R)``, a step from the relative gradient on φ's group."""
+    takes_statistics: ClassVar[bool] = False
+    """Whether it sets φ from statistics (`Fit.propose_statistics`) instead of stepping on a gradient."""
 
     @abc.abstractmethod
     def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
@@ -182,15 +200,6 @@ class TorchOptimizer(Fitter):
         return _TorchFit(self, leaves)
 
 
-def _parts(A: Structure) -> list[Structure]:
-    """The simple group factors (of Q) or algebra terms (of R), through Kronecker and block nesting."""
-    if isinstance(A, (Kronecker, KroneckerSum)):
-        return [p for f in (A.factors if isinstance(A, Kronecker) else A.terms) for p in _parts(f)]
-    if isinstance(A, BlockDiagonal):
-        return [p for b in A.blocks for p in _parts(b)]
-    return [A]
-
-
 def _max_abs_each(tensors: list[torch.Tensor]) -> torch.Tensor:
     """max|t| of each tensor, stacked: from its least and largest entries (`torch.aminmax`, one pass
     without the temporary |t|; they propagate NaN), complex tensors through |t|."""
@@ -205,8 +214,8 @@ class _LieFit(Fit):
         # A structure over the leaves, not the tree spec: torch deprecates copying and pickling specs.
         self.recipe, self.leaves, self.template = recipe, leaves, pytree.tree_unflatten(leaves, spec)
         # The simple group factors of Q, over the live leaf tensors (stepped factor by factor; their
-        # leaves, in order, are the leaves: pytree flattens depth first, as `_parts` walks).
-        self.factors = _parts(self.template)
+        # leaves, in order, are the leaves: pytree flattens depth first, as `simple_parts` walks).
+        self.factors = simple_parts(self.template)
         for part in self.factors:
             if isinstance(part, Triangular):  # every step writes an upper-triangular factor
                 hold_upper(part)
@@ -233,7 +242,7 @@ class _LieFit(Fit):
     def propose_relative(self, R: Structure, scale: float = 1.0) -> list[torch.Tensor]:
         """The new leaves of `step_relative`, in the leaves' order (the Lipschitz estimate moves).
         With the max-abs normaliser R'/‖R'‖ = R/‖R‖: `scale` drops out."""
-        parts = _parts(R)
+        parts = simple_parts(R)
         norms = self._norms(parts)
         if self.recipe.normalizer == "lipschitz":
             norms = self._lipschitz_step(norms, scale)
@@ -438,3 +447,183 @@ class UVd(Fitter):
                 f"{got}"
             )
         return _UVdFit(self, leaves)
+
+
+_ROOTS = ("eigh", "newton")
+
+
+class _ClosedFormFit(Fit):
+    """The running statistics of φ's parts and the closed form set from them (see `ClosedForm`)."""
+
+    def __init__(self, recipe: ClosedForm, leaves: list[torch.Tensor], spec: pytree.TreeSpec) -> None:
+        self.recipe, self.leaves = recipe, leaves
+        self.template = pytree.tree_unflatten(leaves, spec)
+        self.parts = simple_parts(self.template)
+        like = leaves[0]
+        self.statistics = [
+            torch.zeros(_statistic_shape(part), dtype=like.dtype, device=like.device) for part in self.parts
+        ]
+        self.weight = torch.zeros((), dtype=like.dtype, device=like.device)
+        self.fits = torch.zeros((), dtype=torch.int64, device=like.device)
+        self._failed: torch.Tensor | None = None
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        raise TypeError("ClosedForm sets φ from statistics: its objective must give Statistics")
+
+    def propose_statistics(self, statistics: Statistics) -> list[torch.Tensor] | None:
+        """S ← S + s (β = 1) or S ← βS + (1 − β)s, with the weight w ← βw + (1 − β) that bias-corrects
+        it (S/w); then, on the first fit and every ``update_every``-th after it, every part of φ is set
+        to c^(1/power)·(S/w + (δ + ε)I)^(e/power), c the objective's scale (1 by default)."""
+        if len(statistics.samples) != len(self.parts):
+            raise ValueError(
+                f"ClosedForm: {len(statistics.samples)} statistics for the {len(self.parts)} parts of φ"
+            )
+        beta = self.recipe.beta
+        for S, sample in zip(self.statistics, statistics.samples):
+            if beta == 1:
+                S.add_(sample)
+            else:
+                S.mul_(beta).add_(sample, alpha=1 - beta)
+        if beta != 1:
+            self.weight.mul_(beta).add_(1 - beta)
+        self.fits += 1
+        self._failed = None
+        # A device counter, rolled back with the statistics when a step is skipped; reading it is a host
+        # synchronisation on a GPU, needed only when the refits are amortised.
+        if self.recipe.update_every > 1 and (int(self.fits) - 1) % self.recipe.update_every:
+            return None
+        averages = self.statistics if beta == 1 else [S / self.weight for S in self.statistics]
+        damping = [0.0] * len(averages) if statistics.damping is None else list(statistics.damping(averages))
+        scales = [1.0] * len(averages) if statistics.scale is None else list(statistics.scale(averages))
+        power = statistics.power
+        news = [
+            self._part(part, S, e, power, delta + self.recipe.epsilon)
+            for part, S, e, delta in zip(self.parts, averages, statistics.exponents, damping)
+        ]
+        values = [
+            value if isinstance(c, float) and c == 1.0 else value * c ** (1 / power)
+            for new, c in zip(news, scales)
+            for value in new
+        ]
+        # A part whose root is not finite while the statistics are (singular, without damping) keeps its
+        # value: the statistics still join, and the optimizer counts the kept part (see `failed`).
+        finite = [torch.isfinite(v).all() for v in values]
+        statistics_finite = torch.stack([torch.isfinite(S).all() for S in self.statistics]).all()
+        self._failed = statistics_finite & ~torch.stack(finite).all()
+        keep = ~statistics_finite  # non-finite statistics: the optimizer rolls the whole fit back
+        return [torch.where(ok | keep, v, leaf) for v, ok, leaf in zip(values, finite, self.leaves)]
+
+    def failed(self) -> torch.Tensor | None:
+        return self._failed
+
+    def _part(
+        self, part: Structure, S: torch.Tensor, e: float, power: int, delta: torch.Tensor | float
+    ) -> list[torch.Tensor]:
+        """The new leaves of one part: (S + δI)^(e/power), a Cholesky factor for a triangular part."""
+        if isinstance(part, (Diagonal, Scalar)):
+            return [(S.clamp(min=0) + delta).pow(e / power)]
+        if isinstance(part, Triangular):  # power 2 (checked at build): upper R with RᵀR = (S + δI)^e
+            T = _matrix_power(self.recipe.root, S, e, delta)
+            finite = torch.isfinite(T).all()
+            eye = torch.eye(T.shape[0], dtype=T.dtype, device=T.device)
+            lower, info = torch.linalg.cholesky_ex(torch.where(finite, T, eye))
+            failed = ~finite | (info != 0)  # not positive definite: NaN, and the part is kept
+            return [torch.where(failed, torch.full_like(lower, torch.nan), lower).mT.contiguous()]
+        return [_matrix_power(self.recipe.root, S, e / power, delta)]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.statistics, self.weight, self.fits]
+
+    def phi(self) -> Structure:
+        return self.template
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"statistics": self.statistics, "weight": self.weight, "fits": self.fits}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        like = self.leaves[0]
+        self.statistics = [S.to(dtype=like.dtype, device=like.device) for S in state["statistics"]]
+        self.weight = state["weight"].to(dtype=like.dtype, device=like.device)
+        self.fits = state["fits"].to(device=like.device)
+
+
+def _statistic_shape(part: Structure) -> tuple[int, ...]:
+    if isinstance(part, Scalar):
+        return ()
+    if isinstance(part, Diagonal):
+        return (part.shape[0],)
+    return tuple(part.shape)
+
+
+def _matrix_power(root: str, S: torch.Tensor, exponent: float, delta: torch.Tensor | float) -> torch.Tensor:
+    """(S + δI)^exponent by `psd_power` ("eigh") or, for exponent −1/p, `newton_inverse_root`."""
+    if root == "eigh":
+        return psd_power(S, exponent, delta)
+    p = -1 / exponent
+    if exponent >= 0 or abs(p - round(p)) > 1e-9:
+        raise ValueError(
+            f"ClosedForm(root='newton'): the coupled Newton iteration computes inverse p-th roots with an "
+            f"integer p; this part's exponent is {exponent!r}. Use root='eigh'"
+        )
+    return newton_inverse_root(S, round(p), delta)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClosedForm(Fitter):
+    """Set φ in closed form from averaged second-moment statistics (the second kind of fitting, beside
+    the fitters that step on a meta-gradient): Shampoo (Gupta et al. 2018) and K-FAC (Martens & Grosse
+    2015) with the statistics objectives, and PSGD's criteria solved instead of iterated.
+
+    Each step, the objective's `Statistics` samples s join the running statistics S of φ's parts:
+    S ← S + s (β = 1: AdaGrad's and Shampoo's sum) or S ← βS + (1 − β)s read bias-corrected as
+    S/(1 − βᵗ) (an exponential average, Adam's and Distributed Shampoo's correction).  On the first fit
+    and every ``update_every``-th after it, each part of φ is set to c^(1/power)(S + (δ + ε)I)^(e/power)
+    — e, δ and c (default 1) the objective's, power the structure family's (P = φ: 1; P = φᵀφ: 2) —
+    by a symmetric eigendecomposition (or a coupled Newton iteration); a triangular part of a Gram
+    family gets the upper Cholesky factor of c(S + (δ + ε)I)^e, a diagonal or scalar part the power
+    entry-wise.  Between refits P stays as it was set.  A fit whose result would be non-finite (a
+    singular S without damping, a Newton iteration that does not converge) is rolled back by the
+    optimizer and counted.
+
+    Attributes:
+        beta: the averaging β in (0, 1] (1: the sum).
+        epsilon: ε ≥ 0 added to every statistic before its root (Shampoo's ε).
+        update_every: refit φ every this many fits (≥ 1); the statistics join at every fit.  A skipped
+            step (non-finite numbers) does not count; with update_every > 1 the fit reads its counter
+            on the host (a synchronisation per step on a GPU).
+        root: "eigh" (`precondalg.matrix_functions.psd_power`) or "newton"
+            (`newton_inverse_root`; exponents −1/p with an integer p only; it synchronises with the host
+            once per iteration).
+
+    Raises:
+        TypeError: a hyperparameter that is not a number; at build, a φ whose parts are not Dense,
+            Triangular, Diagonal or Scalar.
+        ValueError: beta not in (0, 1], negative epsilon, update_every < 1, unknown root.
+    """
+
+    beta: float = 1.0
+    epsilon: float = 0.0
+    update_every: int = 1
+    root: str = "eigh"
+
+    takes_statistics: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_number("ClosedForm", "beta", self.beta, 0.0, 1.0, lo_open=True)
+        check_number("ClosedForm", "epsilon", self.epsilon, 0.0)
+        check_number("ClosedForm", "update_every", self.update_every, 1, integer=True)
+        check_choice("ClosedForm", "root", self.root, _ROOTS)
+
+    def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
+        if spec is None:
+            raise ValueError("ClosedForm.build: needs the tree spec of the structure φ")
+        phi = pytree.tree_unflatten(leaves, spec)
+        parts = simple_parts(phi)
+        settable = all(isinstance(p, (Dense, Triangular, Diagonal, Scalar)) for p in parts)
+        if not settable or any(p.shape[0] != p.shape[1] for p in parts):
+            raise TypeError(
+                "ClosedForm: φ must be built of square Dense, Triangular, Diagonal or Scalar parts (alone, "
+                f"as Kronecker factors or as blocks), which a closed form can set; got {type(phi).__name__} "
+                f"with parts {[type(p).__name__ for p in parts]}"
+            )
+        return _ClosedFormFit(self, leaves, spec)

@@ -14,6 +14,7 @@ param group as one block (LODO, dense PSGD).
 | `EveryAxis()` | any (n₁…n_K) | vec(G), (numel, 1) | `Kronecker(A₁, …, A_K)` | Aᵢ on axis i (PSGD Kron) |
 | `Spatial()` | conv kernel (o, i, h, w) | (h·w, o·i) | (h·w)×(h·w) | taps of every channel pair (FOP) |
 | `Concatenated()` | all parameters of a group | cat of vecs, (N, 1) | N×N | LODO, dense PSGD |
+| `Layer(model)` | a layer's W, b | vec([G_W ∣ g_b]) | `Kronecker(A, B)` | A [G_W ∣ g_b] Bᵀ (K-FAC) |
 
 For the symmetric preconditioners FOP uses (P = MᵀM), `InputSide` is G ↦ G P, FOP's right
 multiplication in PyTorch layout (Moskovitz et al. 2019, Eq. 2); vec is row-major (`torch.flatten`), as in
@@ -28,7 +29,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 from einops import rearrange
@@ -40,6 +41,7 @@ __all__ = [
     "EveryAxis",
     "Flatten",
     "InputSide",
+    "Layer",
     "OutputSide",
     "Placement",
     "Spatial",
@@ -53,8 +55,16 @@ Shape = tuple[int, ...]
 class Placement(abc.ABC):
     """Abstract base: maps a block of gradients to the matrix a structure acts on, and back."""
 
-    concatenates: bool = False
-    """True when one block holds all the parameters of a param group."""
+    def covers(self, p: torch.Tensor) -> bool:
+        """Whether this placement preconditions parameter p (else p gets the base rule alone); every
+        parameter by default."""
+        return True
+
+    def block_key(self, p: torch.Tensor) -> Hashable | None:
+        """The key of the block p joins: the parameters of a param group with equal keys form one
+        block, in their order (`Concatenated`: all of them; `Layer`: a layer's weight and bias); None
+        (the default): p is a block of its own."""
+        return None
 
     @abc.abstractmethod
     def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
@@ -164,14 +174,7 @@ class TwoSided(Placement):
                 (swapped factors would apply the wrong mathematics to G).
         """
         super().check(P, dims)
-        found = _kronecker_sizes(P)
-        if found != {dims}:
-            what = "no Kronecker product" if not found else f"Kronecker factors of sizes {sorted(found)}"
-            raise ValueError(
-                f"TwoSided acts as G ↦ A G Bᵀ, so it needs a Kronecker(A, B) with A {dims[0]}×{dims[0]} "
-                f"(output side) and B {dims[1]}×{dims[1]} (input side); got {what}. For a preconditioner "
-                "on the flattened gradient use Flatten()"
-            )
+        _check_two_sided(self, P, dims)
 
     def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return grads[0].reshape(-1, 1)
@@ -222,7 +225,8 @@ class Spatial(Placement):
 class Concatenated(Placement):
     """All parameters of a param group, flattened and concatenated into one vector (LODO, dense PSGD)."""
 
-    concatenates = True
+    def block_key(self, p: torch.Tensor) -> Hashable | None:
+        return "group"
 
     def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
         if not shapes:
@@ -235,6 +239,95 @@ class Concatenated(Placement):
     def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
         sizes = [math.prod(s) for s in shapes]
         return [x.reshape(s) for x, s in zip(torch.split(X.reshape(-1), sizes), shapes)]
+
+
+def _check_two_sided(placement: Placement, P: Structure, dims: tuple[int, ...]) -> None:
+    found = _kronecker_sizes(P)
+    if found != {dims}:
+        what = "no Kronecker product" if not found else f"Kronecker factors of sizes {sorted(found)}"
+        raise ValueError(
+            f"{type(placement).__name__} acts as G ↦ A G Bᵀ, so it needs a Kronecker(A, B) with A "
+            f"{dims[0]}×{dims[0]} (output side) and B {dims[1]}×{dims[1]} (input side); got {what}. For a "
+            "preconditioner on the flattened gradient use Flatten()"
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layer(Placement):
+    """A layer's weight and bias as one block, the bias a homogeneous column: K-FAC's placement
+    (Martens & Grosse 2015, §3) for every `nn.Linear` and `nn.Conv2d` of `model`.
+
+    The block's matrix is [G_W | g_b] (out, in·… + 1) with G_W the weight's gradient reshaped to
+    (out, in·…) (a Conv2d kernel (o, i, h, w) as (o, i·h·w), the order of its patches, KFC's
+    matrixisation) and g_b the bias's as the last column; like `TwoSided`, vec of it is acted on by
+    `Kronecker(A, B)`: [G_W | g_b] ↦ A [G_W | g_b] Bᵀ.  A layer without a bias (or whose bias is in
+    another param group) has the block [G_W]; a bias alone has [g_b], (out, 1).  Parameters of other
+    modules are not covered (they get the base rule alone).  Compared by identity (of the model).
+
+    Args:
+        model: the module whose Linear and Conv2d layers are placed.
+
+    Example:
+        >>> net = torch.nn.Linear(3, 2)
+        >>> Layer(net).dims([tuple(net.weight.shape), tuple(net.bias.shape)])
+        (2, 4)
+    """
+
+    model: torch.nn.Module
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, torch.nn.Module):
+            raise TypeError(f"Layer: 'model' must be a torch.nn.Module; got {type(self.model).__name__}")
+
+    def _owners(self) -> dict[torch.Tensor, str]:
+        layers = (torch.nn.Linear, torch.nn.Conv2d)
+        return {
+            p: name
+            for name, module in self.model.named_modules()
+            if isinstance(module, layers)
+            for p in module.parameters(recurse=False)
+        }
+
+    def covers(self, p: torch.Tensor) -> bool:
+        return p in self._owners()
+
+    def block_key(self, p: torch.Tensor) -> Hashable | None:
+        return self._owners().get(p)
+
+    def dims(self, shapes: Sequence[Shape]) -> tuple[int, ...]:
+        weights = [s for s in shapes if len(s) >= 2]
+        biases = [s for s in shapes if len(s) == 1]
+        if len(weights) > 1 or len(biases) > 1 or len(weights) + len(biases) != len(shapes):
+            raise ValueError(
+                f"Layer: a block holds one layer's weight (2 or more dimensions) and bias (1 dimension); "
+                f"got shapes {[tuple(s) for s in shapes]}"
+            )
+        out = weights[0][0] if weights else biases[0][0]
+        if weights and biases and biases[0][0] != out:
+            raise ValueError(
+                f"Layer: the bias {tuple(biases[0])} does not match the weight {tuple(weights[0])}"
+            )
+        return (out, (math.prod(weights[0][1:]) if weights else 0) + len(biases))
+
+    def view(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        columns = sorted(grads, key=lambda g: -g.ndim)  # the weight, then the bias
+        matrix = torch.cat([g.reshape(g.shape[0], -1) for g in columns], 1)
+        return matrix.reshape(-1, 1)
+
+    def unview(self, X: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        out, width = self.dims(shapes)
+        matrix = X.reshape(out, width)
+        weight = [s for s in shapes if len(s) >= 2]
+        split = math.prod(weight[0][1:]) if weight else 0
+        return [matrix[:, split:].reshape(s) if len(s) == 1 else matrix[:, :split].reshape(s) for s in shapes]
+
+    def check(self, P: Structure, dims: tuple[int, ...]) -> None:
+        """P must be a Kronecker(A, B) with A out×out and B (in·… + 1)×(in·… + 1), as for `TwoSided`."""
+        super().check(P, dims)
+        _check_two_sided(self, P, dims)
+
+    def __repr__(self) -> str:
+        return f"Layer(model={type(self.model).__name__})"
 
 
 def _kronecker_sizes(S: Structure) -> set[tuple[int, ...]]:

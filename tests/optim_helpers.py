@@ -10,6 +10,7 @@ in this process and in a fresh one.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from precondalg import families
 from precondalg.fitters import TorchOptimizer
-from precondalg.optim import FOP, HD, LODO, PSGD, Preconditioned
+from precondalg.optim import FOP, HD, KFAC, LODO, PSGD, Preconditioned, Shampoo
 from precondalg.placement import Concatenated
 
 # One thread, as in conftest.py: the fresh-process resume script imports this module, and its run must
@@ -77,7 +78,26 @@ def make_model(kind: str = "mlp", dtype: torch.dtype = torch.float64, seed: int 
         The model, its parameters in `dtype`.
     """
     torch.manual_seed(seed)
-    return MODELS[kind]().to(dtype)
+    model = MODELS[kind]().to(dtype)
+    for p in model.parameters():  # the builders of presets that need the module (K-FAC) find it here
+        _OWNERS[id(p)] = weakref.ref(model)
+    return model
+
+
+_OWNERS: dict[int, weakref.ref] = {}
+"""id of a `make_model` parameter → its model (an id is not reused while the model, which holds the
+parameter, lives; a dead model's entry resolves to None)."""
+
+
+def model_of(params: Iterable[torch.Tensor]) -> tuple[list[torch.Tensor], nn.Module]:
+    """The parameters as a list and the `make_model` model that owns them."""
+    params = list(params)
+    owners = {_OWNERS.get(id(p), lambda: None)() for p in params}
+    model = owners.pop() if len(owners) == 1 else None
+    assert model is not None and all(any(p is q for q in model.parameters()) for p in params), (
+        "the parameters must all come from one make_model model"
+    )
+    return params, model
 
 
 def batch(kind: str, step: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,4 +331,28 @@ CONFIGS |= {
             ps, 0.1, meta_lr=1e-2, variant="no_momentum", variant_mapping="code", seed=seed
         ),
     ),
+}
+# Shampoo and K-FAC: statistics fitted in closed form; refits every few steps so that both the refit and
+# the steps between refits are in every run; K-FAC on both models (Linear and Conv2d hooks).
+def _kfac(**kwargs: Any) -> Builder:
+    def build(params: Iterable[torch.Tensor], seed: int) -> torch.optim.Optimizer:
+        params, model = model_of(params)
+        return KFAC(params, 0.05, model=model, damping=1e-2, update_every=3, seed=seed, **kwargs)
+
+    return build
+
+
+CONFIGS |= {
+    "shampoo": ("mlp", lambda ps, seed: Shampoo(ps, 0.05, epsilon=1e-4, update_every=3, seed=seed)),
+    "shampoo-ema-adam-graft-cnn": (
+        "cnn",
+        lambda ps, seed: Shampoo(
+            ps, 0.05, beta2=0.9, epsilon=1e-4, grafting="adam", momentum=0.9, seed=seed
+        ),
+    ),
+    "shampoo-newton-wd": (
+        "mlp", lambda ps, seed: Shampoo(ps, 0.05, epsilon=1e-3, root="newton", weight_decay=0.01, seed=seed)
+    ),
+    "kfac": ("mlp", _kfac()),
+    "kfac-momentum-cnn": ("cnn", _kfac(momentum=0.9, weight_decay=1e-3)),
 }

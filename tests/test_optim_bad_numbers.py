@@ -39,6 +39,10 @@ SKIP_CONFIGS = [
     "lodo-full",
     "lodo-residual",
     "lodo-diagonal",
+    "shampoo",
+    "shampoo-ema-adam-graft-cnn",
+    "kfac",
+    "kfac-momentum-cnn",
 ]
 
 

@@ -133,7 +133,9 @@ def test_pickle_continues_bit_exactly(name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", ["fop-full", "fop-conv", "hd-layer-adam", "generic-rmsprop"])
+@pytest.mark.parametrize(
+    "name", ["fop-full", "fop-conv", "hd-layer-adam", "generic-rmsprop", "shampoo-ema-adam-graft-cnn", "kfac"]
+)
 def test_state_dict_round_trip_keeps_dtypes(name, dtype):
     """In-process save/load with low-precision parameters: the preconditioner (float32 for bfloat16
     parameters), the meta-optimizer's state and the skip counter (int64) must survive unrounded."""

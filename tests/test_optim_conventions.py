@@ -112,7 +112,8 @@ def test_params_without_grad_are_skipped(placement, base):
 
 
 @pytest.mark.parametrize(
-    "name", ["generic-adam-wd", "generic-lowrank-concatenated", "fop-conv", "hd-global-momentum"]
+    "name",
+    ["generic-adam-wd", "generic-lowrank-concatenated", "fop-conv", "hd-global-momentum", "shampoo", "kfac"],
 )
 def test_zero_grad_then_step_changes_nothing(name):
     kind, build = CONFIGS[name]

@@ -67,6 +67,7 @@ BASES: dict[str, Callable[[list[torch.Tensor], float], torch.optim.Optimizer]] =
     "ema": lambda ps, lr: ema_sgd(ps, lr, 0.9),
     "adam": lambda ps, lr: torch.optim.Adam(ps, lr=lr),
     "rmsprop": lambda ps, lr: torch.optim.RMSprop(ps, lr=lr),
+    "adagrad": lambda ps, lr: torch.optim.Adagrad(ps, lr=lr),
 }
 POSITIONS = ("gradient", "direction")
 

@@ -45,6 +45,9 @@ DTYPE_CONFIGS = [
     "lodo-full",
     "lodo-residual",
     "lodo-diagonal",
+    "shampoo",
+    "shampoo-ema-adam-graft-cnn",
+    "kfac-momentum-cnn",
 ]
 
 

@@ -8,10 +8,18 @@ import pytest
 import torch
 
 from precondalg import families
-from precondalg.fitters import LieGroup, TorchOptimizer
-from precondalg.objectives import Fisher, Hypergradient, Newton, Proximal, squared_error
+from precondalg.fitters import ClosedForm, LieGroup, TorchOptimizer
+from precondalg.objectives import (
+    Fisher,
+    GradientStatistics,
+    Hypergradient,
+    LayerStatistics,
+    Newton,
+    Proximal,
+    squared_error,
+)
 from precondalg.optim import Preconditioned
-from precondalg.placement import Concatenated, EveryAxis, Flatten, InputSide, TwoSided
+from precondalg.placement import Concatenated, EveryAxis, Flatten, InputSide, Layer, TwoSided
 
 F64 = torch.float64
 LR = 0.05
@@ -34,6 +42,9 @@ FAMILIES = {
     "dense": (families.dense(1.0), Flatten()),
     "permutation_network_gram": (families.permutation_network_gram(2, 2), Concatenated()),
     "residual_network_gram": (families.residual_network_gram(3), Concatenated()),
+    "kronecker": (families.kronecker(), TwoSided()),
+    "kronecker_diagonal_every_axis": (families.kronecker("diagonal"), EveryAxis()),
+    "kronecker_layer": (families.kronecker(), "layer"),  # Layer(model): made with the model
 }
 OBJECTIVES = {
     "hypergradient": lambda model: Hypergradient(),
@@ -43,10 +54,20 @@ OBJECTIVES = {
     "newton_torch_func": lambda model: Newton(hvp="torch.func", model=model, loss_fn=squared_error),
     "fisher": lambda model: Fisher(damping=0.1),
     "proximal": lambda model: Proximal(model, squared_error, fsd="squared", lam_fsd=0.5, lam_wsd=0.1),
+    "gradient_statistics": lambda model: GradientStatistics(),
+    "layer_statistics": lambda model: LayerStatistics(model, damping=0.1),
 }
 FITTERS = {
     "adam": functools.partial(TorchOptimizer, torch.optim.Adam, lr=1e-2),
     "lie_group": functools.partial(LieGroup, lr=0.1),
+    "closed_form": functools.partial(ClosedForm, beta=0.9, epsilon=1e-3, update_every=2),
+}
+STATISTICS_ONLY = {"gradient_statistics", "layer_statistics"}
+GIVES_STATISTICS = {*STATISTICS_ONLY, "newton", "newton_fd", "newton_torch_func", "fisher"}
+# Families a closed form cannot set: no P = φ or P = φᵀφ of square parts (Family.power is None).
+NO_CLOSED_FORM = {
+    "normalized_dense_gram", "low_rank_gram", "scan_gram", "scaw_gram", "lra_gram",
+    "permutation_network_gram", "residual_network_gram",
 }
 # Products of a rectangular ñ×n network: no inverse, so no PSGD criterion.
 NO_SOLVE = {"permutation_network_gram", "residual_network_gram"}
@@ -63,11 +84,20 @@ def _problem(seed: int = 0):
     return model, x, y, torch.randn(6, 4, generator=gen, dtype=F64)
 
 
-def _expected_refusal(family: str, objective: str, fitter: str) -> type[Exception] | None:
+def _expected_refusal(family: str, objective: str, fitter: str) -> tuple[type[Exception], str] | None:
+    """The error a combination is refused with at construction, and the words it must contain."""
+    if fitter == "closed_form" and objective not in GIVES_STATISTICS:
+        return ValueError, "does not give"
+    if fitter != "closed_form" and objective in STATISTICS_ONLY:
+        return ValueError, "gives statistics for a closed-form fit"
     if objective.startswith(("newton", "fisher")) and family in NO_SOLVE:
-        return ValueError
+        return ValueError, "needs the preconditioner's 'solve'"
+    if objective == "layer_statistics" and family != "kronecker_layer":
+        return ValueError, "the placement must be precondalg.placement.Layer"
     if fitter == "lie_group" and family in NOT_A_GROUP:
-        return TypeError
+        return TypeError, "must be a matrix Lie group"
+    if fitter == "closed_form" and family in NO_CLOSED_FORM:
+        return ValueError, "sets φ in closed form"
     return None
 
 
@@ -75,6 +105,8 @@ def _expected_refusal(family: str, objective: str, fitter: str) -> type[Exceptio
 def test_combination(family, objective, fitter):
     model, x, y, x_fsd = _problem()
     structure, placement = FAMILIES[family]
+    if placement == "layer":
+        placement = Layer(model)
 
     def build():
         return Preconditioned(
@@ -89,10 +121,8 @@ def test_combination(family, objective, fitter):
 
     refusal = _expected_refusal(family, objective, fitter)
     if refusal is not None:
-        expected = (
-            "needs the preconditioner's 'solve'" if refusal is ValueError else "must be a matrix Lie group"
-        )
-        with pytest.raises(refusal, match=expected):
+        error, words = refusal
+        with pytest.raises(error, match=words):
             build()
         return
     opt = build()

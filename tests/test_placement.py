@@ -140,7 +140,8 @@ def test_concatenated_round_trip_several_params():
     shapes = [(3, 5), (5,), (), (2, 1, 3, 3), (1,)]
     grads = [_tensor(s, k) for k, s in enumerate(shapes)]
     pl = Concatenated()
-    assert pl.concatenates and not Flatten().concatenates
+    p = torch.zeros(2)
+    assert pl.block_key(p) == pl.block_key(torch.zeros(3)) and Flatten().block_key(p) is None
     assert pl.dims(shapes) == (sum(math.prod(s) for s in shapes),)
     X = pl.view(grads)
     assert X.shape == (pl.dims(shapes)[0], 1)

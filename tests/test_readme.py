@@ -33,7 +33,9 @@ def test_quick_start_has_exactly_two_commands() -> None:
 def test_quick_start_commands_create_and_activate_a_venv_then_install_torch_first() -> None:
     first, second = _quick_start_commands()
     assert first == VENV + TORCH + "python -m pip install -e . && python -m theory_checks", first
-    assert second == VENV + TORCH + 'python -m pip install -e ".[dev]" && python -m pytest', second
+    dev = 'python -m pip install -e ".[dev]" && '
+    references = "python -m pip install --no-deps -r requirements-references.txt && "
+    assert second == VENV + TORCH + dev + references + "python -m pytest", second
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:

@@ -52,6 +52,9 @@ class BlockContext:
         form_vjp: the family's closed-form VJP of φ ↦ form(φ) @ u (`Family.hyper_vjp`), or None.
         relative: the fitter steps on φ's matrix Lie group (`precondalg.fitters.LieGroup`), so the
             objective may return a `RelativeGradient` in closed form instead of ∂/∂φ.
+        statistics: the fitter sets φ in closed form from statistics (`precondalg.fitters.ClosedForm`),
+            so the objective returns a `precondalg.objectives.Statistics`.
+        power: how P depends on φ (`precondalg.families.Family.power`), for `Statistics`.
     """
 
     phi: Structure
@@ -66,6 +69,8 @@ class BlockContext:
     lr: float = 0.0
     form_vjp: Callable[[Structure, torch.Tensor, torch.Tensor], Structure] | None = None
     relative: bool = False
+    statistics: bool = False
+    power: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +125,12 @@ class Objective(abc.ABC):
     """Whether `meta_grads` reads `BlockContext.cache` (the previous step's u and lr); an objective that
     never does (the PSGD criteria) sets it False, and the optimizer then keeps no cache (n·k values
     per block)."""
+    gives_statistics: ClassVar[bool] = False
+    """Whether `meta_grads` answers a `precondalg.objectives.Statistics` where the context asks for one
+    (`BlockContext.statistics`), for a closed-form fitter."""
+    gives_gradients: ClassVar[bool] = True
+    """Whether it answers with a gradient (or a relative gradient) for a fitter that steps: False for
+    the objectives that only give statistics, which need a closed-form fitter."""
 
     @abc.abstractmethod
     def evaluate(
@@ -136,6 +147,14 @@ class Objective(abc.ABC):
             closure: the closure given to ``step`` (or None).
             generator: the optimizer's own random generator (its state is checkpointed).
             **inputs: the keyword arguments given to ``step`` (objective-specific).
+        """
+
+    def check_block(self, params: Sequence[torch.Tensor], placement: Any) -> None:  # noqa: B027
+        """Refuse, at construction, a block this objective cannot serve (by default every block is
+        served); the optimizer calls it for each preconditioned block.
+
+        Raises:
+            ValueError: naming the block's parameters and what was expected.
         """
 
     def with_weight_decay(

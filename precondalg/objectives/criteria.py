@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -42,6 +41,7 @@ from precondalg.objectives.base import (
     set_grads,
     watch_gradients,
 )
+from precondalg.objectives.statistics import Statistics, unfold, whitening_statistics
 from precondalg.structures import (
     Dense,
     Diagonal,
@@ -90,17 +90,26 @@ class _Criterion(BlockwiseObjective):
 
     requires: ClassVar[tuple[str, ...]] = ("solve",)
     reads_cache: ClassVar[bool] = False
+    gives_statistics: ClassVar[bool] = True
 
-    def meta_grad(self, ctx: BlockContext) -> Structure | RelativeGradient:
+    def meta_grad(self, ctx: BlockContext) -> Structure | RelativeGradient | Statistics:
         """∂c/∂φ by `torch.func.grad`; or, when the fitter steps on the group (``ctx.relative``) and
         P_φ = φᵀφ with φ a group `closed_form_relative_gradient` covers, that relative gradient in
         closed form (the same R the fitter would derive from ∂c/∂φ, without differentiating a solve),
-        as R/2 with scale 2."""
+        as R/2 with scale 2; or, for a closed-form fitter (``ctx.statistics``), the second moments of h
+        whose closed form is the criterion's minimiser P⁻² = E[hhᵀ] with v integrated out (E[vvᵀ] = I;
+        a Kronecker φ gets the optimum for a Kronecker-factored E[hhᵀ], see `whitening_statistics`)."""
         h, v = ctx.extras["h"], ctx.extras["v"]
+        if ctx.statistics:
+            return self._statistics(ctx, h, v)
         if ctx.relative and ctx.form is gram and has_closed_form(ctx.phi):
             # R/2, and its 2 in the scale: the normalised step folds it in (no pass over R).
             return RelativeGradient(closed_form_relative_gradient(ctx.phi, h, v, 1.0), scale=2.0)
         return grad(lambda phi: criterion(ctx.form(phi), h, v))(ctx.phi)
+
+    def _statistics(self, ctx: BlockContext, h: torch.Tensor, v: torch.Tensor) -> Statistics:
+        """The second moments of h (see `whitening_statistics`)."""
+        return whitening_statistics(ctx, h)
 
     @staticmethod
     def initial_scale(ctx: BlockContext) -> torch.Tensor:
@@ -376,6 +385,13 @@ class Fisher(_Criterion):
     def __post_init__(self) -> None:
         check_number("Fisher", "damping", self.damping, 0.0)
 
+    def _statistics(self, ctx: BlockContext, h: torch.Tensor, v: torch.Tensor) -> Statistics:
+        """The second moments of h = g + λv with v integrated out: those of g plus λ²I (the draw of v
+        is not used, so the closed form does not depend on it)."""
+        if not self.damping:
+            return whitening_statistics(ctx, h)
+        return whitening_statistics(ctx, h - self.damping * v, isotropic=self.damping**2)
+
     def with_weight_decay(
         self, extras: dict[str, torch.Tensor], weight_decay: float, theta: torch.Tensor
     ) -> dict[str, torch.Tensor]:
@@ -429,7 +445,7 @@ def closed_form_relative_gradient(
         dims = [f.shape[0] for f in Q.factors]
         return KroneckerSum(
             *[
-                _times(factor, lie_project_gram(f, _unfold(a, dims, i), _unfold(b, dims, i)))
+                _times(factor, lie_project_gram(f, unfold(a, dims, i), unfold(b, dims, i)))
                 for i, f in enumerate(Q.factors)
             ]
         )
@@ -438,18 +454,3 @@ def closed_form_relative_gradient(
 
 def _times(factor: float, R: Structure) -> Structure:
     return R if factor == 1 else factor * R
-
-
-def _unfold(X: torch.Tensor, dims: list[int], axis: int) -> torch.Tensor:
-    """The mode-`axis` unfolding of the columns of X (n, k), each viewed row-major as a tensor of shape
-    `dims`: (d_axis, k·rest), every column a mode-axis fibre (in the order column, then the other axes),
-    so that its Gram is Σ over every other index of X Xᵀ.  For one column, a view (no copy) of X
-    itself unless the axis is a middle one."""
-    k = X.shape[-1]
-    T = X if k == 1 else X.mT  # (k, n): for one column, X holds the same numbers in the same order
-    pre, d, post = k * math.prod(dims[:axis]), dims[axis], math.prod(dims[axis + 1 :])
-    if pre == 1:
-        return T.reshape(d, post)
-    if post == 1:
-        return T.reshape(pre, d).mT
-    return T.reshape(pre, d, post).movedim(1, 0).reshape(d, -1)

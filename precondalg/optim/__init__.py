@@ -1,23 +1,28 @@
 """torch.optim front-ends (layer 5): the generic `Preconditioned` optimizer and thin presets."""
 
 from precondalg.optim._watch import SkippedStepWarning
-from precondalg.optim.base_rules import BASE_RULES, BaseRule, base_rule
+from precondalg.optim.base_rules import BASE_RULES, BaseRule, Graft, base_rule
 from precondalg.optim.choices import ByNdim, by_ndim
 from precondalg.optim.fop import FOP
 from precondalg.optim.hd import HD
+from precondalg.optim.kfac import KFAC
 from precondalg.optim.lodo import LODO
 from precondalg.optim.preconditioned import Preconditioned, optimizer_generator
 from precondalg.optim.psgd import PSGD
+from precondalg.optim.shampoo import Shampoo
 
 __all__ = [
     "BASE_RULES",
     "FOP",
     "HD",
+    "KFAC",
     "LODO",
     "BaseRule",
     "ByNdim",
+    "Graft",
     "PSGD",
     "Preconditioned",
+    "Shampoo",
     "SkippedStepWarning",
     "base_rule",
     "by_ndim",

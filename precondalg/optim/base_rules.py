@@ -19,6 +19,7 @@ d + μb with Nesterov.
 | `ema` (LODO) | momentum 0.9 | exp_avg m (m₀ = 0) | m ← βm + (1−β)d; s = m |
 | `adam` | betas (0.9, 0.999), eps 1e-8 | step t, exp_avg m, exp_avg_sq v | m̂/(√v̂ + ε) |
 | `rmsprop` | alpha 0.99, eps 1e-8 | square_avg v | v ← αv + (1−α)d²; s = d/(√v + ε) |
+| `adagrad` | eps 1e-10 | sum v | v ← v + d²; s = d/(√v + ε) |
 
 (momentum: b₁ = d on the first step, as torch.optim.SGD; adam: m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ), t in
 float64, as torch.optim.Adam.)
@@ -34,7 +35,9 @@ import torch
 
 from precondalg._checks import check_number
 
-__all__ = ["BASE_RULES", "HYPERPARAMETERS", "BaseRule", "base_rule", "check_hyperparameter"]
+__all__ = [
+    "BASE_RULES", "GRAFTS", "HYPERPARAMETERS", "BaseRule", "Graft", "base_rule", "check_hyperparameter",
+]
 
 State = dict[str, torch.Tensor]
 Group = dict[str, Any]
@@ -119,6 +122,15 @@ def _rmsprop(d: torch.Tensor, state: State, group: Group) -> tuple[State, torch.
     return {"square_avg": v}, d / v.sqrt().add(group["eps"])
 
 
+def _adagrad_init(p: torch.Tensor) -> State:
+    return {"sum": torch.zeros_like(p)}
+
+
+def _adagrad(d: torch.Tensor, state: State, group: Group) -> tuple[State, torch.Tensor]:
+    v = state["sum"].addcmul(d, d)
+    return {"sum": v}, d / v.sqrt().add(group["eps"])
+
+
 BASE_RULES: dict[str, BaseRule] = {
     "sgd": BaseRule("sgd", _sgd_init, _sgd),
     "momentum": BaseRule(
@@ -127,6 +139,7 @@ BASE_RULES: dict[str, BaseRule] = {
     "ema": BaseRule("ema", _ema_init, _ema, {"momentum": 0.9}),
     "adam": BaseRule("adam", _adam_init, _adam, {"betas": (0.9, 0.999), "eps": 1e-8}),
     "rmsprop": BaseRule("rmsprop", _rmsprop_init, _rmsprop, {"alpha": 0.99, "eps": 1e-8}),
+    "adagrad": BaseRule("adagrad", _adagrad_init, _adagrad, {"eps": 1e-10}),
 }
 """The base rules by name: what ``Preconditioned(base=...)`` accepts."""
 
@@ -166,3 +179,62 @@ def check_hyperparameter(owner: str, name: str, value: Any) -> None:
         check_number(owner, name, value, 0.0, 1.0)
     else:  # lr, weight_decay, eps
         check_number(owner, name, value, 0.0)
+
+
+GRAFTS = ("sgd", "adagrad", "rmsprop", "adam")
+"""The methods a `Graft` takes its step norm from."""
+_GRAFT_BETA2 = {"rmsprop": 0.99, "adam": 0.999}
+
+
+@dataclasses.dataclass(frozen=True)
+class Graft:
+    """Layer-wise grafting (Agarwal et al. 2020), as Distributed Shampoo defines it (its
+    ``grafting_config``): each preconditioned block's direction d = P·u is rescaled to the norm of a
+    diagonal method's step on the same u,
+
+        d ← (‖s(u)‖ / (‖d‖ + 1e-16))·d,
+
+    the norms taken over all the block's parameters, so P sets the direction and the grafted method
+    the size.  s(u): "sgd" u; "adagrad" u/(√v + ε), v ← v + u²; "rmsprop" u/(√v + ε),
+    v ← β₂v + (1 − β₂)u²; "adam" u/(√v̂ + ε), v̂ = v/(1 − β₂ᵗ) (Adam without first moment: Distributed
+    Shampoo filters the gradient before both, here the base rule's momentum acts after).  Its state is
+    kept per parameter under the keys "graft_…" (checkpointed, kept on a skipped step).
+
+    Attributes:
+        rule: "sgd", "adagrad", "rmsprop" or "adam".
+        beta2: β₂ for "rmsprop" (default 0.99) and "adam" (0.999), Distributed Shampoo's defaults;
+            must stay None for "sgd" and "adagrad".
+        epsilon: ε (Distributed Shampoo's default 1e-10); unused by "sgd".
+
+    Raises:
+        ValueError: an unknown rule, β₂ for a rule without one or out of [0, 1), negative ε.
+    """
+
+    rule: str = "adam"
+    beta2: float | None = None
+    epsilon: float = 1e-10
+
+    def __post_init__(self) -> None:
+        if self.rule not in GRAFTS:
+            raise ValueError(f"Graft: 'rule' must be one of {list(GRAFTS)}; got {self.rule!r}")
+        if self.beta2 is not None:
+            if self.rule not in _GRAFT_BETA2:
+                raise ValueError(f"Graft: 'beta2' is read by rules 'rmsprop' and 'adam', not {self.rule!r}")
+            check_number("Graft", "beta2", self.beta2, 0.0, 1.0, hi_open=True)
+        check_number("Graft", "epsilon", self.epsilon, 0.0)
+
+    @property
+    def base(self) -> BaseRule:
+        """The base rule whose step is s(u)."""
+        return BASE_RULES[self.rule]
+
+    @property
+    def group(self) -> Group:
+        """The hyperparameters `base` reads."""
+        beta2 = self.beta2 if self.beta2 is not None else _GRAFT_BETA2.get(self.rule)
+        return {
+            "sgd": {},
+            "adagrad": {"eps": self.epsilon},
+            "rmsprop": {"alpha": beta2, "eps": self.epsilon},
+            "adam": {"betas": (0.0, beta2), "eps": self.epsilon},
+        }[self.rule]

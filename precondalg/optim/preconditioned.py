@@ -5,6 +5,8 @@ One step, for each block of parameters:
     g  ← placement.view(grads + weight_decay·θ)            the block's gradient, (n, k)
     ∇φ ← objective.meta_grad(φ, form, g, cache)              e.g. the hypergradient VJP
     φ  ← fitter(φ, ∇φ)                                        e.g. Adam on φ's leaves
+      (statistics fitting: the objective answers `Statistics` — second moments — and the `ClosedForm`
+       fitter averages them and sets φ in closed form, e.g. Shampoo's and K-FAC's roots)
     position "gradient":  s ← base(unview(P_φ g));  u ← g     P before the base rule (FOP, APO)
     position "direction": s ← P_φ view(base(g));    u ← view(base(g))   P after it (HD, LODO)
     θ  ← θ − lr·s;  cache ← (u, lr)
@@ -49,19 +51,27 @@ from precondalg._checks import check_choice, check_number
 from precondalg._torch_compat import writable
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer, replace
-from precondalg.objectives import BlockContext, Evaluation, Hypergradient, Objective, RelativeGradient
+from precondalg.objectives import (
+    BlockContext,
+    Evaluation,
+    Hypergradient,
+    Objective,
+    RelativeGradient,
+    Statistics,
+)
 from precondalg.optim._checkpoint import VERSION, describe, differences, static_contexts, with_contexts
 from precondalg.optim._watch import SkipWatch, blocks_text, callers_level
 from precondalg.optim.base_rules import (
     BASE_RULES,
     HYPERPARAMETERS,
     BaseRule,
+    Graft,
     base_rule,
     check_hyperparameter,
 )
 from precondalg.optim.choices import call_choice, check_choices
 from precondalg.placement import Placement, default_placement
-from precondalg.structures import NotInvertibleError, Structure, scale, scale_group
+from precondalg.structures import NotInvertibleError, Structure, Triangular, scale, scale_group, simple_parts
 
 __all__ = ["Preconditioned", "optimizer_generator"]
 
@@ -70,7 +80,7 @@ StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
 _CHOICES = (
     "structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed",
-    "update_probability", "clip", "auto_scale",
+    "update_probability", "clip", "auto_scale", "graft",
 )
 """Keys a param group cannot hold: choices made once for the whole optimizer (and a preset's own
 construction arguments, `Preconditioned(preset_arguments=...)`)."""
@@ -105,6 +115,8 @@ class _Plan:
     shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
     X: torch.Tensor | None = None
     u: torch.Tensor | None = None
+    sources: list[torch.Tensor] | None = None
+    """For position "direction": the base rule's steps (per parameter) P is applied to."""
     states: list[dict[str, Any]] | None = None
     context: BlockContext | None = None
 
@@ -197,7 +209,7 @@ class Preconditioned(torch.optim.Optimizer):
         objective: the meta-objective (default: the online `Hypergradient`).
         fitter: how φ moves (`precondalg.fitters`; default: Adam with lr 1e-4 on φ's leaves, FOP's
             choice; `LieGroup` for PSGD).
-        base: "sgd", "momentum", "ema", "adam" or "rmsprop" (`precondalg.optim.base_rules`), or a
+        base: "sgd", "momentum", "ema", "adam", "rmsprop" or "adagrad" (`precondalg.optim.base_rules`), or a
             `BaseRule` of one's own.
         position: "gradient" (P before the base rule) or "direction" (P after it).
         momentum: μ for "momentum", β for "ema" (in [0, 1); default 0.9).  Only for those bases.
@@ -217,6 +229,9 @@ class Preconditioned(torch.optim.Optimizer):
         clip: Ω: clip the whole step direction, θ ← θ − lr·s/max(1, ‖s‖/Ω), with ‖s‖ the 2-norm over
             every parameter of the optimizer (PSGD's preconditioned-gradient clipping, Li 2019 §4.4:
             ‖Δθ‖ ≤ lr·Ω).  None: no clipping.
+        graft: a `Graft`: rescale each preconditioned block's direction P·u to the norm of a diagonal
+            method's step on u (layer-wise grafting, as Distributed Shampoo does); None: none.
+            Blocks without a placement are not grafted (they take the base rule alone).
         auto_scale: scale each block's φ₀ (a group element) by the objective's ``initial_scale`` of
             its first usable (v, h) pair (psgd_torch's on-the-fly Q₀; PSGD criteria only).  A block
             whose pair gives no finite positive scale (an all-zero or non-finite gradient) waits for the
@@ -261,6 +276,7 @@ class Preconditioned(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         update_probability: float | Callable[[int], float] = 1.0,
         clip: float | None = None,
+        graft: Graft | None = None,
         auto_scale: bool = False,
         nonfinite: str = "skip",
         seed: int = 0,
@@ -268,6 +284,11 @@ class Preconditioned(torch.optim.Optimizer):
         preset_arguments: tuple[str, ...] = (),
     ) -> None:
         check_choices(structure, placement, objective, fitter)
+        if graft is not None and not isinstance(graft, Graft):
+            raise TypeError(
+                "Preconditioned: 'graft' must be a precondalg.optim.Graft (e.g. graft=Graft('adam')) or "
+                f"None; got {graft!r}"
+            )
         if not callable(update_probability):
             check_number("Preconditioned", "update_probability", update_probability, 0.0, 1.0)
         if clip is not None:
@@ -283,6 +304,7 @@ class Preconditioned(torch.optim.Optimizer):
         check_number("Preconditioned", "seed", seed, integer=True)
         self._base = base if isinstance(base, BaseRule) else base_rule(base)
         self._base_keys = tuple(self._base.init(torch.zeros(1)))  # the names of the rule's state
+        self._graft = graft
         given = dict(
             momentum=momentum, dampening=dampening, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha
         )
@@ -298,11 +320,12 @@ class Preconditioned(torch.optim.Optimizer):
                 f"which only the PSGD criteria (Newton, Fisher) provide; got objective "
                 f"{type(self._objective).__name__}"
             )
+        self._fitter = fitter if fitter is not None else TorchOptimizer(torch.optim.Adam, lr=1e-4)
+        self._check_fitting()
         self._update_probability = update_probability
         self._clip = None if clip is None else float(clip)
         self._auto_scale = auto_scale
         self._steps = 0
-        self._fitter = fitter if fitter is not None else TorchOptimizer(torch.optim.Adam, lr=1e-4)
         self._position = position
         self._nonfinite = nonfinite
         self._name = str(name)
@@ -317,6 +340,51 @@ class Preconditioned(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"{self._name} ({super().__repr__()})"
+
+    @property
+    def objective(self) -> Objective:
+        """The objective (e.g. to call `LayerStatistics.remove_hooks`)."""
+        return self._objective
+
+    def _graft_init(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The `Graft`'s fresh state for a preconditioned parameter ("graft_…" keys; none without one)."""
+        if self._graft is None:
+            return {}
+        return {f"graft_{k}": v for k, v in self._graft.base.init(_in_compute_dtype(p)).items()}
+
+    def _grafted(
+        self, params: list[torch.Tensor], sources: list[torch.Tensor], directions: list[torch.Tensor]
+    ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        """The `Graft`: its new states ("graft_…") and the directions rescaled to the norm of its steps
+        on `sources` (the vectors P was applied to), both norms over the whole block."""
+        graft = self._graft
+        states, steps = [], []
+        for p, u in zip(params, sources):
+            state = self.state[p]
+            old = {k[len("graft_"):]: v for k, v in state.items() if k.startswith("graft_")}
+            new, step = graft.base.update(u, old, graft.group)
+            states.append({f"graft_{k}": v for k, v in new.items()})
+            steps.append(step)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in steps]))
+        mine = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in directions]))
+        factor = norm / (mine + 1e-16)
+        return states, [d * factor for d in directions]
+
+    def _check_fitting(self) -> None:
+        """Refuse an objective and a fitter that do not speak the same kind: statistics for a closed-form
+        fitter, gradients for a fitter that steps."""
+        objective, fitter = type(self._objective).__name__, type(self._fitter).__name__
+        if self._fitter.takes_statistics and not self._objective.gives_statistics:
+            raise ValueError(
+                f"Preconditioned: fitter {fitter} sets φ in closed form from statistics, which objective "
+                f"{objective} does not give; use GradientStatistics(), LayerStatistics(model), Fisher() or "
+                "Newton(), or a fitter that steps on the meta-gradient (TorchOptimizer, LieGroup)"
+            )
+        if not self._fitter.takes_statistics and not self._objective.gives_gradients:
+            raise ValueError(
+                f"Preconditioned: objective {objective} gives statistics for a closed-form fit, not a "
+                f"gradient for fitter {fitter} to step on; use fitter=ClosedForm(...)"
+            )
 
     # ----- param groups and blocks -----
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -362,37 +430,42 @@ class Preconditioned(torch.optim.Optimizer):
 
     def _placement_of(self, p: torch.Tensor) -> Placement | None:
         choice = self._placement
-        if choice is None or isinstance(choice, Placement):
-            return choice
+        if choice is None:
+            return None
+        if isinstance(choice, Placement):
+            return choice if choice.covers(p) else None
         placement = call_choice("placement", choice, tuple(p.shape))
         if not (placement is None or isinstance(placement, Placement)):
             raise TypeError(
                 f"Preconditioned: 'placement' returned {type(placement).__name__} for a parameter of shape "
                 f"{tuple(p.shape)}; expected a precondalg.placement.Placement or None"
             )
-        return placement
+        return placement if placement is None or placement.covers(p) else None
 
     def _make_blocks(self, group: dict[str, Any]) -> list[_Block]:
         blocks: list[_Block] = []
-        joint: dict[Placement, list[torch.Tensor]] = {}
+        joint: dict[tuple[Placement, Any], list[torch.Tensor]] = {}
         for p in group["params"]:
             placement = self._placement_of(p)
-            if placement is not None and placement.concatenates:
-                joint.setdefault(placement, []).append(p)
+            key = None if placement is None else placement.block_key(p)
+            if key is not None:
+                joint.setdefault((placement, key), []).append(p)
             else:
                 blocks.append(_Block([p], placement))
-        for placement, ps in joint.items():
+        for (placement, _), ps in joint.items():
             kinds = sorted({(str(p.dtype), str(p.device)) for p in ps})
             if len(kinds) > 1:
                 raise ValueError(
-                    f"{self._name}: placement {placement!r} puts all the parameters of a param group into "
+                    f"{self._name}: placement {placement!r} puts several parameters of a param group into "
                     f"one block, so they must share one dtype and device; got {kinds}. Put each kind in its "
                     "own param group"
                 )
-        blocks.extend(_Block(ps, placement) for placement, ps in joint.items())
+        blocks.extend(_Block(ps, placement) for (placement, _), ps in joint.items())
         for block in blocks:
             for p in block.params:
                 self.state[p].update(self._base.init(_in_compute_dtype(p)))
+                if block.placement is not None:
+                    self.state[p].update(self._graft_init(p))
             anchor = block.params[0]
             self.state[anchor]["skipped"] = torch.zeros((), dtype=torch.int64, device=anchor.device)
             if block.placement is not None:
@@ -418,6 +491,9 @@ class Preconditioned(torch.optim.Optimizer):
         P = block.family.form(phi)
         self._check_size(block, P)
         self._check_operations(block, P)
+        self._objective.check_block(block.params, block.placement)
+        if self._fitter.takes_statistics:
+            self._check_closed_form(block, phi)
         if self._auto_scale:
             try:
                 scale_group(phi, 1.0)
@@ -467,6 +543,20 @@ class Preconditioned(torch.optim.Optimizer):
                 f"{block.placement!r} has dims {dims}, but structure {block.family!r} made {describe(P)}: "
                 f"{err}"
             ) from err
+
+    def _check_closed_form(self, block: _Block, phi: Structure) -> None:
+        """Refuse, at construction, a structure a closed-form fitter cannot set: one whose family does not
+        say how P depends on φ, or a triangular part of a family with P = φ."""
+        power = block.family.power
+        if power not in (1, 2) or (
+            power == 1 and any(isinstance(part, Triangular) for part in simple_parts(phi))
+        ):
+            raise ValueError(
+                f"Preconditioned: fitter {type(self._fitter).__name__} sets φ in closed form from a target "
+                f"P, which needs P = φ (families scalar, diagonal, dense, kronecker) or P = φᵀφ (the *_gram "
+                f"families of square parts); structure {block.family!r} (for the parameter(s) of shape(s) "
+                f"{block.shapes}) is neither"
+            )
 
     def _check_operations(self, block: _Block, P: Structure) -> None:
         """Refuse, at construction, a structure lacking an operation the objective needs."""
@@ -563,6 +653,7 @@ class Preconditioned(torch.optim.Optimizer):
             "optimizer": self._name,
             "base": self._base.name,
             "position": self._position,
+            **({} if self._graft is None else {"graft": repr(self._graft)}),
             "objective": type(self._objective).__name__,
             "fitter": fitter,
             "groups": [[list(p.shape) for p in group["params"]] for group in self.param_groups],
@@ -632,6 +723,9 @@ class Preconditioned(torch.optim.Optimizer):
                 state[key] = of[p][key].to(device=p.device, dtype=template.dtype, copy=True)
         for block in self._every_block():
             anchor = block.params[0]
+            for p in block.params if block.placement is not None else ():  # in the order of a fresh state
+                for key, template in self._graft_init(p).items():
+                    self.state[p][key] = of[p][key].to(device=p.device, dtype=template.dtype, copy=True)
             self.state[anchor]["skipped"] = of[anchor]["skipped"].to(anchor.device, copy=True)
             if block.placement is None:
                 continue
@@ -675,6 +769,8 @@ class Preconditioned(torch.optim.Optimizer):
         for block in self._every_block():
             for p in block.params:
                 needed = list(self._base_keys)
+                if block.placement is not None:
+                    needed += list(self._graft_init(p))
                 if p is block.params[0]:
                     needed += ["skipped"] + (["preconditioner"] if block.placement is not None else [])
                 entry = states.get(index[p], {})
@@ -866,8 +962,8 @@ class Preconditioned(torch.optim.Optimizer):
         plan.shapes = block.shapes
         plan.X = block.placement.view(plan.grads)
         if self._position == "direction":
-            plan.states, base_steps = self._base_steps(group, params, plan.grads)
-            plan.u = block.placement.view(base_steps)
+            plan.states, plan.sources = self._base_steps(group, params, plan.grads)
+            plan.u = block.placement.view(plan.sources)
         else:
             plan.u = plan.X
         if not fitting:
@@ -892,6 +988,8 @@ class Preconditioned(torch.optim.Optimizer):
             lr=group["lr"],
             form_vjp=block.family.hyper_vjp,
             relative=self._fitter.takes_relative,
+            statistics=self._fitter.takes_statistics,
+            power=block.family.power,
         )
         return plan
 
@@ -904,8 +1002,16 @@ class Preconditioned(torch.optim.Optimizer):
         P = self._formed(block)
         if self._position == "gradient":
             directions = block.placement.unview(P @ plan.X, plan.shapes)
-            return self._base_steps(group, params, directions)
-        return plan.states, block.placement.unview(P @ plan.u, plan.shapes)
+            if self._graft is None:
+                return self._base_steps(group, params, directions)
+            grafts, directions = self._grafted(params, plan.grads, directions)
+            states, steps = self._base_steps(group, params, directions)
+            return [{**state, **graft} for state, graft in zip(states, grafts)], steps
+        directions = block.placement.unview(P @ plan.u, plan.shapes)
+        if self._graft is None:
+            return plan.states, directions
+        grafts, directions = self._grafted(params, plan.sources, directions)
+        return [{**state, **graft} for state, graft in zip(plan.states, grafts)], directions
 
     def _propose(
         self,
@@ -952,7 +1058,7 @@ class Preconditioned(torch.optim.Optimizer):
             pre["cache"] = {"u": u, "lr": plan.group["lr"]}
 
     def _fit(
-        self, block: _Block, meta: Structure | RelativeGradient, ok: Flag
+        self, block: _Block, meta: Structure | RelativeGradient | Statistics, ok: Flag
     ) -> tuple[torch.Tensor | None, Callable[[], None]]:
         """The fitter's step on φ's leaves, undone exactly where not `ok` or not finite (see the module
         docstring).  A fit that proposes its new leaves (`Fit.propose`) has them put in only where they
@@ -984,6 +1090,11 @@ class Preconditioned(torch.optim.Optimizer):
                 torch.where(fine, t, torch.zeros_like(t), out=t)
             rolled_back = _and(ok, ~fine).long()
             pre["meta_skipped"] += rolled_back
+        failed = block.fitter.failed()
+        if failed is not None:  # a fit that kept (part of) φ itself: counted as a rolled-back meta-step
+            failed = (failed if sure else failed & fine).long()
+            pre["meta_skipped"] += failed
+            rolled_back = failed if rolled_back is None else rolled_back + failed
 
         def undo() -> None:
             for leaf, old in zip(leaves, olds):
@@ -999,10 +1110,13 @@ class Preconditioned(torch.optim.Optimizer):
 
     @staticmethod
     def _fitted(
-        fit: Fit, meta: Structure | RelativeGradient, ok: Flag, leaves: list[torch.Tensor]
+        fit: Fit, meta: Structure | RelativeGradient | Statistics, ok: Flag, leaves: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor]]:
         """The fit's proposed new leaves, or None where it stepped in place, with then a snapshot of
         the leaves from before the step (else no snapshot); the meta-gradient is zeroed where not `ok`."""
+        if isinstance(meta, Statistics):  # not zeroed where not `ok`: the whole fit is rolled back there
+            values = fit.propose_statistics(meta)
+            return (leaves if values is None else values), []
         relative = isinstance(meta, RelativeGradient)
         direction = meta.R if relative else meta
         if ok is not True:  # zero meta-gradients where the step's gradients are bad

@@ -24,6 +24,7 @@ from precondalg.structures.lie import (
     max_abs,
     relative_gradient,
     scale_group,
+    simple_parts,
 )
 from precondalg.structures.low_rank import IdentityPlusLowRank
 from precondalg.structures.normalization import Normalization
@@ -70,5 +71,6 @@ __all__ = [
     "residual_network",
     "scale_group",
     "scale",
+    "simple_parts",
     "transpose",
 ]

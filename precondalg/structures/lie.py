@@ -46,6 +46,23 @@ relative_rules = Rules("relative_gradient")
 _SIMPLE_GROUPS = (Scalar, Diagonal, Dense, Triangular, Normalization)
 
 
+def simple_parts(A: Structure) -> list[Structure]:
+    """The simple factors of A (or the terms of a `KroneckerSum`) through Kronecker products and
+    block-diagonal sums, depth first: the order in which pytree flattening meets their leaves.
+
+    Example:
+        >>> B = BlockDiagonal(Diagonal(torch.ones(2)), Scalar(torch.tensor(1.0), 1))
+        >>> Q = Kronecker(Dense(torch.eye(2)), B)
+        >>> " ".join(type(p).__name__ for p in simple_parts(Q))
+        'Dense Diagonal Scalar'
+    """
+    if isinstance(A, (Kronecker, KroneckerSum)):
+        return [p for f in (A.factors if isinstance(A, Kronecker) else A.terms) for p in simple_parts(f)]
+    if isinstance(A, BlockDiagonal):
+        return [p for b in A.blocks for p in simple_parts(b)]
+    return [A]
+
+
 def is_lie_group(A: Structure) -> bool:
     """Whether A's structure is a matrix Lie group (values aside: entries must make it invertible)."""
     if isinstance(A, Dense):
