@@ -10,20 +10,28 @@ What it measures (docs/benchmarks.md describes the protocol in full):
 
 1. Step time.  On (a) an MLP 64-100-100-10 and (b) a small CNN, both on scikit-learn's ``load_digits``
    (batch 128, cross-entropy), every method trains its own copy of the *same* initial model on the
-   *same* sequence of batches.  After a warm-up, the methods are run in interleaved rounds (the order is
-   shuffled every round); in each round each method runs ``--steps`` consecutive training steps, each
-   timed twice with ``time.perf_counter`` (``torch.cuda.synchronize`` before every clock read on CUDA):
-   the whole training step (zero_grad + forward + backward + ``opt.step()``) and ``opt.step()`` alone.
+   *same* sequence of batches.  The methods: torch.optim's SGD-momentum and Adam (the baselines); FOP
+   (full, low rank, spatial), S-HD and PP-HD; Shampoo (roots every step, every 10 steps, and with Adam
+   grafting), beside the peer ``pytorch_optimizer.Shampoo`` at the same cadences where it is installed;
+   K-FAC (inverses every step and every 10 steps).  After a warm-up, the methods are run in
+   interleaved rounds (the order is shuffled every round); in each round each method runs ``--steps``
+   consecutive training steps, each timed twice with ``time.perf_counter`` (``torch.cuda.synchronize``
+   before every clock read on CUDA): the whole training step (zero_grad + forward + backward +
+   ``opt.step()``) and ``opt.step()`` alone.
    A round's figure is the median over its steps; a method's ratio to a baseline is the median over
    rounds of (method / baseline in the same round), so that slow drift of a shared machine cancels.
+   The median of a round hides work done once every k steps (Shampoo's roots, K-FAC's inverses with
+   update_every = 10: one step in ten); the same figures with each round's *mean* instead of its
+   median, which spread that work over the steps, are reported beside them ("amortised").
 2. Optimizer-state memory: the bytes of every tensor in ``opt.state_dict()`` (for precondalg's
-   optimizers that includes φ, the cache, the skip counter and each block's meta-optimizer state),
-   each storage counted once, divided by the number of model parameters; Adam keeps 2 floats = 8 B.
+   optimizers that includes φ, the cache, the skip counter and each block's fitter state: a
+   meta-optimizer's moments, or the ClosedForm fitter's running statistics), each storage counted once,
+   divided by the number of model parameters, and split by component; Adam keeps 2 floats = 8 B.
 3. Growth: the time of one preconditioner application P @ G (G the placed gradient of a Linear(n, 100)
    layer, shape (n, 100)) and of one optimizer step on that layer, as n grows, for full FOP
    (P = MᵀM, O(n²) per column) and low-rank FOP (P = I + MᵀM, M r×n, O(nr) per column).
 4. With ``--profile``: cProfile of full FOP's ``opt.step()`` on the MLP and on one Linear(1024, 100)
-   layer, by phase of ``Preconditioned.step``.
+   layer, and of Shampoo's (every 1, every 10) on the MLP, by phase of ``Preconditioned.step``.
 
 Tests never assert on these numbers; this script only measures and reports.
 """
@@ -57,7 +65,7 @@ import precondalg
 from precondalg.families import dense_gram, low_rank_gram
 from precondalg.fitters import TorchOptimizer
 from precondalg.objectives import Hypergradient
-from precondalg.optim import FOP, HD, Preconditioned
+from precondalg.optim import FOP, HD, KFAC, Preconditioned, Shampoo
 from precondalg.placement import InputSide, Spatial
 
 # Targets from the FOP paper (Moskovitz et al. 2019): training-step time relative to momentum SGD.
@@ -71,6 +79,17 @@ LR_ADAM = 1e-3
 HYPER_LR = 1e-4
 RANK = 8
 BATCH = 128
+# Shampoo without grafting: with ε = 1e-12 the roots of the first step's rank-deficient statistics
+# (L = G₁G₁ᵀ: eigenvalues ε, root ε^(-1/4) = 1e3 on each side) blow up later gradients when they are
+# reused for 10 steps: the loss went non-finite at every lr tried down to 1e-3 (at ε = 1e-4, with lr
+# 0.05 too).  ε = 1e-4 and lr 0.01 train on both models at update_every 1 and 10; the peer gets the
+# same lr and ε (its matrix_eps).
+SHAMPOO_LR = 0.01
+SHAMPOO_EPS = 1e-4
+GRAFT_LR = 0.002  # Shampoo with Adam grafting (ε 1e-12, Distributed Shampoo's default); 0.05 stays
+# finite but the CNN's loss ends near 2.4 after 320 steps
+KFAC_LR = 0.002  # update_every 10 diverged at lr 0.05, 0.01 and 0.005 (damping 1e-3) on both models
+KFAC_DAMPING = 1e-3
 
 
 # ----------------------------------------------------------------------------------------- machine
@@ -257,32 +276,91 @@ def fop_spatial_only(params, lr: float) -> Preconditioned:
     )
 
 
-Maker = Callable[[Any], torch.optim.Optimizer]
+Maker = Callable[[nn.Module], torch.optim.Optimizer]
+"""Builds a method's optimizer for a model (its own copy): most use model.parameters(); K-FAC the model."""
 
 BASELINES: dict[str, Maker] = {
-    "SGD momentum": lambda p: torch.optim.SGD(p, lr=LR_SGD, momentum=0.9),
-    "Adam": lambda p: torch.optim.Adam(p, lr=LR_ADAM),
+    "SGD momentum": lambda m: torch.optim.SGD(m.parameters(), lr=LR_SGD, momentum=0.9),
+    "Adam": lambda m: torch.optim.Adam(m.parameters(), lr=LR_ADAM),
 }
 
 HD_ARGS = dict(base="momentum", momentum=0.9, hyper_optimizer="adam")
 
+
+def _peer_shampoo(every: int) -> Maker:
+    """pytorch_optimizer's Shampoo with roots every `every` steps (its first at step `every`), lr and ε
+    as ours.  Without momentum: its momentum lerps the raw gradient towards the previous *preconditioned*
+    step and preconditions the mix again, which with roots reused for 10 steps grew geometrically and
+    went non-finite (linalg.svd failed) at lr 0.05 and 0.01 on both models and at 0.001 on the MLP; it is
+    not heavy-ball either."""
+
+    def make(m: nn.Module) -> torch.optim.Optimizer:
+        import pytorch_optimizer
+
+        return pytorch_optimizer.Shampoo(
+            m.parameters(),
+            lr=SHAMPOO_LR,
+            momentum=0.0,
+            preconditioning_compute_steps=every,
+            matrix_eps=SHAMPOO_EPS,
+        )
+
+    return make
+
+
+def _peer_version() -> str | None:
+    """The installed pytorch-optimizer's version (None where it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytorch_optimizer")
+    except PackageNotFoundError:
+        return None
+
+
+PEER = "pytorch_optimizer Shampoo"
+
+SECOND_ORDER: dict[str, Maker] = {
+    "Shampoo (every 1)": lambda m: Shampoo(
+        m.parameters(), SHAMPOO_LR, momentum=0.9, epsilon=SHAMPOO_EPS, update_every=1
+    ),
+    "Shampoo (every 10)": lambda m: Shampoo(
+        m.parameters(), SHAMPOO_LR, momentum=0.9, epsilon=SHAMPOO_EPS, update_every=10
+    ),
+    "Shampoo + Adam graft (every 10)": lambda m: Shampoo(
+        m.parameters(), GRAFT_LR, momentum=0.9, grafting="adam", update_every=10
+    ),
+    f"{PEER} (every 1)": _peer_shampoo(1),
+    f"{PEER} (every 10)": _peer_shampoo(10),
+    "K-FAC (every 1)": lambda m: KFAC(
+        m.parameters(), KFAC_LR, model=m, damping=KFAC_DAMPING, momentum=0.9, update_every=1
+    ),
+    "K-FAC (every 10)": lambda m: KFAC(
+        m.parameters(), KFAC_LR, model=m, damping=KFAC_DAMPING, momentum=0.9, update_every=10
+    ),
+}
+
 METHODS: dict[str, dict[str, Maker]] = {
     "mlp": {
         **BASELINES,
-        "FOP (full)": lambda p: FOP(p, LR_SGD, momentum=0.9, hyper_lr=HYPER_LR),
-        f"FOP (low rank r={RANK})": lambda p: FOP(p, LR_SGD, momentum=0.9, hyper_lr=HYPER_LR, rank=RANK),
-        "S-HD": lambda p: HD(p, LR_SGD, HYPER_LR, granularity="layer", **HD_ARGS),
-        "PP-HD": lambda p: HD(p, LR_SGD, HYPER_LR, granularity="parameter", **HD_ARGS),
+        "FOP (full)": lambda m: FOP(m.parameters(), LR_SGD, momentum=0.9, hyper_lr=HYPER_LR),
+        f"FOP (low rank r={RANK})": lambda m: FOP(
+            m.parameters(), LR_SGD, momentum=0.9, hyper_lr=HYPER_LR, rank=RANK
+        ),
+        "S-HD": lambda m: HD(m.parameters(), LR_SGD, HYPER_LR, granularity="layer", **HD_ARGS),
+        "PP-HD": lambda m: HD(m.parameters(), LR_SGD, HYPER_LR, granularity="parameter", **HD_ARGS),
+        **SECOND_ORDER,
     },
     "cnn": {
         **BASELINES,
-        "FOP (spatial)": lambda p: fop_spatial_only(p, LR_SGD),
-        "FOP (spatial + full head)": lambda p: FOP(p, LR_SGD, momentum=0.9, hyper_lr=HYPER_LR),
-        f"FOP (spatial + r={RANK} head)": lambda p: FOP(
-            p, LR_SGD, momentum=0.9, hyper_lr=HYPER_LR, rank=RANK
+        "FOP (spatial)": lambda m: fop_spatial_only(m.parameters(), LR_SGD),
+        "FOP (spatial + full head)": lambda m: FOP(m.parameters(), LR_SGD, momentum=0.9, hyper_lr=HYPER_LR),
+        f"FOP (spatial + r={RANK} head)": lambda m: FOP(
+            m.parameters(), LR_SGD, momentum=0.9, hyper_lr=HYPER_LR, rank=RANK
         ),
-        "S-HD": lambda p: HD(p, LR_SGD, HYPER_LR, granularity="layer", **HD_ARGS),
-        "PP-HD": lambda p: HD(p, LR_SGD, HYPER_LR, granularity="parameter", **HD_ARGS),
+        "S-HD": lambda m: HD(m.parameters(), LR_SGD, HYPER_LR, granularity="layer", **HD_ARGS),
+        "PP-HD": lambda m: HD(m.parameters(), LR_SGD, HYPER_LR, granularity="parameter", **HD_ARGS),
+        **SECOND_ORDER,
     },
 }
 
@@ -314,20 +392,44 @@ def storage_bytes(tensors: list[torch.Tensor], seen: set) -> int:
     return total
 
 
+STATISTICS_KEYS = ("statistics", "weight")
+"""Keys of a fitter's state that hold running statistics (the ClosedForm fitter of Shampoo and K-FAC:
+the statistics S and the weight of their bias correction), not a meta-optimizer's state; its counter
+"fits" goes to "other"."""
+
+
 def state_bytes(opt: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes of every tensor in opt.state_dict(), split into base-rule state, φ, meta-optimizer state,
-    cache and the rest (skip counters); each storage counted once."""
+    """Bytes of every tensor in opt.state_dict(), split into base-rule state ("base": momentum buffer,
+    Adam's moments), the grafting method's state ("graft", keys graft_*), φ ("phi": M, rates, or
+    Shampoo's roots and K-FAC's inverses), the fitter's running statistics ("statistics"), the
+    meta-optimizer's state ("meta_optimizer"), the cache and the rest (skip counters); each storage
+    counted once.  pytorch_optimizer's Shampoo keeps its statistics as pre_cond_i and its roots as
+    inv_pre_cond_i: those go to "statistics" and "phi"."""
     sd = opt.state_dict()
     seen: set = set()
-    parts = {"base": 0, "phi": 0, "meta_optimizer": 0, "cache": 0, "other": 0, "top_level": 0}
+    parts = dict.fromkeys(
+        ("base", "graft", "phi", "statistics", "meta_optimizer", "cache", "other", "top_level"), 0
+    )
     for st in sd["state"].values():
         for key, value in st.items():
             if key == "preconditioner":
                 parts["phi"] += storage_bytes(tensors_in(value.get("phi", [])), seen)
-                parts["meta_optimizer"] += storage_bytes(tensors_in(value.get("fitter", {})), seen)
+                fitter = value.get("fitter", {})
+                fitter = fitter if isinstance(fitter, dict) else {"state": fitter}
+                stats = {k: v for k, v in fitter.items() if k in STATISTICS_KEYS}
+                meta = {k: v for k, v in fitter.items() if k not in (*STATISTICS_KEYS, "fits")}
+                parts["statistics"] += storage_bytes(tensors_in(stats), seen)
+                parts["meta_optimizer"] += storage_bytes(tensors_in(meta), seen)
+                parts["other"] += storage_bytes(tensors_in(fitter.get("fits")), seen)
                 parts["cache"] += storage_bytes(tensors_in(value.get("cache", {})), seen)
                 rest = {k: v for k, v in value.items() if k not in ("phi", "fitter", "cache")}
                 parts["other"] += storage_bytes(tensors_in(rest), seen)
+            elif isinstance(key, str) and key.startswith("graft_"):
+                parts["graft"] += storage_bytes(tensors_in(value), seen)
+            elif isinstance(key, str) and key.startswith("inv_pre_cond_"):
+                parts["phi"] += storage_bytes(tensors_in(value), seen)
+            elif isinstance(key, str) and key.startswith("pre_cond_"):
+                parts["statistics"] += storage_bytes(tensors_in(value), seen)
             else:
                 parts["base"] += storage_bytes(tensors_in(value), seen)
     parts["other"] += storage_bytes(tensors_in(sd["param_groups"]), seen)
@@ -394,21 +496,38 @@ def bench_model(
     runners = []
     for name, maker in METHODS[kind].items():
         model = copy.deepcopy(reference)
-        runners.append(Runner(name, model, maker(model.parameters()), batches))
+        try:
+            opt = maker(model)
+        except ImportError as err:  # the peer's package is optional
+            log(f"[{kind}] {name}: left out ({err})")
+            continue
+        runners.append(Runner(name, model, opt, batches))
+    nonfinite = {r.name: 0 for r in runners}
+
+    def run_steps(r: Runner, n: int) -> list[tuple[float, float]]:
+        out = []
+        for _ in range(n):
+            out.append(r.train_step(device))
+            nonfinite[r.name] += not math.isfinite(r.last_loss)
+        return out
+
     log(f"[{kind}] {n_params} parameters; warm-up {warmup} steps per method")
     for r in runners:
-        for _ in range(warmup):
-            r.train_step(device)
-    rounds: dict[str, dict[str, list[float]]] = {r.name: {"train": [], "opt": []} for r in runners}
+        run_steps(r, warmup)
+    rounds: dict[str, dict[str, list[float]]] = {
+        r.name: {"train": [], "opt": [], "train_mean": [], "opt_mean": []} for r in runners
+    }
     rng = random.Random(seed)
     t_start = time.perf_counter()
     for k in range(repeats):
         order = runners[:]
         rng.shuffle(order)
         for r in order:
-            train, opt = zip(*(r.train_step(device) for _ in range(steps)))
+            train, opt = zip(*run_steps(r, steps))
             rounds[r.name]["train"].append(statistics.median(train))
             rounds[r.name]["opt"].append(statistics.median(opt))
+            rounds[r.name]["train_mean"].append(statistics.fmean(train))
+            rounds[r.name]["opt_mean"].append(statistics.fmean(opt))
         if (k + 1) % max(1, repeats // 5) == 0 or k + 1 == repeats:
             log(f"[{kind}] round {k + 1}/{repeats} ({time.perf_counter() - t_start:.1f} s)")
 
@@ -430,14 +549,30 @@ def bench_model(
             "train_vs_adam": ratio(r.name, "Adam", "train"),
             "opt_vs_sgdm": ratio(r.name, "SGD momentum", "opt"),
             "opt_vs_adam": ratio(r.name, "Adam", "opt"),
+            "amortised": {
+                "train_step_ms": 1e3 * statistics.median(rounds[r.name]["train_mean"]),
+                "opt_step_ms": 1e3 * statistics.median(rounds[r.name]["opt_mean"]),
+                "train_vs_sgdm": ratio(r.name, "SGD momentum", "train_mean")["median"],
+                "train_vs_adam": ratio(r.name, "Adam", "train_mean")["median"],
+                "opt_vs_sgdm": ratio(r.name, "SGD momentum", "opt_mean")["median"],
+                "opt_vs_adam": ratio(r.name, "Adam", "opt_mean")["median"],
+            },
             "state_bytes": mem,
             "state_bytes_per_param": mem["total"] / n_params,
             "state_vs_adam": None,
             "target_train_vs_sgdm": TARGETS.get((kind, r.name)),
             "final_loss": r.last_loss,
+            "nonfinite_losses": nonfinite[r.name],
             "steps_taken": r.step_index,
         }
         records.append(rec)
+    log(
+        f"[{kind}] final loss (step {warmup + repeats * steps}): "
+        + "; ".join(f"{r['method']} {r['final_loss']:.3g}" for r in records)
+    )
+    bad = {name: n for name, n in nonfinite.items() if n}
+    if bad:
+        log(f"[{kind}] NON-FINITE losses (steps out of {warmup + repeats * steps}): {bad}")
     adam = next(rec for rec in records if rec["method"] == "Adam")["state_bytes_per_param"]
     for rec in records:
         rec["state_vs_adam"] = rec["state_bytes_per_param"] / adam
@@ -480,12 +615,12 @@ def growth(
             row[f"apply_us[{label}]"] = 1e6 * _median_time(lambda P=P, G=G: P @ G, device, repeats, 10)
         makers = {
             "SGD momentum": BASELINES["SGD momentum"],
-            "full": lambda p: FOP(p, LR_SGD, hyper_lr=HYPER_LR),
-            f"low rank r={RANK}": lambda p: FOP(p, LR_SGD, hyper_lr=HYPER_LR, rank=RANK),
+            "full": lambda m: FOP(m.parameters(), LR_SGD, hyper_lr=HYPER_LR),
+            f"low rank r={RANK}": lambda m: FOP(m.parameters(), LR_SGD, hyper_lr=HYPER_LR, rank=RANK),
         }
         for label, maker in makers.items():
             layer = nn.Linear(n, out_features, bias=False).to(device)
-            opt = maker(layer.parameters())
+            opt = maker(layer)
             layer.weight.grad = 1e-3 * torch.randn_like(layer.weight)
             row[f"step_us[{label}]"] = 1e6 * _median_time(opt.step, device, repeats, 5)
         rows.append(row)
@@ -506,25 +641,41 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float:
 
 
 # -------------------------------------------------------------------------------------------- profile
-PHASES = [
-    ("Preconditioned.step (total)", "preconditioned.py", "step"),
-    ("  _grads_finite (isfinite of all grads)", "preconditioned.py", "_grads_finite"),
-    ("  _step_block (per block)", "preconditioned.py", "_step_block"),
-    ("    Hypergradient.meta_grad (torch.func.vjp)", "hypergradient.py", "meta_grad"),
-    ("    _fit (meta-optimizer Adam on φ + skip guard)", "preconditioned.py", "_fit"),
-    ("      TorchOptimizer.step (Adam.step alone)", "fitters.py", "step"),
-    ("    structure matmuls P @ X (all, incl. inside vjp)", "_base.py", "__matmul__"),
-    ("    _base_steps (momentum rule)", "preconditioned.py", "_base_steps"),
-    ("    _commit (θ ← where(ok, θ − lr·s, θ))", "preconditioned.py", "_commit"),
-    ("    pytree flatten/unflatten", "_pytree.py", "tree_flatten"),
+PHASES: list[tuple[str, tuple[str, ...], str]] = [
+    # (label, files (path suffixes), function): the cumulative time of that function in those files.
+    ("Preconditioned.step (total)", ("preconditioned.py",), "step"),
+    ("  _grads_finite (isfinite of all grads)", ("preconditioned.py",), "_grads_finite"),
+    ("  _plan (per block: gradients, placed view, context)", ("preconditioned.py",), "_plan"),
+    (
+        "  objective.meta_grads (all blocks)",
+        ("hypergradient.py", "statistics.py", "objectives/base.py"),
+        "meta_grads",
+    ),
+    ("  _fit (fitter step on φ + skip guard)", ("preconditioned.py",), "_fit"),
+    ("    TorchOptimizer: Adam.step on φ", ("fitters.py",), "step"),
+    ("    ClosedForm: statistics + roots", ("fitters.py",), "propose_statistics"),
+    ("      psd_power (roots by torch.linalg.eigh)", ("matrix_functions.py",), "psd_power"),
+    ("  _directions (P @ X, base rule)", ("preconditioned.py",), "_directions"),
+    ("    structure matmuls P @ X (all)", ("_base.py",), "__matmul__"),
+    ("    _base_steps (base rule)", ("preconditioned.py",), "_base_steps"),
+    ("  _propose (θ − lr·s, isfinite)", ("preconditioned.py",), "_propose"),
+    ("  _commit (copy or where(ok, new, θ))", ("preconditioned.py",), "_commit"),
 ]
 
 
 def profile_fop(
-    device: torch.device, model: nn.Module, batches: list, steps: int, label: str, log: Callable[[str], None]
+    device: torch.device,
+    model: nn.Module,
+    batches: list,
+    steps: int,
+    label: str,
+    log: Callable[[str], None],
+    make: Maker | None = None,
+    title: str = "full FOP",
 ) -> list[dict]:
-    """cProfile of full FOP's optimizer step alone (gradient fixed): cumulative time per phase and step."""
-    opt = FOP(model.parameters(), LR_SGD, hyper_lr=HYPER_LR)
+    """cProfile of an optimizer's step alone (gradient fixed; full FOP unless `make` is given, `title`
+    naming it): cumulative time per phase of `Preconditioned.step` and per step."""
+    opt = make(model) if make is not None else FOP(model.parameters(), LR_SGD, hyper_lr=HYPER_LR)
     for i in range(20):
         x, y = batches[i % len(batches)]
         opt.zero_grad()
@@ -542,13 +693,14 @@ def profile_fop(
     stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
     rows = []
     total = None
-    for phase, fname, func in PHASES:
-        ct = sum(v[3] for k, v in stats.items() if k[0].endswith(fname) and k[2] == func)
-        nc = sum(v[1] for k, v in stats.items() if k[0].endswith(fname) and k[2] == func)
+    for phase, fnames, func in PHASES:
+        hits = [v for k, v in stats.items() if k[0].endswith(fnames) and k[2] == func]
+        ct, nc = sum(v[3] for v in hits), sum(v[1] for v in hits)
         if total is None:
             total = ct
         rows.append(
             {
+                "optimizer": title,
                 "model": label,
                 "phase": phase,
                 "ms_per_step": 1e3 * ct / steps,
@@ -557,7 +709,7 @@ def profile_fop(
             }
         )
     top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:8]
-    log(f"[profile] full FOP, {label}, opt.step() only, cProfile cumulative time per step ({steps} steps):")
+    log(f"[profile] {title}, {label}, opt.step() only, cProfile cumulative time per step ({steps} steps):")
     for r in rows:
         log(
             f"  {r['phase']:<52s} {r['ms_per_step']:8.3f} ms  {100 * r['share']:5.1f}%  "
@@ -568,6 +720,7 @@ def profile_fop(
         log(f"  {Path(file).name}:{line}({func}) {1e3 * v[2] / steps:8.3f} ms/step")
         rows.append(
             {
+                "optimizer": title,
                 "model": label,
                 "phase": f"self: {Path(file).name}:{line}({func})",
                 "ms_per_step": 1e3 * v[2] / steps,
@@ -584,8 +737,9 @@ def fmt_ratio(r: dict[str, float]) -> str:
 
 
 def table(records: list[dict[str, Any]]) -> str:
+    w = max(27, *(len(r["method"]) for r in records))
     head = (
-        f"{'model':<5} {'method':<27} {'train ms':>9} {'train/SGDm [IQR]':>19} {'train/Adam':>10} "
+        f"{'model':<5} {'method':<{w}} {'train ms':>9} {'train/SGDm [IQR]':>19} {'train/Adam':>10} "
         f"{'opt ms':>8} {'opt/SGDm':>9} {'opt/Adam':>9} {'state B/param':>13} {'vs Adam':>8} {'target':>14}"
     )
     lines = [head, "-" * len(head)]
@@ -593,10 +747,45 @@ def table(records: list[dict[str, Any]]) -> str:
         t = r["target_train_vs_sgdm"]
         target = "" if t is None else f"<= {t:.2f}x {'met' if r['target_met'] else 'MISSED'}"
         lines.append(
-            f"{r['model']:<5} {r['method']:<27} {r['train_step_ms']:9.3f} "
+            f"{r['model']:<5} {r['method']:<{w}} {r['train_step_ms']:9.3f} "
             f"{fmt_ratio(r['train_vs_sgdm']):>19} {r['train_vs_adam']['median']:10.2f} "
             f"{r['opt_step_ms']:8.3f} {r['opt_vs_sgdm']['median']:9.2f} {r['opt_vs_adam']['median']:9.2f} "
             f"{r['state_bytes_per_param']:13.2f} {r['state_vs_adam']:8.2f} {target:>14}"
+        )
+    return "\n".join(lines)
+
+
+def amortised_table(records: list[dict[str, Any]]) -> str:
+    """The step times with each round's mean instead of its median (work done every k steps spread)."""
+    w = max(27, *(len(r["method"]) for r in records))
+    head = (
+        f"{'model':<5} {'method':<{w}} {'train ms':>9} {'train/SGDm':>10} {'train/Adam':>10} "
+        f"{'opt ms':>8} {'opt/SGDm':>9} {'opt/Adam':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in records:
+        a = r["amortised"]
+        lines.append(
+            f"{r['model']:<5} {r['method']:<{w}} {a['train_step_ms']:9.3f} {a['train_vs_sgdm']:10.2f} "
+            f"{a['train_vs_adam']:10.2f} {a['opt_step_ms']:8.3f} {a['opt_vs_sgdm']:9.2f} "
+            f"{a['opt_vs_adam']:9.2f}"
+        )
+    return "\n".join(lines)
+
+
+BREAKDOWN = ["base", "graft", "phi", "statistics", "meta_optimizer", "cache", "other", "top_level", "total"]
+
+
+def breakdown_table(records: list[dict[str, Any]]) -> str:
+    """Optimizer-state bytes per parameter, by component (`state_bytes`)."""
+    w = max(27, *(len(r["method"]) for r in records))
+    head = f"{'model':<5} {'method':<{w}} " + " ".join(f"{k:>14}" for k in BREAKDOWN)
+    lines = [head, "-" * len(head)]
+    for r in records:
+        n = r["n_params"]
+        lines.append(
+            f"{r['model']:<5} {r['method']:<{w}} "
+            + " ".join(f"{r['state_bytes'][k] / n:14.2f}" for k in BREAKDOWN)
         )
     return "\n".join(lines)
 
@@ -647,7 +836,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--growth-sizes", default="64,128,256,512,1024")
     ap.add_argument("--growth-repeats", type=int, default=15)
     ap.add_argument(
-        "--profile", action="store_true", help="also cProfile full FOP's step (MLP; Linear(1024, 100))"
+        "--profile",
+        action="store_true",
+        help="also cProfile full FOP's step (MLP; Linear(1024, 100)) and Shampoo's (MLP)",
     )
     ap.add_argument(
         "--json",
@@ -677,6 +868,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         wide = [(torch.randn(BATCH, 1024, device=device), y) for _, y in flat[:32]]
         prof += profile_fop(device, nn.Linear(1024, 100).to(device), wide, 20, "Linear(1024, 100)", log)
+        # Not K-FAC: its statistics come from hooks in forward and backward, which a repeated
+        # opt.step() on a fixed gradient does not run.
+        for name in ("Shampoo (every 1)", "Shampoo (every 10)"):
+            torch.manual_seed(0)
+            prof += profile_fop(
+                device, make_mlp().to(device), flat, 200, "MLP 64-100-100-10", log, SECOND_ORDER[name], name
+            )
 
     print()
     print("Machine: " + describe_machine(info))
@@ -691,6 +889,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(table(records))
+    print()
+    print(
+        "Amortised: the same with each round's MEAN of its steps instead of its median, so that work done "
+        "once every k steps (roots, inverses) is spread over them; medians over rounds."
+    )
+    print(amortised_table(records))
+    print()
+    print(
+        "Optimizer state, bytes per parameter by component (base: base rule; graft: grafting method; "
+        "phi: M, rates, roots or inverses; statistics: the closed-form fitter's running statistics; "
+        "other: skip counters, param groups; top_level: the generator state)."
+    )
+    print(breakdown_table(records))
     print()
     print(
         "Growth: one Linear(n, 100) layer; P @ G with G (n, 100), and one opt.step(); "
@@ -710,6 +921,14 @@ def main(argv: list[str] | None = None) -> int:
             "hyper_lr": HYPER_LR,
             "rank": RANK,
             "batch": BATCH,
+            "shampoo_lr": SHAMPOO_LR,
+            "shampoo_epsilon": SHAMPOO_EPS,
+            "graft_lr": GRAFT_LR,
+            "kfac_lr": KFAC_LR,
+            "kfac_damping": KFAC_DAMPING,
+            "momentum": 0.9,
+            "peer_momentum": 0.0,
+            "pytorch_optimizer": _peer_version(),
         },
         "records": records,
         "growth": grow,
