@@ -109,7 +109,28 @@ class _DefaultTuple(tuple):
     __slots__ = ()
 
 
-def unset(value: float | tuple[float, ...]) -> Any:
+class _DefaultInt(int):
+    """An int default that knows it was not given."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
+class _DefaultStr(str):
+    """A str default that knows it was not given."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str.__repr__(self)
+
+
+_DEFAULTS = (_Default, _DefaultTuple, _DefaultInt, _DefaultStr)
+
+
+def unset(value: float | int | str | tuple[float, ...]) -> Any:
     """A default argument value that `given` can tell from the same value passed by the caller.
 
     Example:
@@ -118,9 +139,15 @@ def unset(value: float | tuple[float, ...]) -> Any:
         >>> f(), f(0.9)
         (False, True)
     """
-    return _DefaultTuple(value) if isinstance(value, tuple) else _Default(value)
+    if isinstance(value, tuple):
+        return _DefaultTuple(value)
+    if isinstance(value, str):
+        return _DefaultStr(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _DefaultInt(value)
+    return _Default(value)
 
 
 def given(value: Any) -> bool:
     """Whether an argument whose default is `unset(...)` was passed by the caller."""
-    return not isinstance(value, (_Default, _DefaultTuple))
+    return not isinstance(value, _DEFAULTS)

@@ -20,8 +20,10 @@ Each family is named like the structure φ it makes.
 | `permutation_network_gram(N, k, ñ)` | A, orthogonal blocks | AᵀA (I at φ₀) | LODO (Liao 2023, Eq. 2) |
 | `residual_network_gram(N, ñ)` | diag(d)·R, d = 1 | Rᵀ diag(d) R | LODO-Residuals (§5.3) |
 | `scalar(value)` | Scalar(value) | φ | hypergradient descent (global / per layer); LODO-Global |
+| `positive_scalar(value, t)` | Scalar(t⁻¹(value)) | t(φ)·I (exp, softplus, id) | APO's lr (Eq. 6) |
 | `diagonal(value)` | Diagonal(value·1) | φ | per-parameter hypergradient descent (PP-HD); LODO-Diagonal |
 | `dense(value)` | Dense(value·I) | φ | a dense learned matrix (LODO's simplified dynamics, §4.1) |
+| `eigenbasis(scale)` | Eigenbasis(I, I, 1) | scale·φ, φ = K diag(vec S)² Kᵀ | APO-Precond (Bae 2022, Eq. 9) |
 
 A new structure needs only a new `init` (and `form`): every objective and fitter then works with it.
 """
@@ -39,6 +41,7 @@ from precondalg._checks import check_choice, check_number
 from precondalg.structures import (
     Dense,
     Diagonal,
+    Eigenbasis,
     IdentityPlusLowRank,
     Kronecker,
     Normalization,
@@ -52,6 +55,7 @@ from precondalg.structures import (
     residual_network,
     transpose,
 )
+from precondalg.structures import scale as scale_structure
 from precondalg.structures.permutation import permutation_network_gram_vjp
 
 __all__ = [
@@ -60,12 +64,14 @@ __all__ = [
     "dense_gram",
     "diagonal",
     "diagonal_gram",
+    "eigenbasis",
     "kronecker",
     "kronecker_gram",
     "low_rank_gram",
     "lra_gram",
     "normalized_dense_gram",
     "permutation_network_gram",
+    "positive_scalar",
     "residual_network_gram",
     "scalar",
     "scan_gram",
@@ -294,6 +300,49 @@ def scalar(value: float = 1.0) -> Family:
     check_number("scalar", "value", value)
     init = functools.partial(_scalar_init, float(value))
     return Family(init=init, hyper_vjp=_scalar_vjp, name=f"scalar({value!r})", power=1)
+
+
+_LR_PARAMETERISATIONS = ("log", "softplus", "linear")
+
+
+def _positive_scalar_init(
+    parameterisation: str,
+    value: float,
+    dims: tuple[int, ...],
+    like: torch.Tensor,
+    gen: torch.Generator | None,
+) -> Structure:
+    raw = {"log": math.log, "softplus": lambda v: v + math.log(-math.expm1(-v)), "linear": float}
+    alpha = torch.tensor(raw[parameterisation](value), dtype=like.dtype, device=like.device)
+    return Scalar(alpha, math.prod(dims))
+
+
+def _exp_form(phi: Structure) -> Structure:
+    return Scalar(phi.alpha.exp(), phi.n)
+
+
+def _softplus_form(phi: Structure) -> Structure:
+    return Scalar(torch.nn.functional.softplus(phi.alpha), phi.n)
+
+
+def positive_scalar(value: float, parameterisation: str = "log") -> Family:
+    """P = η·I with the learning rate η = t(φ) learned through a parameterisation t, η = value at the
+    start: APO's learning-rate adaptation (Bae et al. 2022, Eq. 6), whose parameterisation the paper
+    does not give — "log" (η = exp φ, the project's reconstruction: its schedules span two orders of
+    magnitude and its meta-optimizer is RMSprop with lr 0.1), "softplus" (η = log(1 + e^φ)) or
+    "linear" (η = φ, as `scalar`).
+
+    Raises:
+        TypeError: value not a number.
+        ValueError: value not positive; an unknown parameterisation.
+    """
+    check_choice("positive_scalar", "parameterisation", parameterisation, _LR_PARAMETERISATIONS)
+    check_number("positive_scalar", "value", value, 0.0, math.inf, lo_open=True, hi_open=True)
+    init = functools.partial(_positive_scalar_init, parameterisation, float(value))
+    name = f"positive_scalar({float(value)!r}, {parameterisation!r})"
+    if parameterisation == "linear":
+        return Family(init=init, hyper_vjp=_scalar_vjp, name=name, power=1)
+    return Family(init=init, form=_exp_form if parameterisation == "log" else _softplus_form, name=name)
 
 
 def diagonal(value: float = 1.0) -> Family:
@@ -590,3 +639,46 @@ def lra_gram(rank: int = 10, scale: float = 1.0) -> Family:
     value = _positive_scale("lra_gram", scale)
     name = f"lra_gram({rank}, scale={value!r})"
     return Family(init=functools.partial(_lra_init, rank, value), form=gram, name=name)
+
+
+def _eigenbasis_identity(
+    dims: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+) -> Structure:
+    if len(dims) != 2:
+        raise ValueError(
+            f"eigenbasis: needs the two dims (out, in) of a TwoSided or Layer placement; got dims {dims}"
+        )
+    out, n_in = dims
+    ones = torch.ones(out, n_in, dtype=like.dtype, device=like.device)
+    return Eigenbasis(_eye(out, like), _eye(n_in, like), ones)
+
+
+def eigenbasis(scale: float = 1.0) -> Family:
+    """P = scale·P̂ with P̂ = `Eigenbasis`(B, A, S) = (A ⊗ B) diag(vec S)² (A ⊗ B)ᵀ: APO-Precond's
+    structured preconditioner for a weight W (out, in) (Bae et al. 2022, Eqs. 9–10).
+
+    φ₀ = Eigenbasis(I_out, I_in, 1), so P₀ = scale·I (the paper's identity initialisation: SGD at the
+    start).  Use it with `TwoSided` (dims (out, in·…)) or `Layer(model)` (dims (out, in·… + 1), the bias
+    as a homogeneous input column, as in K-FAC); P̂ acts as G ↦ B[(BᵀGA) ⊙ S ⊙ S]Aᵀ (four matmuls)
+    and stores out² + in² + out·in values.  APO applies 0.9·P̂ ("for stability", §4.5) while its
+    meta-objective differentiates P̂ itself, so `form` is scale·φ and `hyper_form` is φ.  Fit it with
+    `Proximal` (APO) or any other objective and `TorchOptimizer` (Adam); P̂ is not a matrix Lie group
+    (no `LieGroup`) and cannot be set in closed form (`power` is None).
+
+    Args:
+        scale: the fixed factor on the applied preconditioner (APO's 0.9); a positive number.
+
+    Raises:
+        TypeError, ValueError: scale not a positive number.
+    """
+    value = _positive_scale("eigenbasis", scale)
+    return Family(
+        init=_eigenbasis_identity,
+        form=_identity if value == 1.0 else functools.partial(_scaled_form, value),
+        hyper_form=_identity,
+        name="eigenbasis()" if value == 1.0 else f"eigenbasis(scale={value!r})",
+    )
+
+
+def _scaled_form(value: float, phi: Structure) -> Structure:
+    return scale_structure(phi, value)  # a lazy Product(Scalar(value), φ): Eigenbasis has no scale rule

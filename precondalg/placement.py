@@ -16,6 +16,9 @@ param group as one block (LODO, dense PSGD).
 | `Concatenated()` | all parameters of a group | cat of vecs, (N, 1) | N×N | LODO, dense PSGD |
 | `Layer(model)` | a layer's W, b | vec([G_W ∣ g_b]) | `Kronecker(A, B)` | A [G_W ∣ g_b] Bᵀ (K-FAC) |
 
+`TwoSided` and `Layer` also take APO's `Eigenbasis` (Kronecker(B, A) diag(vec S)² Kronecker(B, A)ᵀ,
+factor sizes `dims` = (out, in)) as a two-sided operator.
+
 For the symmetric preconditioners FOP uses (P = MᵀM), `InputSide` is G ↦ G P, FOP's right
 multiplication in PyTorch layout (Moskovitz et al. 2019, Eq. 2); vec is row-major (`torch.flatten`), as in
 `precondalg.structures.Kronecker`.
@@ -34,7 +37,7 @@ from collections.abc import Hashable, Sequence
 import torch
 from einops import rearrange
 
-from precondalg.structures import Kronecker, Structure
+from precondalg.structures import Eigenbasis, Kronecker, Structure
 
 __all__ = [
     "Concatenated",
@@ -166,8 +169,8 @@ class TwoSided(Placement):
         return (shape[0], math.prod(shape[1:]))
 
     def check(self, P: Structure, dims: tuple[int, ...]) -> None:
-        """P must be a Kronecker product A ⊗ B (possibly inside lazy composites, e.g. a Gram or APO's
-        (A ⊗ B) D (A ⊗ B)ᵀ) with A (out×out) and B (in×in), in that order.
+        """P must be a Kronecker product A ⊗ B (possibly inside lazy composites, e.g. a Gram) with A
+        (out×out) and B (in×in), in that order, or APO's `Eigenbasis` with dims (out, in).
 
         Raises:
             ValueError: P is not n×n, holds no Kronecker product, or its factors have other sizes
@@ -322,7 +325,8 @@ class Layer(Placement):
         return [matrix[:, split:].reshape(s) if len(s) == 1 else matrix[:, :split].reshape(s) for s in shapes]
 
     def check(self, P: Structure, dims: tuple[int, ...]) -> None:
-        """P must be a Kronecker(A, B) with A out×out and B (in·… + 1)×(in·… + 1), as for `TwoSided`."""
+        """P must be a Kronecker(A, B) with A out×out and B (in·… + 1)×(in·… + 1), or an `Eigenbasis` with
+        these dims, as for `TwoSided`."""
         super().check(P, dims)
         _check_two_sided(self, P, dims)
 
@@ -331,9 +335,12 @@ class Layer(Placement):
 
 
 def _kronecker_sizes(S: Structure) -> set[tuple[int, ...]]:
-    """The factor sizes (rows) of every outermost Kronecker product inside S, through lazy composites."""
+    """The factor sizes (rows) of every outermost Kronecker product inside S, through lazy composites;
+    an `Eigenbasis` K diag(vec S)² Kᵀ (K = B ⊗ A) counts as one, of sizes `dims` = (m, n)."""
     if isinstance(S, Kronecker):
         return {tuple(f.shape[0] for f in S.factors)}
+    if isinstance(S, Eigenbasis):
+        return {S.dims}
     found: set[tuple[int, ...]] = set()
     for field in dataclasses.fields(S):
         value = getattr(S, field.name)

@@ -20,7 +20,8 @@ from torch import nn
 
 from precondalg import families
 from precondalg.fitters import TorchOptimizer
-from precondalg.optim import FOP, HD, KFAC, LODO, PSGD, Preconditioned, Shampoo
+from precondalg.objectives import Proximal
+from precondalg.optim import APO, FOP, HD, KFAC, LODO, PSGD, Preconditioned, Shampoo
 from precondalg.placement import Concatenated
 
 # One thread, as in conftest.py: the fresh-process resume script imports this module, and its run must
@@ -153,9 +154,18 @@ def run(
     for t in range(start, start + steps):
         opt.zero_grad()
         backward_at(model, kind, t)
-        opt.step()
+        opt.step(**step_inputs(opt, model, kind, t))
         if after_step is not None:
             after_step(t)
+
+
+def step_inputs(opt: torch.optim.Optimizer, model: nn.Module, kind: str, t: int) -> dict[str, Any]:
+    """The keyword inputs of step t: for the proximal objective (APO) the batch of the gradient and
+    another batch's inputs for the FSD; none otherwise."""
+    if not isinstance(getattr(opt, "objective", None), Proximal):
+        return {}
+    dtype = next(model.parameters()).dtype
+    return {"batch": batch(kind, t, dtype), "fsd_batch": batch(kind, 500 + t, dtype)[0]}
 
 
 def ema_sgd(params: Iterable[torch.Tensor], lr: float, beta: float) -> torch.optim.SGD:
@@ -355,4 +365,28 @@ CONFIGS |= {
     ),
     "kfac": ("mlp", _kfac()),
     "kfac-momentum-cnn": ("cnn", _kfac(momentum=0.9, weight_decay=1e-3)),
+}
+
+
+# APO: both modes, meta-updates every 3 steps (a meta step and plain steps in every run); the
+# proximal objective reads the model and the batches `run` passes.
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return ((outputs - targets) ** 2).mean()
+
+
+def _apo(mode: str, **kwargs: Any) -> Builder:
+    def build(params: Iterable[torch.Tensor], seed: int) -> torch.optim.Optimizer:
+        params, model = model_of(params)
+        return APO(
+            params, 0.05, model=model, loss_fn=_mse, mode=mode, fsd="squared", meta_every=3, meta_lr=1e-2,
+            seed=seed, **kwargs,
+        )
+
+    return build
+
+
+CONFIGS |= {
+    "apo-lr": ("mlp", _apo("lr", base="adam")),
+    "apo-precond": ("mlp", _apo("precond", warmup=2)),
+    "apo-precond-cnn": ("cnn", _apo("precond", base="sgd", lam_wsd=1.0)),
 }

@@ -12,6 +12,8 @@ Conditioning of the invertible kinds (what the solve tolerances rely on):
 - Triangular: diagonal magnitude in [1, 2], strictly upper entries N(0, (0.5/√n)²).
 - Dense: U·diag(s)·Vᵀ with Haar-orthogonal U, V and s log-uniform in [1, 10] (condition number ≤ 10).
 - IdentityPlusLowRank: U, V with spectral norm about 0.5, so ‖UVᵀ‖₂ ≲ 0.25.
+- Eigenbasis: B, A of condition number ≤ √10 (as Dense) and S of magnitudes in [1, 2], so
+  cond(K diag(S)² Kᵀ) ≤ cond(B)²·cond(A)²·4 ≤ 400.
 - Composites (Product, Gram, ...) multiply at most two such condition numbers.
 
 The comparisons use the actual condition number (computed in float64) where it matters, see
@@ -172,6 +174,21 @@ def _dense(draw: Draw, n: int) -> pa.Structure:
     return pa.Dense(draw.tensor((U * s) @ V.T))
 
 
+def _well_conditioned(draw: Draw, n: int, log_cond: float) -> torch.Tensor:
+    """U·diag(s)·Vᵀ with Haar-orthogonal U, V and s log-uniform in [1, 10^log_cond]."""
+    s = 10.0 ** draw.rng.uniform(0.0, log_cond, size=n)
+    U, V = haar_orthogonal(draw.rng, n), haar_orthogonal(draw.rng, n)
+    return draw.tensor((U * s) @ V.T)
+
+
+def _eigenbasis(draw: Draw, n: int) -> pa.Structure:
+    # Any factorisation n = m·n', so that m = 1 and n' = 1 (and a prime n) occur.
+    m = int(draw.choice([d for d in range(1, n + 1) if n % d == 0]))
+    k = n // m
+    B, A = _well_conditioned(draw, m, 0.5), _well_conditioned(draw, k, 0.5)
+    return pa.Eigenbasis(B, A, draw.magnitudes(m, k))
+
+
 def _triangular(draw: Draw, n: int) -> pa.Structure:
     R = draw.normal(n, n, scale=0.5 / math.sqrt(n))
     return pa.Triangular(R + torch.diag(draw.magnitudes(n) - R.diagonal()))
@@ -295,6 +312,7 @@ KINDS: dict[str, Kind] = {
         Kind("normalization", _normalization, True, True, True),
         Kind("low_rank", _low_rank, True, True, False),
         Kind("kronecker", _kronecker, True, True, True),
+        Kind("eigenbasis", _eigenbasis, True, True, False),
         Kind("block_diagonal", _block_diagonal, True, True, True),
         Kind("product", _product, True, True, False),
         Kind("transposed", _transposed, True, True, False),

@@ -17,6 +17,7 @@ from optim_helpers import (
     make_model,
     run,
     snapshot,
+    step_inputs,
     without,
 )
 
@@ -56,7 +57,7 @@ def _bad_step(model: torch.nn.Module, opt: torch.optim.Optimizer, kind: str, t: 
     """A step on the gradients of batch t with one entry of the LAST parameter replaced by `value`."""
     backward_at(model, kind, t)
     list(model.parameters())[-1].grad.view(-1)[0] = value
-    opt.step()
+    opt.step(**step_inputs(opt, model, kind, t))
 
 
 def _run_with_bad_step(name: str, bad_at: int, value: float, steps: int = 7, strict: bool = True) -> tuple:

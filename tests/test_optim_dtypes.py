@@ -48,6 +48,8 @@ DTYPE_CONFIGS = [
     "shampoo",
     "shampoo-ema-adam-graft-cnn",
     "kfac-momentum-cnn",
+    "apo-lr",
+    "apo-precond-cnn",
 ]
 
 

@@ -45,6 +45,7 @@ FAMILIES = {
     "kronecker": (families.kronecker(), TwoSided()),
     "kronecker_diagonal_every_axis": (families.kronecker("diagonal"), EveryAxis()),
     "kronecker_layer": (families.kronecker(), "layer"),  # Layer(model): made with the model
+    "eigenbasis": (families.eigenbasis(0.9), TwoSided()),
 }
 OBJECTIVES = {
     "hypergradient": lambda model: Hypergradient(),
@@ -67,11 +68,11 @@ GIVES_STATISTICS = {*STATISTICS_ONLY, "newton", "newton_fd", "newton_torch_func"
 # Families a closed form cannot set: no P = φ or P = φᵀφ of square parts (Family.power is None).
 NO_CLOSED_FORM = {
     "normalized_dense_gram", "low_rank_gram", "scan_gram", "scaw_gram", "lra_gram",
-    "permutation_network_gram", "residual_network_gram",
+    "permutation_network_gram", "residual_network_gram", "eigenbasis",
 }
 # Products of a rectangular ñ×n network: no inverse, so no PSGD criterion.
 NO_SOLVE = {"permutation_network_gram", "residual_network_gram"}
-NOT_A_GROUP = {"low_rank_gram", "lra_gram", *NO_SOLVE}  # φ is a rectangular M / network
+NOT_A_GROUP = {"low_rank_gram", "lra_gram", "eigenbasis", *NO_SOLVE}  # a rectangular M / network; K D² Kᵀ
 COMBINATIONS = [(f, o, t) for f in FAMILIES for o in OBJECTIVES for t in FITTERS]
 
 

@@ -12,12 +12,13 @@ from precondalg.placement import (
     Concatenated,
     Flatten,
     InputSide,
+    Layer,
     OutputSide,
     Spatial,
     TwoSided,
     default_placement,
 )
-from precondalg.structures import Dense, Kronecker
+from precondalg.structures import Dense, Eigenbasis, Kronecker
 
 SHAPES_ANY = [
     (),
@@ -198,3 +199,29 @@ def test_unsuitable_placement_in_an_optimizer_raises():
     lin = torch.nn.Linear(3, 2)
     with pytest.raises(ValueError, match="InputSide.*\\(2,\\)"):
         Preconditioned(lin.parameters(), 0.1, structure=families.dense_gram(), placement=InputSide())
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (1, 4), (4, 1), (2, 3, 4)])
+def test_two_sided_eigenbasis_is_apo_eq_10(shape):
+    """TwoSided with APO's Eigenbasis(B, A, S): G ↦ B[(BᵀGA) ⊙ S ⊙ S]Aᵀ on G reshaped to (out, in·…)."""
+    G = _tensor(shape, 9)
+    m, n = TwoSided().dims([shape])
+    B, A, S = _matrix(m, 10), _matrix(n, 11), _tensor((m, n), 12)
+    P = Eigenbasis(B, A, S)
+    TwoSided().check(P, (m, n))
+    G2 = G.reshape(m, n)
+    want = (B @ ((B.T @ G2 @ A) * S * S) @ A.T).reshape(shape)
+    torch.testing.assert_close(_apply(TwoSided(), P, G), want, rtol=1e-13, atol=1e-13)
+
+
+def test_two_sided_and_layer_check_eigenbasis_dims():
+    """`_kronecker_sizes` reads an Eigenbasis (also inside a lazy composite) as factor sizes (m, n);
+    swapped sizes are refused, as for a Kronecker."""
+    P = Eigenbasis(torch.eye(2), torch.eye(3), torch.ones(2, 3))
+    layer = Layer(torch.nn.Linear(2, 2))  # dims (2, 3): the weight and the bias column
+    for placement in (TwoSided(), layer):
+        placement.check(P, (2, 3))
+        placement.check(0.9 * P, (2, 3))  # a lazy Product(Scalar, Eigenbasis)
+        with pytest.raises(ValueError, match=r"Kronecker factors of sizes \[\(2, 3\)\]"):
+            placement.check(P, (3, 2))
+    Flatten().check(P, (6,))  # a one-sided placement sees only the 6×6 size

@@ -48,9 +48,9 @@ def closed_with_diagonal(*types):
 COMPOSE_TABLE = {(D, D): D, **closed_with_diagonal(De, T, N), (K, K): K, (B, B): B, (L, L): L}
 SCALABLE = {S, D, De, T, N, K, KS, B, pa.Product, pa.Sum}
 ADD_TABLE = {(D, D): D, **closed_with_diagonal(De, T, N), (B, B): B}
-INVERSE_KEEPS = {S, D, De, T, N, L, K, B, pa.Product, pa.Gram}
+INVERSE_KEEPS = {S, D, De, T, N, L, K, B, pa.Product, pa.Gram, pa.Eigenbasis}
 GRAM_KEEPS = {S, D, K, B}
-TRANSPOSE_SELF = {S, D, pa.Gram}
+TRANSPOSE_SELF = {S, D, pa.Gram, pa.Eigenbasis}
 TRANSPOSE_KEEPS = {De, L, K, KS, B, pa.Product, pa.Sum, pa.Inverse}
 
 PAIR_EXAMPLES = 3

@@ -79,6 +79,12 @@ def expected_cost(A):
         return (N * nb * k * k, N * nb * k * k, None)
     if isinstance(A, pa.ResidualNetwork):
         return (A.weights.numel(), A.weights.numel(), None)
+    if isinstance(A, pa.Eigenbasis):
+        # Eq. 10: four matmuls (m²n + mn² per side) and the product with S ⊙ S; the solve adds an LU of
+        # B and of A and applies triangular solves instead of the matmuls.
+        m, n = A.dims
+        apply = 2 * (m * m * n + m * n * n) + m * n
+        return (m * m + n * n + m * n, apply, m**3 // 3 + n**3 // 3 + apply)
     parts = [expected_cost(p) for p in _parts(A)]
     stored = sum(p[0] for p in parts)
     solves = [p[2] for p in parts]

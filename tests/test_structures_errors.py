@@ -127,6 +127,27 @@ CONSTRUCTOR_CASES = {
         pa.NotInvertibleError,
         r"Dense has no solve: it is 2×3, not square",
     ),
+    "eigenbasis_b_not_square": (
+        lambda: pa.Eigenbasis(t(2, 3), t(3, 3), t(2, 3)),
+        ValueError,
+        r"Eigenbasis: argument 'B' must be square, shape \(m, m\); got \(2, 3\)",
+    ),
+    "eigenbasis_a_not_square": (
+        lambda: pa.Eigenbasis(t(2, 2), t(3, 2), t(2, 3)),
+        ValueError,
+        r"Eigenbasis: argument 'A' must be square, shape \(n, n\); got \(3, 2\)",
+    ),
+    "eigenbasis_s_shape": (
+        lambda: pa.Eigenbasis(t(2, 2), t(3, 3), t(3, 2)),
+        ValueError,
+        r"Eigenbasis: argument 'S' must have shape \(m, n\) = \(2, 3\) for B of shape \(2, 2\) and A of "
+        r"shape \(3, 3\); got \(3, 2\)",
+    ),
+    "eigenbasis_s_1d": (
+        lambda: pa.Eigenbasis(t(2, 2), t(3, 3), t(6)),
+        ValueError,
+        r"Eigenbasis: argument 'S' must have shape \(m, n\); got \(6,\)",
+    ),
     "kronecker_empty": (
         lambda: pa.Kronecker(),
         ValueError,
@@ -164,6 +185,16 @@ CONSTRUCTOR_CASES = {
         TypeError,
         r"Triangular: argument 'R' must be a torch.Tensor; got list",
     ),
+    "eigenbasis_list": (
+        lambda: pa.Eigenbasis([[1.0]], t(1, 1), t(1, 1)),
+        TypeError,
+        r"Eigenbasis: argument 'B' must be a torch.Tensor; got list",
+    ),
+    "eigenbasis_int": (
+        lambda: pa.Eigenbasis(t(1, 1), torch.ones(1, 1, dtype=torch.int64), t(1, 1)),
+        TypeError,
+        r"Eigenbasis: argument 'A' must be a floating-point tensor; got torch.int64",
+    ),
     "scalar_float": (
         lambda: pa.Scalar(2.0, 3),
         TypeError,
@@ -189,6 +220,11 @@ CONSTRUCTOR_CASES = {
         lambda: pa.Normalization(t(3), t(2, dtype=f32)),
         TypeError,
         r"Normalization: 'c' has dtype torch.float32 but 'd' has dtype torch.float64",
+    ),
+    "eigenbasis_dtypes": (
+        lambda: pa.Eigenbasis(t(2, 2), t(3, 3), t(2, 3, dtype=f32)),
+        TypeError,
+        r"Eigenbasis: 'S' has dtype torch.float32 but 'B' has dtype torch.float64",
     ),
     "kronecker_dtypes": (
         lambda: pa.Kronecker(diag(2), diag(2, f32)),

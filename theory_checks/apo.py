@@ -3,8 +3,9 @@ meta-gradient of the proximal objective through the one-step unroll.
 
 The paper writes P = (A ⊗ B) diag(vec S)² (A ⊗ B)ᵀ with column-major vec and W ∈ R^{m×n}
 (Bae 2022, Eq. 9).  precondalg's `Kronecker` is row-major, so the same operator on ``G.flatten()`` is
-``K diag(S.flatten())² Kᵀ`` with ``K = Kronecker(Dense(B), Dense(A))``, built here as
-``gram(Diagonal(S.flatten()) @ K.T)``.
+``K diag(S.flatten())² Kᵀ`` with ``K = Kronecker(Dense(B), Dense(A))``: the library's class
+`precondalg.structures.Eigenbasis` (B, A, S), which APO-7 checks.  The mutants are compositions of
+`Kronecker`, `Diagonal` and `gram` that get the convention or the square wrong.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ SHAPES = ((1, 1), (1, 4), (3, 1), (2, 3), (3, 2), (4, 4))
 
 
 def structured_preconditioner(A: torch.Tensor, B: torch.Tensor, S: torch.Tensor) -> pa.Structure:
-    """APO's Eq. 9 preconditioner in precondalg's row-major form: (B ⊗ A) diag(vec_r S)² (B ⊗ A)ᵀ.
+    """APO's Eq. 9 preconditioner in precondalg's row-major form, (B ⊗ A) diag(vec_r S)² (B ⊗ A)ᵀ: the
+    library's `Eigenbasis`.
 
     Args:
         A: (n, n) input-side factor.
@@ -40,10 +42,9 @@ def structured_preconditioner(A: torch.Tensor, B: torch.Tensor, S: torch.Tensor)
         S: (m, n) scales.
 
     Returns:
-        An mn×mn structure acting on ``G.flatten()`` for G of shape (m, n).
+        An mn×mn `Eigenbasis` acting on ``G.flatten()`` for G of shape (m, n).
     """
-    K = pa.Kronecker(pa.Dense(B), pa.Dense(A))
-    return pa.gram(pa.Diagonal(S.flatten()) @ K.T)
+    return pa.Eigenbasis(B, A, S)
 
 
 def fast_form(A: torch.Tensor, B: torch.Tensor, S: torch.Tensor, G: torch.Tensor) -> torch.Tensor:

@@ -214,6 +214,10 @@ def structure_costs() -> str:
         ("`Normalization`, n = 101", pa.Normalization(torch.ones(101), torch.zeros(100))),
         ("`Kronecker(Triangular 100, Triangular 50)`", pa.Kronecker(tri(100), tri(50))),
         ("`KroneckerSum(Triangular 100, Triangular 50)`", pa.KroneckerSum(tri(100), tri(50))),
+        (
+            "`Eigenbasis`, m = 100, n = 50",
+            pa.Eigenbasis(torch.eye(100), torch.eye(50), torch.ones(100, 50)),
+        ),
         (f"`permutation_network(100)` (N = {depth}, k = {k}, ñ = {network.width})", network),
         ("`gram(permutation_network(100))`", pa.gram(network)),
         (

@@ -70,6 +70,9 @@ class Proximal(Objective):
         fsd: "kl", "squared" or a function ``ρ(new_outputs, old_outputs) -> scalar`` (batch mean).
         lam_fsd: λ_FSD ≥ 0.
         lam_wsd: λ_WSD ≥ 0.
+        require_batch: a step that fits φ must have ``batch`` (a ValueError otherwise), instead of
+            making no meta-update; for an optimizer that fits only every K steps (`APO`, through
+            ``update_probability``), the steps that do not fit need none.
 
     Raises:
         ValueError: an unknown fsd name or a negative λ; at step time, a missing ``fsd_batch`` when
@@ -81,6 +84,7 @@ class Proximal(Objective):
     fsd: str | Divergence = "kl"
     lam_fsd: float = 0.0
     lam_wsd: float = 0.0
+    require_batch: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.fsd, str) and self.fsd not in _DIVERGENCES:
@@ -100,6 +104,11 @@ class Proximal(Objective):
         unknown = set(inputs) - {"batch", "fsd_batch"}
         if unknown:
             raise TypeError(f"Proximal: step() takes 'batch' and 'fsd_batch'; got {sorted(unknown)}")
+        if self.require_batch and inputs.get("batch") is None:
+            raise ValueError(
+                "Proximal: this step fits the preconditioner, which needs step(batch=(inputs, targets), "
+                "fsd_batch=inputs′) with B the batch of the gradient"
+            )
         if inputs.get("batch") is not None and self.lam_fsd > 0 and inputs.get("fsd_batch") is None:
             raise ValueError("Proximal: λ_FSD > 0 needs step(..., fsd_batch=inputs′), a batch other than B")
         return Evaluation(run_closure(closure, params, "Proximal"), data=inputs)

@@ -1,8 +1,9 @@
 """torch.optim front-ends (layer 5): the generic `Preconditioned` optimizer and thin presets."""
 
 from precondalg.optim._watch import SkippedStepWarning
+from precondalg.optim.apo import APO, fsd_batches
 from precondalg.optim.base_rules import BASE_RULES, BaseRule, Graft, base_rule
-from precondalg.optim.choices import ByNdim, by_ndim
+from precondalg.optim.choices import ByNdim, Every, by_ndim, every
 from precondalg.optim.fop import FOP
 from precondalg.optim.hd import HD
 from precondalg.optim.kfac import KFAC
@@ -12,6 +13,7 @@ from precondalg.optim.psgd import PSGD
 from precondalg.optim.shampoo import Shampoo
 
 __all__ = [
+    "APO",
     "BASE_RULES",
     "FOP",
     "HD",
@@ -19,6 +21,7 @@ __all__ = [
     "LODO",
     "BaseRule",
     "ByNdim",
+    "Every",
     "Graft",
     "PSGD",
     "Preconditioned",
@@ -26,5 +29,7 @@ __all__ = [
     "SkippedStepWarning",
     "base_rule",
     "by_ndim",
+    "every",
+    "fsd_batches",
     "optimizer_generator",
 ]

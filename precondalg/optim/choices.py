@@ -10,13 +10,13 @@ from typing import Any
 import torch
 
 from precondalg import families
-from precondalg._checks import check_instance
+from precondalg._checks import check_instance, check_number
 from precondalg.families import Family
 from precondalg.fitters import Fitter
 from precondalg.objectives import Objective
 from precondalg.placement import Placement
 
-__all__ = ["ByNdim", "by_ndim", "call_choice", "check_choices"]
+__all__ = ["ByNdim", "Every", "by_ndim", "call_choice", "check_choices", "every"]
 
 
 _FACTORIES = {getattr(families, name) for name in families.__all__ if name != "Family"}
@@ -77,6 +77,32 @@ def by_ndim(choices: dict[int, Any], default: Any = None) -> ByNdim:
                 f"{type(value).__name__}"
             )
     return ByNdim(tuple(sorted(choices.items())), default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Every:
+    """A picklable ``update_probability`` that fits every k-th step (see `every`)."""
+
+    k: int
+
+    def __call__(self, steps: int) -> float:
+        return 1.0 if steps % self.k == 0 else 0.0
+
+
+def every(k: int) -> Every:
+    """``update_probability`` for a fit every k steps, on the steps 0, k, 2k, … (APO's meta-update
+    interval K, Bae et al. 2022, Algorithm 1): deterministic, counted by the optimizer (its "steps", in
+    the checkpoint), and nothing is drawn.
+
+    Raises:
+        TypeError, ValueError: k not an int ≥ 1.
+
+    Example:
+        >>> tuple(every(3)(t) for t in range(5))
+        (1.0, 0.0, 0.0, 1.0, 0.0)
+    """
+    check_number("every", "k", k, 1, integer=True)
+    return Every(int(k))
 
 
 def check_choices(structure: Any, placement: Any, objective: Any, fitter: Any) -> None:

@@ -80,7 +80,7 @@ StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
 _CHOICES = (
     "structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed",
-    "update_probability", "clip", "auto_scale", "graft",
+    "update_probability", "clip", "auto_scale", "graft", "warmup",
 )
 """Keys a param group cannot hold: choices made once for the whole optimizer (and a preset's own
 construction arguments, `Preconditioned(preset_arguments=...)`)."""
@@ -229,6 +229,9 @@ class Preconditioned(torch.optim.Optimizer):
         clip: Ω: clip the whole step direction, θ ← θ − lr·s/max(1, ‖s‖/Ω), with ‖s‖ the 2-norm over
             every parameter of the optimizer (PSGD's preconditioned-gradient clipping, Li 2019 §4.4:
             ‖Δθ‖ ≤ lr·Ω).  None: no clipping.
+        warmup: the number of first steps (calls of `step` that reached a parameter, as counted for
+            `update_probability`) in which P is fitted but not applied: the base rule alone (APO-Precond's
+            warm-up, Bae et al. 2022 §5).
         graft: a `Graft`: rescale each preconditioned block's direction P·u to the norm of a diagonal
             method's step on u (layer-wise grafting, as Distributed Shampoo does); None: none.
             Blocks without a placement are not grafted (they take the base rule alone).
@@ -277,6 +280,7 @@ class Preconditioned(torch.optim.Optimizer):
         update_probability: float | Callable[[int], float] = 1.0,
         clip: float | None = None,
         graft: Graft | None = None,
+        warmup: int = 0,
         auto_scale: bool = False,
         nonfinite: str = "skip",
         seed: int = 0,
@@ -300,11 +304,13 @@ class Preconditioned(torch.optim.Optimizer):
                 f"Preconditioned: 'base' must be one of {sorted(BASE_RULES)} or a BaseRule; got {base!r}"
             )
         check_choice("Preconditioned", "position", position, _POSITIONS)
+        check_number("Preconditioned", "warmup", warmup, 0, integer=True)
         check_choice("Preconditioned", "nonfinite", nonfinite, _NONFINITE)
         check_number("Preconditioned", "seed", seed, integer=True)
         self._base = base if isinstance(base, BaseRule) else base_rule(base)
         self._base_keys = tuple(self._base.init(torch.zeros(1)))  # the names of the rule's state
         self._graft = graft
+        self._warmup = int(warmup)
         given = dict(
             momentum=momentum, dampening=dampening, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha
         )
@@ -999,6 +1005,10 @@ class Preconditioned(torch.optim.Optimizer):
         group, block, params = plan.group, plan.block, plan.block.params
         if block.placement is None:
             return self._base_steps(group, params, plan.grads)
+        if self._steps < self._warmup:  # fitted but not applied yet: the base rule alone
+            if self._position == "gradient":
+                return self._base_steps(group, params, plan.grads)
+            return plan.states, plan.sources
         P = self._formed(block)
         if self._position == "gradient":
             directions = block.placement.unview(P @ plan.X, plan.shapes)

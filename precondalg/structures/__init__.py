@@ -11,6 +11,7 @@ from precondalg.structures.block_diagonal import BlockDiagonal
 from precondalg.structures.compose import compose, scale
 from precondalg.structures.dense import Dense
 from precondalg.structures.diagonal import Diagonal
+from precondalg.structures.eigenbasis import Eigenbasis
 from precondalg.structures.gram import gram
 from precondalg.structures.inverse import inverse
 from precondalg.structures.kron import kron
@@ -39,6 +40,7 @@ __all__ = [
     "Cost",
     "Dense",
     "Diagonal",
+    "Eigenbasis",
     "Gram",
     "IdentityPlusLowRank",
     "Inverse",

@@ -2,8 +2,8 @@
 
 Rules: Scalar, Diagonal, Dense, Triangular, Normalization (closed forms); IdentityPlusLowRank
 (Woodbury: (I + UVᵀ)⁻¹ = I − U(I + VᵀU)⁻¹Vᵀ); Kronecker (factor-wise); BlockDiagonal (block-wise);
-Product (reversed factor-wise); Transposed; Inverse; Gram ((QᵀQ)⁻¹ = gram(Q⁻ᵀ)).  Otherwise a lazy
-`Inverse` that applies A's solve.
+Product (reversed factor-wise); Transposed; Inverse; Gram ((QᵀQ)⁻¹ = gram(Q⁻ᵀ)); Eigenbasis
+((K D² Kᵀ)⁻¹ = K⁻ᵀ D⁻² K⁻¹: B⁻ᵀ, A⁻ᵀ, 1/S).  Otherwise a lazy `Inverse` that applies A's solve.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from precondalg.structures._dispatch import Rules
 from precondalg.structures.block_diagonal import BlockDiagonal
 from precondalg.structures.dense import Dense
 from precondalg.structures.diagonal import Diagonal
+from precondalg.structures.eigenbasis import Eigenbasis
 from precondalg.structures.kronecker import Kronecker
 from precondalg.structures.lazy import Gram, Inverse, Product, Transposed
 from precondalg.structures.low_rank import IdentityPlusLowRank
@@ -94,6 +95,12 @@ def _transposed(A: Transposed) -> Structure:
 @rules.register(Inverse)
 def _inverse(A: Inverse) -> Structure:
     return A.A
+
+
+@rules.register(Eigenbasis)
+def _eigenbasis(A: Eigenbasis) -> Eigenbasis:
+    # (K D² Kᵀ)⁻¹ = K⁻ᵀ D⁻² K⁻¹ with K⁻ᵀ = B⁻ᵀ ⊗ A⁻ᵀ.
+    return Eigenbasis(torch.linalg.inv(A.B).mT, torch.linalg.inv(A.A).mT, 1 / A.S)
 
 
 @rules.register(Gram)

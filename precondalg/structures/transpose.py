@@ -7,6 +7,7 @@ from precondalg.structures._dispatch import Rules
 from precondalg.structures.block_diagonal import BlockDiagonal
 from precondalg.structures.dense import Dense
 from precondalg.structures.diagonal import Diagonal
+from precondalg.structures.eigenbasis import Eigenbasis
 from precondalg.structures.kronecker import Kronecker, KroneckerSum
 from precondalg.structures.lazy import Gram, Inverse, Product, Sum, Transposed
 from precondalg.structures.low_rank import IdentityPlusLowRank
@@ -16,8 +17,9 @@ rules = Rules("transpose")
 
 
 def transpose(A: Structure) -> Structure:
-    """Aᵀ.  Symmetric structures return themselves; Triangular, Normalization and
-    PermutationNetwork (whose transposes have no class of their own) return a lazy `Transposed`.
+    """Aᵀ.  Symmetric structures (Scalar, Diagonal, Gram, Eigenbasis) return themselves; Triangular,
+    Normalization, PermutationNetwork and ResidualNetwork (whose transposes have no class of their own)
+    return a lazy `Transposed`.
     """
     rule = rules.lookup(A)
     return rule(A) if rule is not None else Transposed(A)
@@ -26,6 +28,7 @@ def transpose(A: Structure) -> Structure:
 @rules.register(Scalar)
 @rules.register(Diagonal)
 @rules.register(Gram)
+@rules.register(Eigenbasis)
 def _symmetric(A: Structure) -> Structure:
     return A
 
