@@ -663,7 +663,8 @@ def eigenbasis(scale: float = 1.0) -> Family:
     and stores out² + in² + out·in values.  APO applies 0.9·P̂ ("for stability", §4.5) while its
     meta-objective differentiates P̂ itself, so `form` is scale·φ and `hyper_form` is φ.  Fit it with
     `Proximal` (APO) or any other objective and `TorchOptimizer` (Adam); P̂ is not a matrix Lie group
-    (no `LieGroup`) and cannot be set in closed form (`power` is None).
+    (no `LieGroup`).  In closed form (`ClosedForm` with K-FAC's `LayerStatistics`) φ is set to EKFAC's
+    eigenbasis form of (Ḡ ⊗ Ā + λI)⁻¹ (`power` 1: P = scale·φ).
 
     Args:
         scale: the fixed factor on the applied preconditioner (APO's 0.9); a positive number.
@@ -677,6 +678,7 @@ def eigenbasis(scale: float = 1.0) -> Family:
         form=_identity if value == 1.0 else functools.partial(_scaled_form, value),
         hyper_form=_identity,
         name="eigenbasis()" if value == 1.0 else f"eigenbasis(scale={value!r})",
+        power=1,
     )
 
 

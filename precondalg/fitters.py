@@ -34,6 +34,7 @@ from precondalg.objectives.statistics import Statistics
 from precondalg.structures import (
     Dense,
     Diagonal,
+    Eigenbasis,
     IdentityPlusLowRank,
     Product,
     Scalar,
@@ -460,8 +461,11 @@ class _ClosedFormFit(Fit):
         self.template = pytree.tree_unflatten(leaves, spec)
         self.parts = simple_parts(self.template)
         like = leaves[0]
+        self.counts = [len(_statistic_shapes(part)) for part in self.parts]  # statistics per part
         self.statistics = [
-            torch.zeros(_statistic_shape(part), dtype=like.dtype, device=like.device) for part in self.parts
+            torch.zeros(shape, dtype=like.dtype, device=like.device)
+            for part in self.parts
+            for shape in _statistic_shapes(part)
         ]
         self.weight = torch.zeros((), dtype=like.dtype, device=like.device)
         self.fits = torch.zeros((), dtype=torch.int64, device=like.device)
@@ -474,9 +478,10 @@ class _ClosedFormFit(Fit):
         """S ← S + s (β = 1) or S ← βS + (1 − β)s, with the weight w ← βw + (1 − β) that bias-corrects
         it (S/w); then, on the first fit and every ``update_every``-th after it, every part of φ is set
         to c^(1/power)·(S/w + (δ + ε)I)^(e/power), c the objective's scale (1 by default)."""
-        if len(statistics.samples) != len(self.parts):
+        if len(statistics.samples) != len(self.statistics):
             raise ValueError(
-                f"ClosedForm: {len(statistics.samples)} statistics for the {len(self.parts)} parts of φ"
+                f"ClosedForm: {len(statistics.samples)} statistics for the {len(self.parts)} parts of φ, "
+                f"which hold {len(self.statistics)}"
             )
         beta = self.recipe.beta
         for S, sample in zip(self.statistics, statistics.samples):
@@ -493,12 +498,17 @@ class _ClosedFormFit(Fit):
         if self.recipe.update_every > 1 and (int(self.fits) - 1) % self.recipe.update_every:
             return None
         averages = self.statistics if beta == 1 else [S / self.weight for S in self.statistics]
-        damping = [0.0] * len(averages) if statistics.damping is None else list(statistics.damping(averages))
-        scales = [1.0] * len(averages) if statistics.scale is None else list(statistics.scale(averages))
+        n = len(self.parts)
+        damping = [0.0] * n if statistics.damping is None else list(statistics.damping(averages))
+        scales = [1.0] * n if statistics.scale is None else list(statistics.scale(averages))
         power = statistics.power
+        starts = [sum(self.counts[:i]) for i in range(n)]
+        eps = self.recipe.epsilon
         news = [
-            self._part(part, S, e, power, delta + self.recipe.epsilon)
-            for part, S, e, delta in zip(self.parts, averages, statistics.exponents, damping)
+            self._part(part, averages[start : start + count], e, power, delta + eps)
+            for part, start, count, e, delta in zip(
+                self.parts, starts, self.counts, statistics.exponents, damping
+            )
         ]
         values = [
             value if isinstance(c, float) and c == 1.0 else value * c ** (1 / power)
@@ -517,9 +527,19 @@ class _ClosedFormFit(Fit):
         return self._failed
 
     def _part(
-        self, part: Structure, S: torch.Tensor, e: float, power: int, delta: torch.Tensor | float
+        self,
+        part: Structure,
+        statistics: list[torch.Tensor],
+        e: float,
+        power: int,
+        delta: torch.Tensor | float,
     ) -> list[torch.Tensor]:
-        """The new leaves of one part: (S + δI)^(e/power), a Cholesky factor for a triangular part."""
+        """The new leaves of one part: (S + δI)^(e/power), a Cholesky factor for a triangular part; for an
+        `Eigenbasis` from the statistics (Ḡ, Ā): B, A their eigenvectors and S² = (λ_Ḡ,i λ_Ā,j + δ)^e,
+        P̂ = (Ḡ ⊗ Ā + δI)^e (power 1)."""
+        if isinstance(part, Eigenbasis):
+            return _eigenbasis_closed_form(statistics, e, delta)
+        (S,) = statistics
         if isinstance(part, (Diagonal, Scalar)):
             return [(S.clamp(min=0) + delta).pow(e / power)]
         if isinstance(part, Triangular):  # power 2 (checked at build): upper R with RᵀR = (S + δI)^e
@@ -547,12 +567,33 @@ class _ClosedFormFit(Fit):
         self.fits = state["fits"].to(device=like.device)
 
 
-def _statistic_shape(part: Structure) -> tuple[int, ...]:
+def _statistic_shapes(part: Structure) -> list[tuple[int, ...]]:
+    """The shapes of a part's statistics: one per part, two (m×m, n×n) for an `Eigenbasis`."""
+    if isinstance(part, Eigenbasis):
+        m, n = part.dims
+        return [(m, m), (n, n)]
     if isinstance(part, Scalar):
-        return ()
+        return [()]
     if isinstance(part, Diagonal):
-        return (part.shape[0],)
-    return tuple(part.shape)
+        return [(part.shape[0],)]
+    return [tuple(part.shape)]
+
+
+def _eigenbasis_closed_form(
+    statistics: list[torch.Tensor], e: float, delta: torch.Tensor | float
+) -> list[torch.Tensor]:
+    """B, A, S of the `Eigenbasis` equal to (G ⊗ A_stat + δI)^e for symmetric PSD statistics (G, A_stat):
+    the Kronecker eigenbasis (B, A the eigenvectors) and S = (λ_G,i λ_A,j + δ)^(e/2), eigenvalues clipped
+    at 0 (APO's Corollary 2 with K-FAC's factors: EKFAC's eigenbasis form of the damped inverse)."""
+    (G, A), out = statistics, []
+    finite = torch.isfinite(G).all() & torch.isfinite(A).all()
+    for M in (G, A):
+        eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+        values, vectors = torch.linalg.eigh(torch.where(finite, M, eye))  # never NaN into eigh
+        out.append((values.clamp(min=0), vectors))
+    (lam_G, B), (lam_A, A_vectors) = out
+    S = (lam_G[:, None] * lam_A[None, :] + delta).pow(e / 2)
+    return [B, A_vectors, torch.where(finite, S, torch.full_like(S, torch.nan))]
 
 
 def _matrix_power(root: str, S: torch.Tensor, exponent: float, delta: torch.Tensor | float) -> torch.Tensor:
@@ -619,7 +660,7 @@ class ClosedForm(Fitter):
             raise ValueError("ClosedForm.build: needs the tree spec of the structure φ")
         phi = pytree.tree_unflatten(leaves, spec)
         parts = simple_parts(phi)
-        settable = all(isinstance(p, (Dense, Triangular, Diagonal, Scalar)) for p in parts)
+        settable = all(isinstance(p, (Dense, Triangular, Diagonal, Scalar, Eigenbasis)) for p in parts)
         if not settable or any(p.shape[0] != p.shape[1] for p in parts):
             raise TypeError(
                 "ClosedForm: φ must be built of square Dense, Triangular, Diagonal or Scalar parts (alone, "

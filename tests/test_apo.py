@@ -202,12 +202,21 @@ def test_missing_batches_are_refused_on_meta_steps():
         (dict(warmup=-1), ValueError, "warmup"),
         (dict(mode="lr", lr_param="cube"), ValueError, "lr_param|parameterisation"),
         (dict(fsd="wasserstein"), ValueError, "fsd"),
+        (dict(base="adam", momentum=0.9), ValueError, "'momentum' is read by base 'momentum'"),
+        (dict(weight_decay=-1.0), ValueError, "weight_decay"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, error, words):
     model = make_model("mlp")
     with pytest.raises(error, match=words):
         APO(model.parameters(), 0.05, model=model, loss_fn=_mse, **kwargs)
+
+
+def test_lr_mode_refuses_a_group_learning_rate():
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="would multiply the learned η"):
+        APO([{"params": model.fc1.parameters(), "lr": 0.5}, {"params": model.fc2.parameters()}], 0.1,
+            model=model, loss_fn=_mse, mode="lr")
 
 
 def test_a_param_group_cannot_choose_apo_arguments():

@@ -98,7 +98,7 @@ def test_eigenbasis_form_scales_and_hyper_form_is_phi():
     assert type(P) is pa.Product  # scale(): Eigenbasis has no scale rule, so a lazy Scalar·Eigenbasis
     torch.testing.assert_close(P.to_dense(), 0.9 * phi.to_dense(), rtol=1e-15, atol=0)
     assert (repr(one), repr(scaled), scaled.kind) == ("eigenbasis()", "eigenbasis(scale=0.9)", "eigenbasis")
-    assert one.power is None and one.hyper_vjp is None
+    assert one.power == 1 and one.hyper_vjp is None  # set in closed form from K-FAC's factors (EKFAC)
 
 
 def test_eigenbasis_refuses_bad_scale_and_one_sided_dims():

@@ -17,8 +17,10 @@ import torch
 from curvlinops import KFACInverseLinearOperator, KFACLinearOperator
 from optim_helpers import assert_close, clone_params
 
+from precondalg.families import eigenbasis
+from precondalg.fitters import ClosedForm
 from precondalg.objectives import LayerStatistics
-from precondalg.optim import KFAC, SkippedStepWarning
+from precondalg.optim import KFAC, Preconditioned, SkippedStepWarning
 from precondalg.placement import Layer
 
 F64 = torch.float64
@@ -102,6 +104,34 @@ def test_step_equals_curvlinops_damped_inverse(kind):
     opt.step()
     steps = [b - p.detach() for b, p in zip(before, net.parameters())]
     assert_close(steps, expected, 1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_eigenbasis_closed_form_is_the_exact_damped_inverse(kind):
+    """APO's Eigenbasis structure set in closed form from K-FAC's statistics (EKFAC's form; APO's
+    Corollary 2): P = (Ḡ ⊗ Ā + λI)⁻¹ exactly — the step equals curvlinops'
+    ``KFACInverseLinearOperator(use_exact_damping=True)`` applied to the gradient, and P the dense inverse."""
+    net = _net(kind)
+    x, y, _ = _data(kind)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    reference = KFACLinearOperator(
+        net, loss_fn, list(net.parameters()), [(x, y)], fisher_type="empirical",
+        check_deterministic=False, separate_weight_and_bias=False,
+    )
+    inverse = KFACInverseLinearOperator(reference, damping=1e-2, use_exact_damping=True)
+    opt = Preconditioned(
+        net.parameters(), 1.0, structure=eigenbasis(), placement=Layer(net),
+        objective=LayerStatistics(net, damping=1e-2), fitter=ClosedForm(),
+    )
+    before = clone_params(net.parameters())
+    loss_fn(net(x), y).backward()
+    expected = inverse @ [p.grad.clone() for p in net.parameters()]
+    opt.step()
+    steps = [b - p.detach() for b, p in zip(before, net.parameters())]
+    assert_close(steps, expected, 1e-11)
+    for (_, P), (G, A) in zip(opt.preconditioners(), _fitted_factors(opt).values()):
+        dense = torch.linalg.inv(torch.kron(G, A) + 1e-2 * torch.eye(G.shape[0] * A.shape[0], dtype=F64))
+        assert_close([P.to_dense()], [dense], 1e-11)
 
 
 def test_step_equals_the_formula_written_out():

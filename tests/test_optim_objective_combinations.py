@@ -46,6 +46,7 @@ FAMILIES = {
     "kronecker_diagonal_every_axis": (families.kronecker("diagonal"), EveryAxis()),
     "kronecker_layer": (families.kronecker(), "layer"),  # Layer(model): made with the model
     "eigenbasis": (families.eigenbasis(0.9), TwoSided()),
+    "eigenbasis_layer": (families.eigenbasis(), "layer"),  # EKFAC's form with LayerStatistics
 }
 OBJECTIVES = {
     "hypergradient": lambda model: Hypergradient(),
@@ -68,11 +69,12 @@ GIVES_STATISTICS = {*STATISTICS_ONLY, "newton", "newton_fd", "newton_torch_func"
 # Families a closed form cannot set: no P = φ or P = φᵀφ of square parts (Family.power is None).
 NO_CLOSED_FORM = {
     "normalized_dense_gram", "low_rank_gram", "scan_gram", "scaw_gram", "lra_gram",
-    "permutation_network_gram", "residual_network_gram", "eigenbasis",
+    "permutation_network_gram", "residual_network_gram",
 }
 # Products of a rectangular ñ×n network: no inverse, so no PSGD criterion.
 NO_SOLVE = {"permutation_network_gram", "residual_network_gram"}
-NOT_A_GROUP = {"low_rank_gram", "lra_gram", "eigenbasis", *NO_SOLVE}  # a rectangular M / network; K D² Kᵀ
+# Not groups: a rectangular M, a network, K D² Kᵀ.
+NOT_A_GROUP = {"low_rank_gram", "lra_gram", "eigenbasis", "eigenbasis_layer", *NO_SOLVE}
 COMBINATIONS = [(f, o, t) for f in FAMILIES for o in OBJECTIVES for t in FITTERS]
 
 
@@ -93,12 +95,14 @@ def _expected_refusal(family: str, objective: str, fitter: str) -> tuple[type[Ex
         return ValueError, "gives statistics for a closed-form fit"
     if objective.startswith(("newton", "fisher")) and family in NO_SOLVE:
         return ValueError, "needs the preconditioner's 'solve'"
-    if objective == "layer_statistics" and family != "kronecker_layer":
+    if objective == "layer_statistics" and not family.endswith("_layer"):
         return ValueError, "the placement must be precondalg.placement.Layer"
     if fitter == "lie_group" and family in NOT_A_GROUP:
         return TypeError, "must be a matrix Lie group"
     if fitter == "closed_form" and family in NO_CLOSED_FORM:
         return ValueError, "sets φ in closed form"
+    if fitter == "closed_form" and family.startswith("eigenbasis") and objective != "layer_statistics":
+        return ValueError, "set an Eigenbasis in closed form"
     return None
 
 

@@ -129,6 +129,9 @@ class Objective(abc.ABC):
     """Whether `meta_grads` answers a `precondalg.objectives.Statistics` where the context asks for one
     (`BlockContext.statistics`), for a closed-form fitter."""
     gives_gradients: ClassVar[bool] = True
+    sets_eigenbasis: ClassVar[bool] = False
+    """Whether its `Statistics` can set an `Eigenbasis` part in closed form (two statistics, the
+    Kronecker eigenbasis; K-FAC's `LayerStatistics`)."""
     """Whether it answers with a gradient (or a relative gradient) for a fitter that steps: False for
     the objectives that only give statistics, which need a closed-form fitter."""
 

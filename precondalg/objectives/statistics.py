@@ -44,6 +44,7 @@ from precondalg.structures import (
     BlockDiagonal,
     Dense,
     Diagonal,
+    Eigenbasis,
     Kronecker,
     Scalar,
     Structure,
@@ -422,6 +423,9 @@ class LayerStatistics(Objective):
     matrixisation of Conv2d, Grosse & Martens 2016), from module hooks, for the `ClosedForm` fitter:
     P = (Ḡ + γ_G I)⁻¹ ⊗ (Ā + γ_A I)⁻¹ on the layer's [W | b] (placement `precondalg.placement.Layer`),
     i.e. the preconditioned gradient (Ḡ + γ_G I)⁻¹ [G_W | g_b] (Ā + γ_A I)⁻¹, γ by `factored_tikhonov`.
+    With APO's `Eigenbasis` structure (family `eigenbasis`) instead of `kronecker`, the closed form is
+    EKFAC's eigenbasis form of the exact damped inverse (Ḡ ⊗ Ā + λI)⁻¹: B, A the eigenvectors of Ḡ and
+    Ā, S² = 1/(λ_Ḡ,i λ_Ā,j + λ) (APO's Corollary 2, Bae et al. 2022).
 
     The statistics (the empirical Fisher: the gradients of the loss that is backpropagated):
 
@@ -461,6 +465,7 @@ class LayerStatistics(Objective):
     reads_cache: ClassVar[bool] = False
     gives_statistics: ClassVar[bool] = True
     gives_gradients: ClassVar[bool] = False
+    sets_eigenbasis: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, damping: float = 1e-3) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -565,6 +570,10 @@ class LayerStatistics(Objective):
             has_bias = any(p.ndim == 1 for p in ctx.params)
             A = _input_factor(layer, has_weight, has_bias)
             G = layer.gg / layer.passes
+            if isinstance(ctx.phi, Eigenbasis):  # EKFAC's form: the exact damped inverse (Ḡ ⊗ Ā + λI)⁻¹
+                damping = functools.partial(_constant, self.damping)
+                answers.append(Statistics((G, A), (-1.0,), _power(ctx), damping))
+                continue
             answers.append(
                 Statistics(
                     tuple(as_part(part, M) for part, M in zip(simple_parts(ctx.phi), (G, A))),
@@ -605,6 +614,11 @@ def _input_factor(sums: _Sums, has_weight: bool, has_bias: bool) -> torch.Tensor
     top = torch.cat([sums.xx, sums.x[:, None]], 1)
     bottom = torch.cat([sums.x, sums.x.new_tensor([R])])[None]
     return torch.cat([top, bottom], 0) / R
+
+
+def _constant(value: float, statistics: Sequence[torch.Tensor]) -> list[float]:
+    """The same damping λ for the one part (an `Eigenbasis`)."""
+    return [value]
 
 
 def _remove(handles: list[Any]) -> None:

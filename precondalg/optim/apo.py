@@ -38,7 +38,7 @@ def APO(
     loss_fn: Callable[[Any, Any], torch.Tensor],
     mode: str = "precond",
     base: str = "momentum",
-    momentum: float = 0.9,
+    momentum: float = unset(0.9),
     meta_lr: float | None = None,
     meta_every: int = 10,
     lam_fsd: float = 1.0,
@@ -49,6 +49,7 @@ def APO(
     lr_param: str = unset("log"),
     seed: int = 0,
     nonfinite: str = "skip",
+    weight_decay: float = 0.0,
 ) -> Preconditioned:
     """APO (Bae et al. 2022, Algorithm 1): every `meta_every` steps φ takes one meta-step on the proximal
     objective of the one-step lookahead θ′(φ) (Eq. 8),
@@ -97,8 +98,10 @@ def APO(
         warmup: "precond" only: the number of first steps with the base rule alone (the paper: 3000).
         scale: "precond" only: the factor of the applied step (the paper's 0.9).
         lr_param: "lr" only: "log", "softplus" or "linear".
-        seed: seed of the optimizer's generator.
+        seed: seed of the optimizer's generator (nothing is drawn; kept for a uniform interface).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
+        weight_decay: L2 penalty added to the gradient (torch.optim's convention) before the base rule
+            and P; the meta-objective's loss term is `loss_fn` alone (the penalty is not in Q).
 
     Returns:
         A `Preconditioned` optimizer configured as APO.
@@ -107,7 +110,8 @@ def APO(
         TypeError: a hyperparameter that is not a number; model not an nn.Module.
         ValueError: an unknown mode, base, fsd or parameterisation; a hyperparameter out of range; an
             argument the mode does not use (warmup/scale with "lr", lr_param with "precond", momentum
-            without the "momentum" base); at step time, a meta-update step without ``batch``, or without
+            without the "momentum" base); a param group holding "lr" in "lr" mode (it would multiply
+            the learned η, not set η₀); at step time, a meta-update step without ``batch``, or without
             ``fsd_batch`` when λ_FSD > 0.
     """
     check_choice("APO", "mode", mode, _MODES)
@@ -116,7 +120,7 @@ def APO(
     check_number("APO", "meta_every", meta_every, 1, integer=True)
     if meta_lr is not None:
         check_number("APO", "meta_lr", meta_lr, 0.0)
-    if base != "momentum" and momentum != 0.9:
+    if base != "momentum" and given(momentum):
         raise ValueError(
             f"APO: 'momentum' is read by base 'momentum'; got momentum={momentum!r} with base={base!r}"
         )
@@ -131,6 +135,13 @@ def APO(
     meta_lr = _META_LR[mode] if meta_lr is None else float(meta_lr)
     if mode == "lr":
         check_number("APO", "lr", lr, 0.0, lo_open=True)
+        params = list(params)
+        per_group = [i for i, group in enumerate(params) if isinstance(group, dict) and "lr" in group]
+        if per_group:
+            raise ValueError(
+                f"APO: param group(s) {per_group} set 'lr'; in mode 'lr' a group's lr would multiply the "
+                "learned η (started at the `lr` argument), not set η₀. Use one APO per initial rate"
+            )
         return Preconditioned(
             params,
             1.0,  # a multiplier on the learned η (schedulers scale it)
@@ -141,6 +152,7 @@ def APO(
             base=base,
             position="direction",
             update_probability=every(meta_every),
+            weight_decay=weight_decay,
             nonfinite=nonfinite,
             seed=seed,
             name="APO",
@@ -159,6 +171,7 @@ def APO(
         position="gradient",
         update_probability=every(meta_every),
         warmup=int(warmup),
+        weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
         name="APO",
@@ -172,7 +185,9 @@ def fsd_batches(loader: Iterable[Any]) -> Iterator[Any]:
     training set), endlessly — a new pass (a new shuffle) after each epoch — for APO's B′, so that a
     training loop need not manage a second iterator: ``fsd = fsd_batches(loader)`` then
     ``opt.step(batch=(x, y), fsd_batch=next(fsd))``.  A batch that is a tuple or list gives its first
-    element, anything else is given as is.
+    element, anything else is given as is.  B′ must be another batch than B (the same batch biases the
+    FSD, App. D): give it a loader that shuffles (``shuffle=True``), or a second loader — the training
+    loader itself without shuffling walks in step with the training loop and gives B′ = B.
 
     Raises:
         ValueError: the loader yields nothing.

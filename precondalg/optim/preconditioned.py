@@ -71,7 +71,15 @@ from precondalg.optim.base_rules import (
 )
 from precondalg.optim.choices import call_choice, check_choices
 from precondalg.placement import Placement, default_placement
-from precondalg.structures import NotInvertibleError, Structure, Triangular, scale, scale_group, simple_parts
+from precondalg.structures import (
+    Eigenbasis,
+    NotInvertibleError,
+    Structure,
+    Triangular,
+    scale,
+    scale_group,
+    simple_parts,
+)
 
 __all__ = ["Preconditioned", "optimizer_generator"]
 
@@ -553,6 +561,12 @@ class Preconditioned(torch.optim.Optimizer):
     def _check_closed_form(self, block: _Block, phi: Structure) -> None:
         """Refuse, at construction, a structure a closed-form fitter cannot set: one whose family does not
         say how P depends on φ, or a triangular part of a family with P = φ."""
+        eigenbasis = any(isinstance(part, Eigenbasis) for part in simple_parts(phi))
+        if eigenbasis and not self._objective.sets_eigenbasis:
+            raise ValueError(
+                f"Preconditioned: objective {type(self._objective).__name__} gives no statistics that set an "
+                "Eigenbasis in closed form; LayerStatistics(model) does (EKFAC's eigenbasis form)"
+            )
         power = block.family.power
         if power not in (1, 2) or (
             power == 1 and any(isinstance(part, Triangular) for part in simple_parts(phi))
