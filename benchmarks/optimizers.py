@@ -13,16 +13,26 @@ What it measures (docs/benchmarks.md describes the protocol in full):
    *same* sequence of batches.  The methods: torch.optim's SGD-momentum and Adam (the baselines); FOP
    (full, low rank, spatial), S-HD and PP-HD; Shampoo (roots every step, every 10 steps, and with Adam
    grafting), beside the peer ``pytorch_optimizer.Shampoo`` at the same cadences where it is installed;
-   K-FAC (inverses every step and every 10 steps).  After a warm-up, the methods are run in
+   K-FAC (inverses every step and every 10 steps); APO-Precond and APO-lr (base momentum 0.9) with a
+   meta-update every 1, 10 and 100 steps.  After a warm-up, the methods are run in
    interleaved rounds (the order is shuffled every round); in each round each method runs ``--steps``
    consecutive training steps, each timed twice with ``time.perf_counter`` (``torch.cuda.synchronize``
    before every clock read on CUDA): the whole training step (zero_grad + forward + backward +
-   ``opt.step()``) and ``opt.step()`` alone.
+   ``opt.step()``) and ``opt.step()`` alone.  A method whose step takes the data (APO, marked by
+   `WithBatches`) is called ``opt.step(batch=(x, y), fsd_batch=x2)`` with (x, y) the step's batch and
+   x2 the inputs of the next batch of the same sequence; both are picked before the clock starts.
    A round's figure is the median over its steps; a method's ratio to a baseline is the median over
    rounds of (method / baseline in the same round), so that slow drift of a shared machine cancels.
    The median of a round hides work done once every k steps (Shampoo's roots, K-FAC's inverses with
-   update_every = 10: one step in ten); the same figures with each round's *mean* instead of its
-   median, which spread that work over the steps, are reported beside them ("amortised").
+   update_every = 10, APO's meta-update with meta_every = 10: one step in ten); the same figures with
+   each round's *mean* instead of its median, which spread that work over the steps, are reported
+   beside them ("amortised").  Work done less often than once a round (APO's meta_every = 100: 3 of
+   the 300 timed steps) falls in few rounds, which the median over rounds passes over; the "whole run"
+   figures are therefore the mean over all timed steps, and their ratio that of the totals
+   (sum over every round's steps of the method / the same for the baseline); being means, they carry
+   every preemption of a shared machine.  "By parts", for APO: the medians over all timed steps of the
+   steps that did the meta-update and of the others, and the mean step (meta + (k − 1)·other) / k they
+   imply, over the median SGD-momentum step: robust to outliers, but not a same-round ratio.
 2. Optimizer-state memory: the bytes of every tensor in ``opt.state_dict()`` (for precondalg's
    optimizers that includes φ, the cache, the skip counter and each block's fitter state: a
    meta-optimizer's moments, or the ClosedForm fitter's running statistics), each storage counted once,
@@ -65,7 +75,7 @@ import precondalg
 from precondalg.families import dense_gram, low_rank_gram
 from precondalg.fitters import TorchOptimizer
 from precondalg.objectives import Hypergradient
-from precondalg.optim import FOP, HD, KFAC, Preconditioned, Shampoo
+from precondalg.optim import APO, FOP, HD, KFAC, Preconditioned, Shampoo
 from precondalg.placement import InputSide, Spatial
 
 # Targets from the FOP paper (Moskovitz et al. 2019): training-step time relative to momentum SGD.
@@ -90,6 +100,11 @@ GRAFT_LR = 0.002  # Shampoo with Adam grafting (ε 1e-12, Distributed Shampoo's 
 # finite but the CNN's loss ends near 2.4 after 320 steps
 KFAC_LR = 0.002  # update_every 10 diverged at lr 0.05, 0.01 and 0.005 (damping 1e-3) on both models
 KFAC_DAMPING = 1e-3
+# APO (Bae et al. 2022) on the base "momentum" 0.9 with fsd "kl", λ_FSD 1, λ_WSD 0.1 and the default
+# meta-optimizers (precond: Adam 1e-4 on (A, B, S); lr: RMSprop 0.1 on log η): lr 0.05 (η₀ in "lr"
+# mode) trained finitely on both models at meta_every 1, 10 and 100 (320 steps).
+APO_LR = 0.05
+APO_EVERY = (1, 10, 100)
 
 
 # ----------------------------------------------------------------------------------------- machine
@@ -287,6 +302,46 @@ BASELINES: dict[str, Maker] = {
 HD_ARGS = dict(base="momentum", momentum=0.9, hyper_optimizer="adam")
 
 
+@dataclass(frozen=True)
+class WithBatches:
+    """A maker whose optimizer's step takes the data: the timing loop calls
+    ``opt.step(batch=(x, y), fsd_batch=x2)`` with (x, y) the step's batch and x2 the next batch's inputs.
+    `every`: the optimizer does its periodic work (APO's meta-update) on its steps 0, every, 2·every, …
+    (counted from its first step, warm-up included); the timing splits those steps from the others."""
+
+    make: Maker
+    every: int | None = None
+
+    def __call__(self, m: nn.Module) -> torch.optim.Optimizer:
+        return self.make(m)
+
+
+def _apo(mode: str, every: int) -> WithBatches:
+    """APO in `mode` ("precond" or "lr") on momentum 0.9, a meta-update every `every` steps."""
+
+    def make(m: nn.Module) -> torch.optim.Optimizer:
+        return APO(
+            m.parameters(),
+            APO_LR,
+            model=m,
+            loss_fn=nn.functional.cross_entropy,
+            mode=mode,
+            base="momentum",
+            momentum=0.9,
+            fsd="kl",
+            meta_every=every,
+        )
+
+    return WithBatches(make, every)
+
+
+APO_METHODS: dict[str, Maker] = {
+    f"APO-{label} (every {k})": _apo(mode, k)
+    for mode, label in (("precond", "Precond"), ("lr", "lr"))
+    for k in APO_EVERY
+}
+
+
 def _peer_shampoo(every: int) -> Maker:
     """pytorch_optimizer's Shampoo with roots every `every` steps (its first at step `every`), lr and ε
     as ours.  Without momentum: its momentum lerps the raw gradient towards the previous *preconditioned*
@@ -350,6 +405,7 @@ METHODS: dict[str, dict[str, Maker]] = {
         "S-HD": lambda m: HD(m.parameters(), LR_SGD, HYPER_LR, granularity="layer", **HD_ARGS),
         "PP-HD": lambda m: HD(m.parameters(), LR_SGD, HYPER_LR, granularity="parameter", **HD_ARGS),
         **SECOND_ORDER,
+        **APO_METHODS,
     },
     "cnn": {
         **BASELINES,
@@ -361,6 +417,7 @@ METHODS: dict[str, dict[str, Maker]] = {
         "S-HD": lambda m: HD(m.parameters(), LR_SGD, HYPER_LR, granularity="layer", **HD_ARGS),
         "PP-HD": lambda m: HD(m.parameters(), LR_SGD, HYPER_LR, granularity="parameter", **HD_ARGS),
         **SECOND_ORDER,
+        **APO_METHODS,
     },
 }
 
@@ -460,10 +517,18 @@ class Runner:
     batches: list
     step_index: int = 0
     last_loss: float = math.nan
+    with_batches: bool = False  # opt.step(batch=(x, y), fsd_batch=x2) (APO; `WithBatches`)
+    every: int | None = None  # periodic work on the steps 0, every, 2·every, … (`WithBatches.every`)
 
     def train_step(self, device: torch.device) -> tuple[float, float]:
-        """One training step; returns (whole step seconds, optimizer step seconds)."""
-        x, y = self.batches[self.step_index % len(self.batches)]
+        """One training step; returns (whole step seconds, optimizer step seconds).  With
+        `with_batches`, the step's inputs (its batch, and the next batch's inputs as x2) are picked
+        before the clock starts."""
+        i = self.step_index % len(self.batches)
+        x, y = self.batches[i]
+        inputs = {}
+        if self.with_batches:
+            inputs = {"batch": (x, y), "fsd_batch": self.batches[(i + 1) % len(self.batches)][0]}
         self.step_index += 1
         sync(device)
         t0 = time.perf_counter()
@@ -472,7 +537,7 @@ class Runner:
         loss.backward()
         sync(device)
         t1 = time.perf_counter()
-        self.opt.step()
+        self.opt.step(**inputs)
         sync(device)
         t2 = time.perf_counter()
         self.last_loss = float(loss.detach())
@@ -501,19 +566,30 @@ def bench_model(
         except ImportError as err:  # the peer's package is optional
             log(f"[{kind}] {name}: left out ({err})")
             continue
-        runners.append(Runner(name, model, opt, batches))
+        feeds = isinstance(maker, WithBatches)
+        runners.append(
+            Runner(name, model, opt, batches, with_batches=feeds, every=maker.every if feeds else None)
+        )
     nonfinite = {r.name: 0 for r in runners}
+    # Every timed step's (train, opt) seconds, split by whether it did the periodic work (`Runner.every`;
+    # without it, every step is "other").
+    by_kind: dict[str, dict[str, list[tuple[float, float]]]] = {
+        r.name: {"periodic": [], "other": []} for r in runners
+    }
 
-    def run_steps(r: Runner, n: int) -> list[tuple[float, float]]:
+    def run_steps(r: Runner, n: int, timed: bool = True) -> list[tuple[float, float]]:
         out = []
         for _ in range(n):
+            periodic = r.every is not None and r.step_index % r.every == 0
             out.append(r.train_step(device))
             nonfinite[r.name] += not math.isfinite(r.last_loss)
+            if timed:
+                by_kind[r.name]["periodic" if periodic else "other"].append(out[-1])
         return out
 
     log(f"[{kind}] {n_params} parameters; warm-up {warmup} steps per method")
     for r in runners:
-        run_steps(r, warmup)
+        run_steps(r, warmup, timed=False)
     rounds: dict[str, dict[str, list[float]]] = {
         r.name: {"train": [], "opt": [], "train_mean": [], "opt_mean": []} for r in runners
     }
@@ -536,6 +612,31 @@ def bench_model(
         q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
         return {"median": statistics.median(rs), "q1": q[0], "q3": q[2]}
 
+    def run_ratio(name: str, base: str, what: str) -> float:
+        """Ratio of the totals over all timed steps (every round has `steps` steps)."""
+        return sum(rounds[name][what]) / sum(rounds[base][what])
+
+    def by_parts(r: Runner) -> dict[str, Any] | None:
+        """For a method with periodic work every k steps: the medians over all timed steps of the steps
+        that did it and of the others, and the mean step they imply, (periodic + (k − 1)·other) / k,
+        over the median of all SGD momentum's timed steps: a robust amortised estimate."""
+        if r.every is None:
+            return None
+        k, parts = r.every, by_kind[r.name]
+        sgdm = [t for kind in by_kind["SGD momentum"].values() for t in kind]
+        out: dict[str, Any] = {"every": k, "periodic_steps": len(parts["periodic"])}
+        for j, what in enumerate(("train", "opt")):
+            base = statistics.median(t[j] for t in sgdm)
+            per = statistics.median(t[j] for t in parts["periodic"]) if parts["periodic"] else math.nan
+            oth = statistics.median(t[j] for t in parts["other"]) if parts["other"] else per
+            mean = per if k == 1 else (per + (k - 1) * oth) / k
+            out[f"periodic_{what}_ms"] = 1e3 * per
+            out[f"other_{what}_ms"] = 1e3 * oth
+            out[f"{what}_step_ms"] = 1e3 * mean
+            out[f"{what}_vs_sgdm"] = mean / base
+            out[f"other_{what}_vs_sgdm"] = oth / base
+        return out
+
     records = []
     for r in runners:
         mem = state_bytes(r.opt)
@@ -556,7 +657,14 @@ def bench_model(
                 "train_vs_adam": ratio(r.name, "Adam", "train_mean")["median"],
                 "opt_vs_sgdm": ratio(r.name, "SGD momentum", "opt_mean")["median"],
                 "opt_vs_adam": ratio(r.name, "Adam", "opt_mean")["median"],
+                "run_train_step_ms": 1e3 * statistics.fmean(rounds[r.name]["train_mean"]),
+                "run_opt_step_ms": 1e3 * statistics.fmean(rounds[r.name]["opt_mean"]),
+                "run_train_vs_sgdm": run_ratio(r.name, "SGD momentum", "train_mean"),
+                "run_train_vs_adam": run_ratio(r.name, "Adam", "train_mean"),
+                "run_opt_vs_sgdm": run_ratio(r.name, "SGD momentum", "opt_mean"),
+                "run_opt_vs_adam": run_ratio(r.name, "Adam", "opt_mean"),
             },
+            "by_parts": by_parts(r),
             "state_bytes": mem,
             "state_bytes_per_param": mem["total"] / n_params,
             "state_vs_adam": None,
@@ -564,7 +672,13 @@ def bench_model(
             "final_loss": r.last_loss,
             "nonfinite_losses": nonfinite[r.name],
             "steps_taken": r.step_index,
+            "skipped_updates": None,
+            "skipped_meta_steps": None,
         }
+        if isinstance(r.opt, Preconditioned):  # the sync-free skips of non-finite steps, counted
+            counts = r.opt.skip_counts()
+            rec["skipped_updates"] = sum(c["skipped"] for c in counts)
+            rec["skipped_meta_steps"] = sum(c["meta_skipped"] for c in counts)
         records.append(rec)
     log(
         f"[{kind}] final loss (step {warmup + repeats * steps}): "
@@ -573,6 +687,12 @@ def bench_model(
     bad = {name: n for name, n in nonfinite.items() if n}
     if bad:
         log(f"[{kind}] NON-FINITE losses (steps out of {warmup + repeats * steps}): {bad}")
+    skipped = {
+        rec["method"]: (rec["skipped_updates"], rec["skipped_meta_steps"])
+        for rec in records
+        if rec["skipped_updates"] or rec["skipped_meta_steps"]
+    }
+    log(f"[{kind}] skipped (updates, meta-steps) of precondalg's optimizers: {skipped or 'none'}")
     adam = next(rec for rec in records if rec["method"] == "Adam")["state_bytes_per_param"]
     for rec in records:
         rec["state_vs_adam"] = rec["state_bytes_per_param"] / adam
@@ -755,12 +875,38 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def by_parts_table(records: list[dict[str, Any]]) -> str:
+    """The methods with periodic work every k steps (`WithBatches.every`): the steps that do it and the
+    others, and the amortised estimate they imply."""
+    rows = [r for r in records if r.get("by_parts")]
+    if not rows:
+        return "(none)"
+    w = max(27, *(len(r["method"]) for r in rows))
+    head = (
+        f"{'model':<5} {'method':<{w}} {'k':>4} {'n':>4} {'periodic train ms':>17} {'other train ms':>14} "
+        f"{'other/SGDm':>10} {'mean train ms':>13} {'mean/SGDm':>9} {'periodic opt ms':>15} "
+        f"{'other opt ms':>12}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        b = r["by_parts"]
+        lines.append(
+            f"{r['model']:<5} {r['method']:<{w}} {b['every']:4d} {b['periodic_steps']:4d} "
+            f"{b['periodic_train_ms']:17.3f} {b['other_train_ms']:14.3f} {b['other_train_vs_sgdm']:10.2f} "
+            f"{b['train_step_ms']:13.3f} {b['train_vs_sgdm']:9.2f} {b['periodic_opt_ms']:15.3f} "
+            f"{b['other_opt_ms']:12.3f}"
+        )
+    return "\n".join(lines)
+
+
 def amortised_table(records: list[dict[str, Any]]) -> str:
-    """The step times with each round's mean instead of its median (work done every k steps spread)."""
+    """The step times with each round's mean instead of its median (work done every k steps spread),
+    and over the whole run (mean over all timed steps; ratios of the totals)."""
     w = max(27, *(len(r["method"]) for r in records))
     head = (
         f"{'model':<5} {'method':<{w}} {'train ms':>9} {'train/SGDm':>10} {'train/Adam':>10} "
-        f"{'opt ms':>8} {'opt/SGDm':>9} {'opt/Adam':>9}"
+        f"{'opt ms':>8} {'opt/SGDm':>9} {'opt/Adam':>9} | {'run train ms':>12} {'run train/SGDm':>14} "
+        f"{'run train/Adam':>14} {'run opt ms':>10} {'run opt/SGDm':>12}"
     )
     lines = [head, "-" * len(head)]
     for r in records:
@@ -768,7 +914,8 @@ def amortised_table(records: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['model']:<5} {r['method']:<{w}} {a['train_step_ms']:9.3f} {a['train_vs_sgdm']:10.2f} "
             f"{a['train_vs_adam']:10.2f} {a['opt_step_ms']:8.3f} {a['opt_vs_sgdm']:9.2f} "
-            f"{a['opt_vs_adam']:9.2f}"
+            f"{a['opt_vs_adam']:9.2f} | {a['run_train_step_ms']:12.3f} {a['run_train_vs_sgdm']:14.2f} "
+            f"{a['run_train_vs_adam']:14.2f} {a['run_opt_step_ms']:10.3f} {a['run_opt_vs_sgdm']:12.2f}"
         )
     return "\n".join(lines)
 
@@ -892,9 +1039,18 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "Amortised: the same with each round's MEAN of its steps instead of its median, so that work done "
-        "once every k steps (roots, inverses) is spread over them; medians over rounds."
+        "once every k steps (roots, inverses, APO's meta-update) is spread over them; medians over "
+        "rounds. 'run': the mean over all timed steps, and the ratio of the totals (work done less "
+        "often than once a round, e.g. APO every 100, is in these only)."
     )
     print(amortised_table(records))
+    print()
+    print(
+        "By parts: the methods with periodic work every k steps (APO's meta-update): medians over all "
+        "timed steps of the n steps that did it ('periodic') and of the others, and the mean step they "
+        "imply, (periodic + (k-1) other) / k, against the median of all SGD momentum's timed steps."
+    )
+    print(by_parts_table(records))
     print()
     print(
         "Optimizer state, bytes per parameter by component (base: base rule; graft: grafting method; "
@@ -926,6 +1082,9 @@ def main(argv: list[str] | None = None) -> int:
             "graft_lr": GRAFT_LR,
             "kfac_lr": KFAC_LR,
             "kfac_damping": KFAC_DAMPING,
+            "apo_lr": APO_LR,
+            "apo_meta_every": list(APO_EVERY),
+            "apo": "base momentum 0.9, fsd kl, lam_fsd 1, lam_wsd 0.1, meta_lr default",
             "momentum": 0.9,
             "peer_momentum": 0.0,
             "pytorch_optimizer": _peer_version(),
