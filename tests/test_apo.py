@@ -184,6 +184,8 @@ def test_missing_batches_are_refused_on_meta_steps():
     with pytest.raises(ValueError, match="fsd_batch"):
         opt.step(batch=(x, y))
     opt.step(batch=(x, y), fsd_batch=x)  # step 0 fits; step 1 does not and needs nothing
+    with pytest.raises(TypeError, match="takes 'batch' and 'fsd_batch'; got \\['fsd_bach'\\]"):
+        opt.step(batch=(x, y), fsd_bach=x)  # a misspelt input is refused on a step that does not fit too
     opt.step()
 
 

@@ -51,6 +51,15 @@ def _loss(name: str):
     return torch.nn.CrossEntropyLoss() if name == "ce" else torch.nn.MSELoss()
 
 
+def _reference(net, loss_fn, x, y) -> KFACLinearOperator:
+    """curvlinops' K-FAC of `net` on one batch in our conventions: the empirical Fisher, weight and bias
+    as one block (the homogeneous coordinate)."""
+    return KFACLinearOperator(
+        net, loss_fn, list(net.parameters()), [(x, y)], fisher_type="empirical",
+        check_deterministic=False, separate_weight_and_bias=False,
+    )
+
+
 def _fitted_factors(opt) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each layer's averaged (Ḡ, Ā) as the closed-form fit holds them (S/w)."""
     out = {}
@@ -67,10 +76,7 @@ def test_factors_equal_curvlinops(kind, loss):
     x, labels, targets = _data(kind)
     y = labels if loss == "ce" else targets
     loss_fn = _loss(loss)
-    reference = KFACLinearOperator(
-        net, loss_fn, list(net.parameters()), [(x, y)], fisher_type="empirical",
-        check_deterministic=False, separate_weight_and_bias=False,
-    )
+    reference = _reference(net, loss_fn, x, y)
     reference.compute_kronecker_factors()
     opt = KFAC(net.parameters(), lr=0.1, model=net)
     loss_fn(net(x), y).backward()
@@ -92,10 +98,7 @@ def test_step_equals_curvlinops_damped_inverse(kind):
     net = _net(kind)
     x, y, _ = _data(kind)
     loss_fn = torch.nn.CrossEntropyLoss()
-    reference = KFACLinearOperator(
-        net, loss_fn, list(net.parameters()), [(x, y)], fisher_type="empirical",
-        check_deterministic=False, separate_weight_and_bias=False,
-    )
+    reference = _reference(net, loss_fn, x, y)
     inverse = KFACInverseLinearOperator(reference, damping=1e-2, use_heuristic_damping=True, min_damping=0.0)
     opt = KFAC(net.parameters(), lr=1.0, model=net, damping=1e-2)
     before = clone_params(net.parameters())
@@ -114,10 +117,7 @@ def test_eigenbasis_closed_form_is_the_exact_damped_inverse(kind):
     net = _net(kind)
     x, y, _ = _data(kind)
     loss_fn = torch.nn.CrossEntropyLoss()
-    reference = KFACLinearOperator(
-        net, loss_fn, list(net.parameters()), [(x, y)], fisher_type="empirical",
-        check_deterministic=False, separate_weight_and_bias=False,
-    )
+    reference = _reference(net, loss_fn, x, y)
     inverse = KFACInverseLinearOperator(reference, damping=1e-2, use_exact_damping=True)
     opt = Preconditioned(
         net.parameters(), 1.0, structure=eigenbasis(), placement=Layer(net),
@@ -187,10 +187,7 @@ def test_running_average_and_refits():
     for t in range(5):
         x, y, _ = _data("mlp", seed=t)
         probe = copy.deepcopy(net)
-        ref = KFACLinearOperator(
-            probe, torch.nn.CrossEntropyLoss(), list(probe.parameters()), [(x, y)], fisher_type="empirical",
-            check_deterministic=False, separate_weight_and_bias=False,
-        )
+        ref = _reference(probe, torch.nn.CrossEntropyLoss(), x, y)
         ref.compute_kronecker_factors()
         per_step.append(ref._gradient_covariances["2"])
         net.zero_grad()
@@ -262,10 +259,7 @@ def test_two_backward_passes_add_up():
     parts = []
     for x, y in ((x1, y1), (x2, y2)):
         probe = _net("mlp")
-        ref = KFACLinearOperator(
-            probe, torch.nn.CrossEntropyLoss(), list(probe.parameters()), [(x, y)], fisher_type="empirical",
-            check_deterministic=False, separate_weight_and_bias=False,
-        )
+        ref = _reference(probe, torch.nn.CrossEntropyLoss(), x, y)
         ref.compute_kronecker_factors()
         parts.append((ref._gradient_covariances["0"], ref._input_covariances["0"], x.shape[0]))
     assert_close([G], [(parts[0][0] + parts[1][0]) / 2], 1e-13)

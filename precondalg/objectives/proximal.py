@@ -55,6 +55,12 @@ def squared_error(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 _DIVERGENCES: dict[str, Divergence] = {"kl": kl_divergence, "squared": squared_error}
 
 
+def _check_inputs(inputs: dict[str, Any]) -> None:
+    unknown = set(inputs) - {"batch", "fsd_batch"}
+    if unknown:
+        raise TypeError(f"Proximal: step() takes 'batch' and 'fsd_batch'; got {sorted(unknown)}")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Proximal(Objective):
     """APO's proximal meta-objective (Eq. 8).
@@ -101,9 +107,7 @@ class Proximal(Objective):
         generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
-        unknown = set(inputs) - {"batch", "fsd_batch"}
-        if unknown:
-            raise TypeError(f"Proximal: step() takes 'batch' and 'fsd_batch'; got {sorted(unknown)}")
+        _check_inputs(inputs)
         if self.require_batch and inputs.get("batch") is None:
             raise ValueError(
                 "Proximal: this step fits the preconditioner, which needs step(batch=(inputs, targets), "
@@ -112,6 +116,19 @@ class Proximal(Objective):
         if inputs.get("batch") is not None and self.lam_fsd > 0 and inputs.get("fsd_batch") is None:
             raise ValueError("Proximal: λ_FSD > 0 needs step(..., fsd_batch=inputs′), a batch other than B")
         return Evaluation(run_closure(closure, params, "Proximal"), data=inputs)
+
+    def evaluate_gradients(
+        self,
+        params: list[torch.Tensor],
+        closure: Callable[[], Any] | None,
+        generator: torch.Generator,
+        **inputs: Any,
+    ) -> Evaluation:
+        """A step that does not fit φ (between APO's meta-updates): the gradients only; ``batch`` and
+        ``fsd_batch`` are accepted and unused, any other input is refused as on a fitting step (a
+        misspelt name would otherwise pass unnoticed until the next meta-update)."""
+        _check_inputs(inputs)
+        return super().evaluate_gradients(params, closure, generator)
 
     def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
         batch = evaluation.data.get("batch")
