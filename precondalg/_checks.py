@@ -133,7 +133,7 @@ _DEFAULTS = (_Default, _DefaultTuple, _DefaultInt, _DefaultStr)
 def unset(value: float | int | str | tuple[float, ...]) -> Any:
     """A default argument value that `given` can tell from the same value passed by the caller.
 
-    Example:
+    Examples:
         >>> def f(momentum=unset(0.9)):
         ...     return given(momentum)
         >>> f(), f(0.9)

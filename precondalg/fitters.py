@@ -177,7 +177,7 @@ class TorchOptimizer(Fitter):
         cls: a `torch.optim.Optimizer` subclass, e.g. `torch.optim.Adam`.
         **kwargs: its hyperparameters, e.g. ``lr=1e-4`` (validated now, by the class itself).
 
-    Example:
+    Examples:
         >>> TorchOptimizer(torch.optim.Adam, lr=1e-4).kwargs
         {'lr': 0.0001}
     """

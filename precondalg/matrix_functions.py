@@ -33,7 +33,7 @@ def psd_power(S: torch.Tensor, exponent: float, damping: torch.Tensor | float = 
         (n, n) symmetric: (S + δI)^e; NaN where S holds a non-finite entry (then eigh is not called on
         it) and Inf/NaN where an eigenvalue + δ is 0 under e < 0.
 
-    Example:
+    Examples:
         >>> S = torch.tensor([[4.0, 0.0], [0.0, 16.0]], dtype=torch.float64)
         >>> psd_power(S, -0.5)
         tensor([[0.5000, 0.0000],

@@ -270,7 +270,7 @@ class Layer(Placement):
     Args:
         model: the module whose Linear and Conv2d layers are placed.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Linear(3, 2)
         >>> Layer(net).dims([tuple(net.weight.shape), tuple(net.bias.shape)])
         (2, 4)

@@ -13,6 +13,10 @@ Run ``python -m theory_checks`` for the report, or use the runner API::
 
 from theory_checks import (  # noqa: F401  (registers)
     apo,
+    apo_horizon,
+    apo_kfac,
+    apo_optimum,
+    apo_proximal,
     fop,
     lodo,
     lodo_bowl,

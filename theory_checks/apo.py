@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 import precondalg as pa
+from theory_checks._apo import Recorder
 from theory_checks._numerics import (
     E_ATOL,
     E_RTOL,
@@ -173,7 +174,9 @@ def _meta_gradient_by_optimizer(
     with torch.no_grad():
         model[0].weight.copy_(theta[: n_hidden * n_in].reshape(n_hidden, n_in))
         model[2].weight.copy_(theta[n_hidden * n_in :].reshape(n_out, n_hidden))
-    objective = pa.objectives.Proximal(model, _squared, fsd="squared", lam_fsd=lam_fsd, lam_wsd=lam_wsd)
+    objective = Recorder(
+        pa.objectives.Proximal(model, _squared, fsd="squared", lam_fsd=lam_fsd, lam_wsd=lam_wsd)
+    )
     opt = pa.optim.Preconditioned(
         model.parameters(),
         lr=0.0,
@@ -189,7 +192,8 @@ def _meta_gradient_by_optimizer(
     _squared(model(x), y).backward()
     opt.step(batch=batch, fsd_batch=fsd_batch)
     pre = next(iter(opt.state.values()))["preconditioner"]
-    return phi0[0] - pre["phi"][0], pre["cache"]["u"].reshape(-1)
+    ((block,), _) = objective.seen[0]
+    return phi0[0] - pre["phi"][0], block.lookahead.reshape(-1)
 
 
 def _routes_as_configured(batch: tuple, fsd_batch: torch.Tensor) -> tuple[tuple, torch.Tensor]:

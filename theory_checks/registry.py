@@ -91,7 +91,7 @@ class Outcome:
 class Measures:
     """Collects the parts of an `Outcome`, in report order (the first is the headline).
 
-    Example:
+    Examples:
         >>> m = Measures()
         >>> m.at_most("max rel. error", 3e-16, 1e-10)
         >>> m.outcome().passed

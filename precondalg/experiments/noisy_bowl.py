@@ -24,7 +24,7 @@ Reference values (σ² the noise variance; derived for this project, validated b
   discrete Lyapunov equation per eigenvalue); momentum does beat the best SGD on this bowl: 16.59 with
   the paper's tuned lr 1.394, μ 0.529, and 15.34 at the best (η, μ) ≈ (1.943, 0.404).
 
-Example:
+Examples:
     >>> import torch
     >>> from precondalg.experiments.noisy_bowl import NoisyBowl, run
     >>> result = run(lambda p: torch.optim.SGD(p, lr=1.0), 2000, n=20, seed=0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,9 @@ class Proximal(Objective):
         ValueError: an unknown fsd name or a negative λ; at step time, a missing ``fsd_batch`` when
             λ_FSD > 0, or parameters the model does not own.
     """
+
+    reads_cache: ClassVar[bool] = False
+    """Q is evaluated at this step's lookahead alone: the optimizer keeps no copy of the last u."""
 
     model: torch.nn.Module
     loss_fn: Callable[[Any, Any], torch.Tensor]

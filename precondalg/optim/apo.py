@@ -192,7 +192,7 @@ def fsd_batches(loader: Iterable[Any]) -> Iterator[Any]:
     Raises:
         ValueError: the loader yields nothing.
 
-    Example:
+    Examples:
         >>> data = torch.utils.data.TensorDataset(torch.arange(6.0)[:, None], torch.zeros(6))
         >>> fsd = fsd_batches(torch.utils.data.DataLoader(data, batch_size=4))
         >>> tuple(next(fsd).shape[0] for _ in range(3))

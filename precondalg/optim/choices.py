@@ -55,7 +55,7 @@ def by_ndim(choices: dict[int, Any], default: Any = None) -> ByNdim:
         TypeError: not a dict from ndims to placements or families (None allowed), or a class or an
             uncalled family factory among them.
 
-    Example:
+    Examples:
         >>> from precondalg.placement import InputSide
         >>> choose = by_ndim({2: InputSide()})
         >>> choose((3, 4)), choose((4,))
@@ -97,7 +97,7 @@ def every(k: int) -> Every:
     Raises:
         TypeError, ValueError: k not an int ≥ 1.
 
-    Example:
+    Examples:
         >>> tuple(every(3)(t) for t in range(5))
         (1.0, 0.0, 0.0, 1.0, 0.0)
     """

@@ -81,7 +81,7 @@ def KFAC(
         ValueError: a hyperparameter out of range; none of the parameters belongs to a Linear or
             Conv2d layer of model; an unsupported Conv2d (groups ≠ 1, non-zero padding mode).
 
-    Example:
+    Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
         >>> opt = KFAC(net.parameters(), lr=0.1, model=net)
         >>> sizes = [tuple(A.shape[0] for A in P.factors) for _, P in opt.preconditioners()]

@@ -162,7 +162,7 @@ def optimizer_generator(seed: int) -> torch.Generator:
     the same number, would otherwise draw the same numbers as v (and Fisher's h = g + λv could even
     cancel against them).
 
-    Example:
+    Examples:
         >>> plain = torch.Generator().manual_seed(0)
         >>> torch.equal(torch.randn(3, generator=optimizer_generator(0)), torch.randn(3, generator=plain))
         False

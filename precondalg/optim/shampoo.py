@@ -76,7 +76,7 @@ def Shampoo(
         TypeError: a hyperparameter that is not a number; grafting of another type.
         ValueError: a hyperparameter out of range; an unknown root or grafting method.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Linear(4, 3)
         >>> opt = Shampoo(net.parameters(), lr=0.1, grafting="adam")
         >>> sizes = [tuple(A.shape[0] for A in P.factors) for _, P in opt.preconditioners()]

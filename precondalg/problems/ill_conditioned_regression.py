@@ -68,7 +68,7 @@ _INIT_STREAM = 1_000_003
 def log_spaced_singular_values(k: int, kappa: float, *, dtype: torch.dtype = F64) -> torch.Tensor:
     """s = geomspace(1, 1/κ, k): k singular values log-spaced from 1 down to 1/κ (descending).
 
-    Example:
+    Examples:
         >>> log_spaced_singular_values(3, 100.0).tolist()
         [1.0, 0.1, 0.01]
     """
@@ -185,7 +185,7 @@ def ill_conditioned_regression(
     Raises:
         ValueError: sizes that are not positive, d_in > d_out, kappa < 1 or not finite, init_std < 0.
 
-    Example:
+    Examples:
         >>> p = ill_conditioned_regression(0)
         >>> p.A.shape, p.X.shape, p.Y.shape
         (torch.Size([10, 6]), torch.Size([1000, 6]), torch.Size([1000, 10]))

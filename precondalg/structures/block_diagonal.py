@@ -25,7 +25,7 @@ class BlockDiagonal(Structure):
     Args:
         *blocks: one or more structures A_i of shape (m_i, n_i).
 
-    Example:
+    Examples:
         >>> BlockDiagonal(Scalar(torch.tensor(2.0), 1), Diagonal(torch.ones(2))).to_dense().diag()
         tensor([2., 1., 1.])
     """

@@ -23,7 +23,7 @@ class Dense(Structure):
     Args:
         A: (m, n) floating tensor.
 
-    Example:
+    Examples:
         >>> Dense(torch.eye(2)) @ torch.tensor([1.0, 2.0])
         tensor([1., 2.])
     """

@@ -18,7 +18,7 @@ class Diagonal(Structure):
     Args:
         d: (n,) floating tensor of diagonal entries.
 
-    Example:
+    Examples:
         >>> Diagonal(torch.tensor([1.0, 2.0])) @ torch.ones(2)
         tensor([1., 2.])
     """

@@ -46,7 +46,7 @@ class Eigenbasis(Structure):
         A: (n, n) floating tensor, the input-side basis.
         S: (m, n) floating tensor of scales (squared in P̂).
 
-    Example:
+    Examples:
         >>> P = Eigenbasis(torch.eye(2), torch.eye(3), torch.full((2, 3), 2.0))
         >>> P.shape, P.dims, P @ torch.ones(6)
         ((6, 6), (2, 3), tensor([4., 4., 4., 4., 4., 4.]))

@@ -97,7 +97,7 @@ class Kronecker(Structure):
         *factors: one or more structures A_i of shape (m_i, n_i).  Nested Kroneckers are kept as given
             (use `kron` to flatten them).
 
-    Example:
+    Examples:
         >>> A, B = Dense(torch.eye(2)), Diagonal(torch.tensor([1.0, 2.0, 3.0]))
         >>> Kronecker(A, B).shape
         (6, 6)
@@ -171,7 +171,7 @@ class KroneckerSum(Structure):
     Args:
         *terms: square structures T_i of shape (n_i, n_i).
 
-    Example:
+    Examples:
         >>> KroneckerSum(Scalar(torch.tensor(1.0), 2), Scalar(torch.tensor(2.0), 3)).to_dense().diag()
         tensor([3., 3., 3., 3., 3., 3.])
     """

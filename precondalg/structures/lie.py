@@ -50,7 +50,7 @@ def simple_parts(A: Structure) -> list[Structure]:
     """The simple factors of A (or the terms of a `KroneckerSum`) through Kronecker products and
     block-diagonal sums, depth first: the order in which pytree flattening meets their leaves.
 
-    Example:
+    Examples:
         >>> B = BlockDiagonal(Diagonal(torch.ones(2)), Scalar(torch.tensor(1.0), 1))
         >>> Q = Kronecker(Dense(torch.eye(2)), B)
         >>> " ".join(type(p).__name__ for p in simple_parts(Q))

@@ -25,7 +25,7 @@ class IdentityPlusLowRank(Structure):
         U: (n, r) floating tensor.
         V: (n, r) floating tensor.
 
-    Example:
+    Examples:
         >>> u = torch.tensor([[1.0], [0.0]])
         >>> IdentityPlusLowRank(u, u).to_dense()
         tensor([[2., 0.],

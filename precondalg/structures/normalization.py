@@ -27,7 +27,7 @@ class Normalization(Structure):
         d: (n,) floating tensor, the diagonal.
         c: (n-1,) floating tensor, the last column above the diagonal.
 
-    Example:
+    Examples:
         >>> Normalization(torch.tensor([2.0, 1.0]), torch.tensor([-3.0])) @ torch.tensor([1.0, 1.0])
         tensor([-1.,  1.])
     """

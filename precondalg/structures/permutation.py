@@ -174,7 +174,7 @@ class PermutationNetwork(Structure):
         perms: N permutations of range(ñ), as sequences of ints (static: stored as tuples).
         n: the input dimension, 1 ≤ n ≤ ñ.
 
-    Example:
+    Examples:
         >>> A = permutation_network(3, depth=2, block_size=2, generator=torch.Generator().manual_seed(0))
         >>> A.shape
         (8, 3)

@@ -31,7 +31,7 @@ class ResidualNetwork(Structure):
         perms: N permutations of range(ñ), as sequences of ints (static: stored as tuples).
         n: the input dimension, 1 ≤ n ≤ ñ.
 
-    Example:
+    Examples:
         >>> R = residual_network(3, depth=2, generator=torch.Generator().manual_seed(0))
         >>> R.shape
         (6, 3)

@@ -25,7 +25,7 @@ class Scalar(Structure):
         alpha: 0-d floating tensor α.
         n: the dimension, a positive int.
 
-    Example:
+    Examples:
         >>> A = Scalar(torch.tensor(2.0), 3)
         >>> A @ torch.ones(3)
         tensor([2., 2., 2.])

@@ -21,7 +21,7 @@ class Triangular(Structure):
     Args:
         R: (n, n) floating tensor; only its upper triangle (diagonal included) is kept.
 
-    Example:
+    Examples:
         >>> Triangular(torch.ones(2, 2)).to_dense()
         tensor([[1., 1.],
                 [0., 1.]])
