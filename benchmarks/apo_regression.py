@@ -86,7 +86,6 @@ import itertools
 import json
 import math
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -473,35 +472,6 @@ def plot(
     return path
 
 
-def extra_machine(info: dict[str, Any], git: bool) -> None:
-    """lscpu's model name and the commit line (whole repository: "with uncommitted changes" where
-    ``git status --short`` lists anything)."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        info["lscpu_model_name"] = next(
-            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), None
-        )
-    except (OSError, subprocess.SubprocessError):
-        info["lscpu_model_name"] = None
-    info["commit_line"] = "git not consulted"
-    if git:
-        root = Path(__file__).resolve().parent.parent
-        try:
-            head = subprocess.run(
-                ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-            dirty = subprocess.run(
-                ["git", "-C", str(root), "status", "--short"], capture_output=True, text=True, timeout=30
-            ).stdout.strip()
-            info["git_dirty_repo"] = bool(dirty)
-            info["commit_line"] = (head or "unknown") + (" with uncommitted changes" if dirty else "")
-        except (OSError, subprocess.SubprocessError):
-            info["commit_line"] = "git failed"
-
-
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -520,7 +490,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", type=Path, default=None, help="CSV path (default: the JSON path with .csv)")
     ap.add_argument("--no-git", action="store_true", help="do not run git for the commit in the machine info")
     args = ap.parse_args(argv)
-    command = "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     if args.quick:
         args.steps, args.seeds = 200, 2
     names = args.methods.split(",")
@@ -532,20 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     if set(args.tune_seed_list) & set(args.seed_list):
         raise SystemExit("the tuning seeds must be held out: not among the evaluation seeds")
     name = "apo_regression_quick" if args.quick else "apo_regression"
-    bench = common.start_run(args, name, git=not args.no_git)
-    if bench is None:
+    started = common.start_experiment(args, name, argv)
+    if started is None:
         return 2
-    extra_machine(bench.info, not args.no_git)
-    log_path = bench.json_path.with_suffix(".log")
-    log_lines: list[str] = []
-
-    def log(msg: str) -> None:
-        bench.log(msg)
-        log_lines.append(f"[{bench.elapsed():6.1f}s] {msg}")
-
-    log_lines.append(f"[{0.0:6.1f}s] machine: {common.describe_machine(bench.info)}")
-    log(f"lscpu Model name: {bench.info['lscpu_model_name']}; commit {bench.info['commit_line']}")
-    log(f"command: {command}")
+    bench, command = started
+    log = bench.log
     problem_cfg = ill_conditioned_regression(args.seed_list[0], kappa=args.kappa).config
     log(
         f"APO-E2: {args.steps} full-batch steps, κ = {args.kappa:g}, tuning seeds {args.tune_seed_list}, "
@@ -555,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for m in names:
         tuning[m] = tune(m, args, log)
-        log_path.write_text("\n".join(log_lines) + "\n")
+        bench.write_log()
     for m in names:
         for seed in args.seed_list:
             r = run_one(m, tuning[m]["best"], seed, args)
@@ -624,15 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {len(args.seed_list)} seeds",
         args.steps,
     )
-    for line in report(out):
-        print(line)
-        log_lines.append(line)
-    log(
-        f"wrote {bench.json_path}, {bench.csv_path}, {log_path}"
-        + (f", {png}" if png else "")
-        + f"; total {bench.elapsed():.0f} s"
-    )
-    log_path.write_text("\n".join(log_lines) + "\n")
+    bench.finish(report(out), bench.json_path, bench.csv_path, png)
     return 0
 
 

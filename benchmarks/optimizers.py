@@ -64,7 +64,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -195,14 +195,37 @@ class BenchRun:
     csv_path: Path
     info: dict[str, Any]  # machine_info, taken after the threads were set
     start: float  # time.perf_counter() when the run started
+    lines: list[str] = field(default_factory=list)  # what `log` printed, and lines a script adds
 
     def elapsed(self) -> float:
         """Seconds since the run started."""
         return time.perf_counter() - self.start
 
     def log(self, msg: str) -> None:
-        """Print msg at once, prefixed with the seconds since the run started."""
-        print(f"[{self.elapsed():6.1f}s] {msg}", flush=True)
+        """Print msg at once, prefixed with the seconds since the run started, and keep the line."""
+        line = f"[{self.elapsed():6.1f}s] {msg}"
+        print(line, flush=True)
+        self.lines.append(line)
+
+    @property
+    def log_path(self) -> Path:
+        """The log file beside the JSON: <json>.log."""
+        return self.json_path.with_suffix(".log")
+
+    def finish(self, report: list[str], *written: Path | None) -> None:
+        """Print and keep the report's lines, log the files written (None: not written) and the total
+        time, and write the log."""
+        for line in report:
+            print(line)
+            self.lines.append(line)
+        files = ", ".join(str(p) for p in (*written, self.log_path) if p is not None)
+        self.log(f"wrote {files}; total {self.elapsed():.0f} s")
+        self.write_log()
+
+    def write_log(self) -> None:
+        """Write every kept line to `log_path` (a script calls it as it goes, so a stopped run keeps
+        its log)."""
+        self.log_path.write_text("\n".join(self.lines) + "\n")
 
 
 def start_run(args: argparse.Namespace, name: str, *, git: bool = True) -> BenchRun | None:
@@ -229,6 +252,51 @@ def start_run(args: argparse.Namespace, name: str, *, git: bool = True) -> Bench
     run = BenchRun(device, json_path, csv_path, machine_info(device, git=git), start)
     run.log("machine: " + describe_machine(run.info))
     return run
+
+
+def start_experiment(
+    args: argparse.Namespace, name: str, argv: list[str] | None
+) -> tuple[BenchRun, str] | None:
+    """`start_run` for an experiment script (its arguments also --no-git), with lscpu's model name and
+    the repository's commit line in the machine info (`add_lscpu_and_commit`), both logged with the
+    command line.  Returns the run and the command, or None where `start_run` does."""
+    run = start_run(args, name, git=not args.no_git)
+    if run is None:
+        return None
+    add_lscpu_and_commit(run.info, not args.no_git)
+    command = "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    run.log(f"lscpu Model name: {run.info['lscpu_model_name']}; commit {run.info['commit_line']}")
+    run.log(f"command: {command}")
+    return run, command
+
+
+def add_lscpu_and_commit(info: dict[str, Any], git: bool) -> None:
+    """lscpu's model name and the commit line (whole repository: "with uncommitted changes" where
+    ``git status --short`` lists anything)."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        info["lscpu_model_name"] = next(
+            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), None
+        )
+    except (OSError, subprocess.SubprocessError):
+        info["lscpu_model_name"] = None
+    info["commit_line"] = "git not consulted"
+    if git:
+        root = Path(__file__).resolve().parent.parent
+        try:
+            head = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--short"], capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+            info["git_dirty_repo"] = bool(dirty)
+            info["commit_line"] = (head or "unknown") + (" with uncommitted changes" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            info["commit_line"] = "git failed"
 
 
 # -------------------------------------------------------------------------------------- data, models
