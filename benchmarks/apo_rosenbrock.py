@@ -1,5 +1,5 @@
 """APO-E1: the Rosenbrock function (Bae et al. 2022, App. C.1, Fig. 7) — APO-LR and APO-Precond against
-SGD, SGD-momentum and Adam, each at its best hyperparameters from a stated grid, 2000 steps.
+SGD, SGD-momentum, Adam, Shampoo and K-FAC, each at its best hyperparameters from a stated grid, 2000 steps.
 
 Run from the repository root:
 
@@ -24,6 +24,12 @@ Methods and grids (30 configurations each; every APO meta-update every K = 10 st
 
 - SGD, SGD-momentum (μ = 0.9) and Adam (torch.optim, default β and ε), c = 1: lr ∈ {10^(−5 + k/5),
   k = 0 … 29} (1e-5 to 6.3: 30 log-spaced values).
+- Shampoo (``precondalg.optim.Shampoo``: β₂ = 1, ε = 1e-12, roots every step, no grafting, no
+  momentum; on the 2 × 1 weight L is 2 × 2 and R 1 × 1), c = 1: lr on the same 30 values.
+- K-FAC (``precondalg.optim.KFAC`` as it is: ema 0.95, inverses every 10 steps, no momentum; its
+  statistics Ā = c² and Ḡ = ggᵀ, the empirical Fisher of f's gradient, there being no likelihood), c = 1:
+  lr ∈ {1, .3, .1, .03, .01} × damping ∈ {1e4, 1e3, 100, 10, 1, .1} (placed by a pilot from (−1, 1):
+  damping ≤ 1 diverges at lr 0.1, and lr ≤ 1e-3 barely moves f in 2000 steps).
 - APO-LR: ``APO(mode="lr", base="sgd")`` (η = exp φ, meta-optimizer RMSprop), c = 1:
   η₀ ∈ {1e-3, 3e-3, 1e-2} × meta_lr ∈ {0.3, 0.1 (the paper's), 0.03, 0.01, 0.003} × λ_WSD ∈ {0, 100}.
 - APO-Precond (SGD, P₀ = I): ``APO(mode="precond", base="sgd")`` as the preset is documented, c = 1:
@@ -85,7 +91,7 @@ except ImportError:  # pragma: no cover
     from benchmarks import apo_regression as e2
     from benchmarks import optimizers as common
 
-from precondalg.optim import APO
+from precondalg.optim import APO, KFAC, Shampoo
 from precondalg.problems import Rosenbrock, minimize
 
 EXPERIMENT = "APO-E1 Rosenbrock (Bae et al. 2022, App. C.1, Fig. 7)"
@@ -154,6 +160,23 @@ METHODS: dict[str, dict[str, Any]] = {
         "make": lambda problem, model, hp: torch.optim.Adam(model.parameters(), lr=hp["lr"]),
         "grid": grid(lr=LR_GRID),
         "fixed": {"betas": (0.9, 0.999), "eps": 1e-8},
+    },
+    "Shampoo": {
+        "make": lambda problem, model, hp: Shampoo(model.parameters(), lr=hp["lr"]),
+        "grid": grid(lr=LR_GRID),
+        "fixed": {"beta2": 1.0, "epsilon": 1e-12, "update_every": 1, "grafting": None, "momentum": 0.0},
+    },
+    "KFAC": {
+        "make": lambda problem, model, hp: KFAC(
+            model.parameters(), lr=hp["lr"], model=model, damping=hp["damping"]
+        ),
+        "grid": grid(lr=[1.0, 0.3, 0.1, 0.03, 0.01], damping=[1e4, 1e3, 100.0, 10.0, 1.0, 0.1]),
+        "fixed": {
+            "ema": 0.95,
+            "update_every": 10,
+            "momentum": 0.0,
+            "fisher": "empirical: Ḡ = ggᵀ of f's gradient at the layer's output (one example)",
+        },
     },
     APO_LR: {
         "make": _apo_lr,
@@ -225,6 +248,8 @@ QUICK_GRIDS = {
     "SGD": grid(lr=[1e-3, 3e-3]),
     "SGDm": grid(lr=[1e-3, 3e-3]),
     "Adam": grid(lr=[1e-2, 1e-1]),
+    "Shampoo": grid(lr=[1e-2, 1e-1]),
+    "KFAC": grid(lr=[0.1], damping=[1e3, 100.0]),
     APO_LR: grid(eta0=[1e-3, 1e-2], meta_lr=[0.1], lam_wsd=[0.0]),
     PRECOND_ROWS[0]: grid(lr=[1e-3], meta_lr=[1e-3, 1e-2], lam_wsd=[0.0]),
     PRECOND_ROWS[1]: grid(eta0=[1e-3], meta_lr=[0.03, 0.01], lam_wsd=[0.0]),

@@ -190,6 +190,38 @@ def test_missing_batches_are_refused_on_meta_steps():
 
 
 @pytest.mark.parametrize(
+    ("inputs", "words"),
+    [
+        (lambda x, y: dict(batch=x, fsd_batch=x), "the pair \\(inputs, targets\\) of B; got a Tensor"),
+        (lambda x, y: dict(batch=(x, y, y), fsd_batch=x), "got a tuple of length 3"),
+        (lambda x, y: dict(batch=(x, y), fsd_batch=(x, y)), "'fsd_batch' is the inputs x̃ of B′"),
+    ],
+)
+def test_misshapen_batches_are_refused_before_anything_moves(inputs, words):
+    model = make_model("mlp")
+    opt = APO(model.parameters(), 0.05, model=model, loss_fn=_mse, fsd="squared")
+    before = clone_params(model.parameters())
+    x, y = batch("mlp", 0)
+    _mse(model(x), y).backward()
+    with pytest.raises(TypeError, match=words):
+        opt.step(**inputs(x, y))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("mode", ["precond", "lr"])
+def test_parameters_of_another_module_are_refused(mode):
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="4 of 4 parameters are not model.parameters"):
+        APO(make_model("mlp").parameters(), 0.05, model=model, loss_fn=_mse, mode=mode)
+
+
+def test_precond_mode_without_linear_or_conv_layers_is_refused():
+    model = torch.nn.Sequential(torch.nn.LayerNorm(3))
+    with pytest.raises(ValueError, match="nothing would be preconditioned"):
+        APO(model.parameters(), 0.05, model=model, loss_fn=_mse)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "words"),
     [
         (dict(mode="adaptive"), ValueError, "mode"),
@@ -202,6 +234,7 @@ def test_missing_batches_are_refused_on_meta_steps():
         (dict(lam_fsd=-1.0), ValueError, "lam_fsd"),
         (dict(scale=0.0), ValueError, "scale"),
         (dict(warmup=-1), ValueError, "warmup"),
+        (dict(warmup=2.5), TypeError, "'warmup' must be an int"),
         (dict(mode="lr", lr_param="cube"), ValueError, "lr_param|parameterisation"),
         (dict(fsd="wasserstein"), ValueError, "fsd"),
         (dict(base="adam", momentum=0.9), ValueError, "'momentum' is read by base 'momentum'"),

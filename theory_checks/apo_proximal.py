@@ -804,7 +804,7 @@ def limit_errors(
     id="APO-2",
     paper="APO App. F and Table 1 (Bae 2022)",
     statement=(
-        "Closed forms, identities, MC and a limit on softmax regression, a Gaussian linear model and a "
+        "Closed forms, identities, MC and a limit on (b) softmax regression, a Gaussian linear model and a "
         "tanh MLP (3 draws): (a) the minimiser of the second-order model at θ of precondalg's Proximal "
         "objective (a loss linear in θ for the first-order rows) is App. F's step: GD −g/λ_W, Newton "
         "−H⁻¹g, damped Newton −(H + λ_W I)⁻¹g, NG and damped NG −(λ_F F + λ_W I)⁻¹g, GGN and damped GGN "

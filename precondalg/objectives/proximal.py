@@ -59,6 +59,17 @@ def _check_inputs(inputs: dict[str, Any]) -> None:
     unknown = set(inputs) - {"batch", "fsd_batch"}
     if unknown:
         raise TypeError(f"Proximal: step() takes 'batch' and 'fsd_batch'; got {sorted(unknown)}")
+    batch, fsd_batch = inputs.get("batch"), inputs.get("fsd_batch")
+    if batch is not None and not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        length = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+        got = f"a {type(batch).__name__}{length}"
+        raise TypeError(f"Proximal: 'batch' must be the pair (inputs, targets) of B; got {got}")
+    if isinstance(fsd_batch, (tuple, list)):
+        raise TypeError(
+            f"Proximal: 'fsd_batch' is the inputs x̃ of B′ (the model is called as model(fsd_batch)); got a "
+            f"{type(fsd_batch).__name__} of length {len(fsd_batch)}: pass its inputs, e.g. "
+            "next(fsd_batches(loader))"
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

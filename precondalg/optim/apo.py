@@ -111,8 +111,9 @@ def APO(
         ValueError: an unknown mode, base, fsd or parameterisation; a hyperparameter out of range; an
             argument the mode does not use (warmup/scale with "lr", lr_param with "precond", momentum
             without the "momentum" base); a param group holding "lr" in "lr" mode (it would multiply
-            the learned η, not set η₀); at step time, a meta-update step without ``batch``, or without
-            ``fsd_batch`` when λ_FSD > 0.
+            the learned η, not set η₀); parameters that `model` does not own; in "precond" mode, no
+            parameter in an nn.Linear or nn.Conv2d layer of `model`; at step time, a meta-update step
+            without ``batch``, or without ``fsd_batch`` when λ_FSD > 0.
     """
     check_choice("APO", "mode", mode, _MODES)
     check_choice("APO", "base", base, _LR_BASES if mode == "lr" else _PRECOND_BASES)
@@ -131,11 +132,12 @@ def APO(
                 f"APO: '{name}' belongs to the other mode; got {name}={value!r} with mode={mode!r}"
             )
     objective = Proximal(model, loss_fn, fsd=fsd, lam_fsd=lam_fsd, lam_wsd=lam_wsd, require_batch=True)
+    params = list(params)
+    _check_owned(params, model)
     rule = {"momentum": float(momentum)} if base == "momentum" else {}
     meta_lr = _META_LR[mode] if meta_lr is None else float(meta_lr)
     if mode == "lr":
         check_number("APO", "lr", lr, 0.0, lo_open=True)
-        params = list(params)
         per_group = [i for i, group in enumerate(params) if isinstance(group, dict) and "lr" in group]
         if per_group:
             raise ValueError(
@@ -160,7 +162,8 @@ def APO(
             **rule,
         )
     check_number("APO", "scale", scale, 0.0, math.inf, lo_open=True, hi_open=True)
-    return Preconditioned(
+    check_number("APO", "warmup", warmup, 0, integer=True)
+    opt = Preconditioned(
         params,
         lr,
         structure=eigenbasis(float(scale)),
@@ -178,6 +181,25 @@ def APO(
         preset_arguments=_ARGUMENTS,
         **rule,
     )
+    if not opt.preconditioners():
+        raise ValueError(
+            "APO(mode='precond'): no parameter is the weight or bias of an nn.Linear or nn.Conv2d layer of "
+            "`model`, so nothing would be preconditioned; expected `model` to be the module that owns "
+            "the parameters (not a copy) with such layers, or mode='lr'"
+        )
+    return opt
+
+
+def _check_owned(params: list[Any], model: torch.nn.Module) -> None:
+    """Refuse parameters that `model` does not own: the lookahead evaluates `model` (Eq. 8)."""
+    owned = {id(p) for p in model.parameters()}
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    foreign = sum(id(p) not in owned for p in tensors)
+    if foreign:
+        raise ValueError(
+            f"APO: `model` must own every parameter the optimizer updates (its lookahead evaluates the "
+            f"model); {foreign} of {len(tensors)} parameters are not model.parameters()"
+        )
 
 
 def fsd_batches(loader: Iterable[Any]) -> Iterator[Any]:

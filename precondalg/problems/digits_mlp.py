@@ -121,7 +121,7 @@ def digits_classification(
     Raises:
         ValueError: an empty `hidden`, a width or batch size that is not a positive int.
 
-    Example:
+    Examples:
         >>> task = digits_classification()
         >>> task.X.shape, task.y.shape, task.steps_per_epoch()
         (torch.Size([1797, 64]), torch.Size([1797]), 18)

@@ -43,7 +43,7 @@ F64 = torch.float64
 def rosenbrock(point: torch.Tensor, a: float = 1.0, b: float = 100.0) -> torch.Tensor:
     """f(x, y) = (a − x)² + b(y − x²)² of ``point[..., 0] = x``, ``point[..., 1] = y``.
 
-    Example:
+    Examples:
         >>> rosenbrock(torch.tensor([-1.0, 1.0])).item(), rosenbrock(torch.tensor([1.0, 1.0])).item()
         (4.0, 0.0)
     """
@@ -167,7 +167,7 @@ def minimize(
     Raises:
         ValueError: steps < 0, diverge_factor ≤ 1.
 
-    Example:
+    Examples:
         >>> p = Rosenbrock()
         >>> model = p.make_model()
         >>> run = minimize(p, model, torch.optim.SGD(model.parameters(), lr=1e-3), 3)
