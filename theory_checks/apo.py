@@ -96,8 +96,8 @@ def apo_7(
     """APO-7 (Bae 2022, Eqs. 9–10): properties of APO's structured preconditioner.
 
     For each (m, n), random A, B, G and S with mixed signs: ``P @ G.flatten()`` of the library's
-    structure against Eq. 10 and against the paper's column-major dense form of Eq. 9; λ_min of the dense P (operator on basis vectors);
-    ``cost().stored``; and the identity initialisation.
+    structure against Eq. 10 and against the paper's column-major dense form of Eq. 9; λ_min of the
+    dense P (operator on basis vectors); ``cost().stored``; and the identity initialisation.
     """
     gen, out = generator(seed), Measures()
     fast_err, dense_err, lam, count_err, init_err = 0.0, 0.0, float("inf"), 0, 0.0
@@ -113,7 +113,7 @@ def apo_7(
         identity = preconditioner(torch.eye(n), torch.eye(m), torch.ones(m, n))
         init_err = max(init_err, rel_err(dense_of(identity), torch.eye(m * n)))
     out.at_most("max rel. error, P @ vec(G) vs Eq. 10 fast form", fast_err, E_RTOL)
-    out.at_most("max rel. error, P @ vec(G) vs Eq. 9's column-major torch.kron form", dense_err, E_RTOL)
+    out.at_most("max rel. error, P @ vec(G) vs Eq. 9's column-major kron form", dense_err, E_RTOL)
     out.at_least("min λ_min(P)/‖P‖", lam, -E_ATOL)
     out.equal("max |cost().stored − (m²+n²+mn)|", count_err, 0)
     out.at_most("max rel. error, identity init vs I", init_err, E_RTOL)
