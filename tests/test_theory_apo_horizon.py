@@ -16,7 +16,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import seeds
-from theory_helpers import mutant, part
+from theory_helpers import (
+    assert_passes_with_every_mutant_caught,
+    assert_registered_in_paper_order,
+    mutant,
+    part,
+)
 
 import precondalg as pa
 from theory_checks import REGISTRY, Check
@@ -32,17 +37,12 @@ IDS = ("APO-9", "APO-10", "APO-11")
 
 def test_the_checks_are_registered_in_paper_order():
     assert all(isinstance(REGISTRY[id], Check) for id in IDS)
-    apo = [id for id in REGISTRY.ids() if id.startswith("APO-") and id[4:].isdigit()]
-    assert apo == sorted(apo, key=lambda id: int(id[4:])) and set(IDS) <= set(apo)
+    assert_registered_in_paper_order(REGISTRY, "APO-", IDS)
 
 
 @pytest.mark.parametrize("id", IDS)
 def test_check_passes_and_every_mutant_fails(records, id):
-    r = records[id]
-    assert r.status == "PASS", (r.error, [p for p in r.parts if not p["passed"]])
-    assert r.mutants and all(m.error is None and m.failed and m.caught_by for m in r.mutants), r.mutants
-    for p in r.parts:
-        assert math.isfinite(p["bound"]) and not (p["relation"] == ">" and p["bound"] == 0)
+    assert_passes_with_every_mutant_caught(records[id])
 
 
 def test_apo9_mutants_are_caught_where_intended(records):

@@ -18,6 +18,8 @@ from theory_checks import (  # noqa: F401  (registers)
     apo_optimum,
     apo_proximal,
     fop,
+    fop_convergence,
+    fop_rotation,
     lodo,
     lodo_bowl,
     lodo_dynamics,

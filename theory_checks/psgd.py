@@ -2,26 +2,33 @@
 bounds), PSGD-11 (Lie-group closure rules, §5, Eqs. 21 and 25) and PSGD-15 (the clipping bound, §4.4,
 through the `PSGD` preset).
 
-Group elements are precondalg structures (`precondalg.structures.lie`).  PSGD-11 uses `compose` and
-`inverse`; PSGD-8 runs PSGD's fitting loop: the `Newton` criterion's gradient and the `LieGroup`
-fitter.  Both compare with dense matrices and with sparsity patterns written down independently of the
-structures.
+Group elements are precondalg structures (`precondalg.structures.lie`).  PSGD-11 uses `compose`,
+`inverse`, `lie_project` and `lie_step`; PSGD-8 runs PSGD's fitting as `Preconditioned` runs it (the
+`Newton` criterion's closed-form relative gradient and the `LieGroup` fitter's step) and the `PSGD`
+preset itself.  Both compare with dense matrices (torch.linalg), sparsity patterns and Lie-algebra
+spans written down independently of the structures.  Mutants that replace a library projection swap
+it in precondalg's `lie_project` dispatch table for the run (`lie_rules`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from functools import reduce
+from types import MappingProxyType
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
 import precondalg as pa
-from precondalg.fitters import Fitter, LieGroup
-from precondalg.objectives import BlockContext, Newton
-from precondalg.optim import PSGD
+from precondalg.fitters import Fit, Fitter, LieGroup
+from precondalg.objectives import BlockContext, Fisher, Newton, RelativeGradient
+from precondalg.objectives.base import Objective
+from precondalg.optim import PSGD, Preconditioned
+from precondalg.structures import lie
 from theory_checks._numerics import (
     E_ATOL,
     E_RTOL,
@@ -35,14 +42,28 @@ from theory_checks._numerics import (
 from theory_checks.registry import Measures, Outcome, check
 
 Draw = Callable[[torch.Generator], pa.Structure]
+NEWTON = Newton()
+"""precondalg's Newton criterion (h = Hv), as PSGD-8 feeds it the pair (v, h)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class GroupKind:
-    """A matrix group to check: how to draw a random element, and its sparsity pattern (bool, n×n)."""
+    """A matrix group to check: how to draw a random element, its sparsity pattern (bool, n×n), and a
+    spanning set of its Lie algebra, (m, n, n) (None: the unit matrices on the pattern)."""
 
     draw: Draw
     pattern: torch.Tensor
+    span: torch.Tensor | None = None
+
+    def algebra(self) -> torch.Tensor:
+        """A spanning set of the Lie algebra, (m, n, n), in the default dtype (its entries are 0 and 1, so
+        a span built at import, in float32, converts exactly)."""
+        if self.span is not None:
+            return self.span.to(torch.get_default_dtype())
+        rows, cols = self.pattern.nonzero(as_tuple=True)
+        units = torch.zeros(len(rows), *self.pattern.shape)
+        units[torch.arange(len(rows)), rows, cols] = 1.0
+        return units
 
 
 def _signs(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -86,13 +107,19 @@ def normalization_kind(n: int) -> GroupKind:
 
 
 def kron_kind(*kinds: GroupKind) -> GroupKind:
-    """The Kronecker product of groups (row-major, `pa.Kronecker`): pattern kron of the patterns."""
+    """The Kronecker product of groups (row-major, `pa.Kronecker`): pattern kron of the patterns; Lie
+    algebra spanned by I⊗…⊗Eᵢ⊗…⊗I, Eᵢ in factor i's algebra."""
     pattern = reduce(lambda a, b: torch.kron(a.int(), b.int()).bool(), [k.pattern for k in kinds])
-    return GroupKind(lambda g: pa.Kronecker(*[k.draw(g) for k in kinds]), pattern)
+    eyes = [torch.eye(k.pattern.shape[0]) for k in kinds]
+    span = [
+        reduce(torch.kron, eyes[:i] + [E] + eyes[i + 1 :]) for i, k in enumerate(kinds) for E in k.algebra()
+    ]
+    return GroupKind(lambda g: pa.Kronecker(*[k.draw(g) for k in kinds]), pattern, torch.stack(span))
 
 
 def direct_sum_kind(*kinds: GroupKind) -> GroupKind:
-    """The direct sum of groups (`pa.BlockDiagonal`): block-diagonal pattern."""
+    """The direct sum of groups (`pa.BlockDiagonal`): block-diagonal pattern, whose unit matrices span
+    its Lie algebra when every block's algebra is its pattern (no Kronecker blocks)."""
     pattern = torch.block_diag(*[k.pattern.int() for k in kinds]).bool()
     return GroupKind(lambda g: pa.BlockDiagonal(*[k.draw(g) for k in kinds]), pattern)
 
@@ -117,7 +144,39 @@ GROUP_KINDS: dict[str, GroupKind] = {
     "scaw": kron_kind(diag_kind(3), triu_kind(2)),
     "direct_sum": direct_sum_kind(triu_kind(2), normalization_kind(3), dense_kind(2)),
 }
-"""The groups of PSGD-11 as structures (the block-triangular group is checked by its explicit formula)."""
+"""The groups of PSGD-11 as structures (the block-triangular group, Eq. 21, is checked on Triangular and
+SCAN elements split into blocks, `_block_triangular`)."""
+
+
+Rule = Callable[[pa.Structure, torch.Tensor], pa.Structure]
+NO_RULES: Mapping[type, Rule] = MappingProxyType({})
+
+
+@contextlib.contextmanager
+def lie_rules(rules: Mapping[type, Rule]) -> Iterator[None]:
+    """Install `rules` (structure type → projection onto its Lie algebra) in precondalg's `lie_project`
+    dispatch table for the duration, then restore the library's own rules: the hook by which a mutant
+    replaces the library's projection everywhere it is used (the criteria's closed-form relative
+    gradient, `relative_gradient`, `lie_step`)."""
+    table = lie.project_rules
+    originals = {t: table.lookup(object.__new__(t)) for t in rules}
+    for t, rule in rules.items():
+        table.register(t)(rule)
+    try:
+        yield
+    finally:
+        for t, rule in originals.items():
+            table.register(t)(rule)
+
+
+def _tril_projection(Q: pa.Triangular, E: torch.Tensor) -> pa.Triangular:
+    """Mutant rule: the triangular group's Lie projection as tril(E) (the constructor then keeps only
+    its diagonal) instead of triu(E)."""
+    return pa.Triangular(torch.tril(E))
+
+
+TRIL_RULES: Mapping[type, Rule] = MappingProxyType({pa.Triangular: _tril_projection})
+"""Mutant rules: the triangular group's Lie projection replaced by `_tril_projection`."""
 
 
 def signature(A: pa.Structure) -> tuple:
@@ -140,6 +199,14 @@ def _inverse_swapped_kronecker(A: pa.Structure) -> pa.Structure:
     """Mutant: (A⊗B)⁻¹ computed as B⁻¹⊗A⁻¹ (factor order swapped)."""
     if isinstance(A, pa.Kronecker):
         return pa.Kronecker(*[pa.inverse(f) for f in reversed(A.factors)])
+    return pa.inverse(A)
+
+
+def _inverse_normalization_without_b(A: pa.Structure) -> pa.Structure:
+    """Mutant: a `Normalization` [[D, c], [0, dₙ]] inverted with last column −D⁻¹c, dropping the
+    B⁻¹ = 1/dₙ of the block-triangular formula."""
+    if isinstance(A, pa.Normalization):
+        return pa.Normalization(1 / A.d, -A.c / A.d[:-1])
     return pa.inverse(A)
 
 
@@ -174,23 +241,74 @@ def _closure(kinds, compose, inverse, gen) -> dict[str, float]:
     return worst
 
 
-def _stack_blocks(A: torch.Tensor, C: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """The dense block matrix [[A, C], [0, B]]."""
-    return torch.cat([torch.cat([A, C], 1), torch.cat([torch.zeros(B.shape[0], A.shape[1]), B], 1)])
+def _blocks(X: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The blocks A (k×k), C (k×(n−k)), lower-left L ((n−k)×k) and B ((n−k)×(n−k)) of X."""
+    return X[:k, :k], X[:k, k:], X[k:, :k], X[k:, k:]
 
 
-def _block_triangular(inverse, gen) -> tuple[float, float]:
-    """[[A, C], [0, B]]⁻¹ = [[A⁻¹, −A⁻¹CB⁻¹], [0, B⁻¹]] with A triangular, B dense (inverses from
-    `inverse`), against the dense inverse; and the off-pattern mass of a product of two such matrices."""
-    (A, C, B), (A2, C2, B2) = [
-        (triu_kind(3).draw(gen), torch.randn(3, 2, generator=gen), dense_kind(2).draw(gen)) for _ in range(2)
-    ]
-    Ai, Bi = dense_of(inverse(A)), dense_of(inverse(B))
-    formula = _stack_blocks(Ai, -Ai @ C @ Bi, Bi)
-    T = _stack_blocks(A.to_dense(), C, B.to_dense())
-    pattern = _stack_blocks(torch.ones(3, 3), torch.ones(3, 2), torch.ones(2, 2)).bool()
-    product = T @ _stack_blocks(A2.to_dense(), C2, B2.to_dense())
-    return rel_err(formula, torch.linalg.inv(T)), off_pattern(product, pattern)
+def _block_triangular_elements(gen: torch.Generator) -> list[tuple[pa.Structure, pa.Structure, int]]:
+    """Pairs X, Y of library group elements of the block-triangular form [[A, C], [0, B]] at a drawn
+    split k, n ∈ [3, 6]: two Triangular pairs (A, B triangular, C any) and two Normalization pairs (A
+    diagonal, B triangular)."""
+    out = []
+    for kind in (triu_kind, normalization_kind):
+        for _ in range(2):
+            n = int(torch.randint(3, 7, (), generator=gen))
+            k = int(torch.randint(1, n, (), generator=gen))
+            out.append((kind(n).draw(gen), kind(n).draw(gen), k))
+    return out
+
+
+def _blocks_err(M: torch.Tensor, k: int, A: torch.Tensor, C: torch.Tensor, B: torch.Tensor) -> float:
+    """The largest rel. error of M's blocks A, C and B against the given ones."""
+    got = _blocks(M, k)
+    return max(rel_err(got[0], A), rel_err(got[1], C), rel_err(got[3], B))
+
+
+def _block_triangular(compose, inverse, rules, gen) -> dict[str, float]:
+    """Eq. 21's block-triangular group on library elements: the blocks of `inverse(X)` against
+    [[A⁻¹, −A⁻¹CB⁻¹], [0, B⁻¹]] and of `compose(X, Y)` against [[A₁A₂, A₁C₂ + C₁B₂], [0, B₁B₂]], with
+    A⁻¹, B⁻¹ the dense inverses of X's diagonal blocks (`torch.linalg.inv`); and the lower-left block of
+    the inverse, the product, `lie_project(X, E)` for a dense E and `lie_step(X, ·, 0.5)` (relative to
+    the matrix)."""
+    worst = {"inverse": 0.0, "product": 0.0, "lower-left": 0.0}
+    with lie_rules(rules):
+        for X, Y, k in _block_triangular_elements(gen):
+            A, C, _, B = _blocks(X.to_dense(), k)
+            A2, C2, _, B2 = _blocks(Y.to_dense(), k)
+            Ai, Bi = torch.linalg.inv(A), torch.linalg.inv(B)
+            Xi, XY = dense_of(inverse(X)), dense_of(compose(X, Y))
+            worst["inverse"] = max(worst["inverse"], _blocks_err(Xi, k, Ai, -Ai @ C @ Bi, Bi))
+            worst["product"] = max(worst["product"], _blocks_err(XY, k, A @ A2, A @ C2 + C @ B2, B @ B2))
+            P = pa.lie_project(X, torch.randn(X.shape, generator=gen))
+            for M in (Xi, XY, dense_of(P), dense_of(pa.lie_step(X, P, 0.5))):
+                lower = float(_blocks(M, k)[2].abs().max() / M.abs().max())
+                worst["lower-left"] = max(worst["lower-left"], lower)
+    return worst
+
+
+def _projection(kinds, rules, gen) -> dict[str, float]:
+    """Over all kinds: `lie_project(X, E)` for a dense E against the orthogonal projection of E onto the
+    span of the kind's Lie algebra (least squares, `torch.linalg.pinv`), and `lie_step(X, that, μ)`:
+    type mismatches, off-pattern mass, and for the kinds without Kronecker factors its error against
+    the dense (I − μE)X."""
+    worst = {"project": 0.0, "types": 0.0, "pattern": 0.0, "step": 0.0}
+    with lie_rules(rules):
+        for kind in kinds.values():
+            X = kind.draw(gen)
+            E = torch.randn(X.shape, generator=gen)
+            span = kind.algebra().flatten(1).mT
+            expected = (span @ (torch.linalg.pinv(span) @ E.reshape(-1))).reshape(X.shape)
+            P = pa.lie_project(X, E)
+            worst["project"] = max(worst["project"], rel_err(dense_of(P), expected))
+            mu = 0.1 + 0.8 * float(torch.rand((), generator=gen))
+            stepped = pa.lie_step(X, P, mu)
+            worst["types"] += signature(stepped) != signature(X)
+            worst["pattern"] = max(worst["pattern"], off_pattern(dense_of(stepped), kind.pattern))
+            if "Kronecker" not in str(signature(X)):
+                dense_step = (torch.eye(X.shape[0]) - mu * expected) @ X.to_dense()
+                worst["step"] = max(worst["step"], rel_err(dense_of(stepped), dense_step))
+    return worst
 
 
 def _kronecker_inverse(inverse, gen) -> float:
@@ -221,11 +339,15 @@ def _eq25(eq25, compose, inverse, gen) -> tuple[float, float, float]:
     id="PSGD-11",
     paper="PSGD §5, Eqs. 21, 25 (Li 2019)",
     statement=(
-        "Closure identities on a random pair X, Y of each group (diag, triu, dense, Kronecker, SCAN, SCAW, "
+        "Closure identities on 4 random pairs X, Y of each group (diag, triu, dense, Kronecker, SCAN, SCAW, "
         "direct sum): compose(X, Y) and inverse(X) keep the structure type and the pattern, equal the "
-        "dense product and inverse, and det(X·Y) = det X·det Y, det X⁻¹ = 1/det X (invertible); the "
-        "block-triangular and Kronecker inverse formulas; Eq. 25 gives features of mean 0 and variance 1 "
-        "and keeps the last row [0,…,0,1]."
+        "dense product and inverse, and det(X·Y) = det X·det Y, det X⁻¹ = 1/det X (invertible); "
+        "lie_project(X, E) is the orthogonal projection of E onto the group's Lie algebra and lie_step "
+        "keeps the type and pattern and equals (I − μE)X; the block-triangular group [[A, C], [0, B]] "
+        "(Eq. 21) on triangular and SCAN elements at drawn splits: the blocks of inverse and compose equal "
+        "[[A⁻¹, −A⁻¹CB⁻¹], [0, B⁻¹]] and [[A₁A₂, A₁C₂ + C₁B₂], [0, B₁B₂]], and inverse, compose, "
+        "lie_project and lie_step keep the lower-left block 0; (A⊗B)⁻¹ = A⁻¹⊗B⁻¹; Eq. 25 gives features "
+        "of mean 0 and variance 1 and keeps the last row [0,…,0,1]."
     ),
     tolerance=f"{E_TOL}; off-pattern <= 1e-12; exact: type mismatches == 0",
     provenance="PAPER",
@@ -234,20 +356,29 @@ def _eq25(eq25, compose, inverse, gen) -> tuple[float, float, float]:
         "Eq. 25 set with a non-constant last row": {"eq25": _eq25_free_last_row},
         "Kronecker inverse with swapped factor order": {"inverse": _inverse_swapped_kronecker},
         "lazy compose (structure not preserved)": {"compose": pa.Product},
+        "SCAN inverse's last column without 1/dₙ": {"inverse": _inverse_normalization_without_b},
+        "triangular Lie projection tril(E), not triu(E)": {"rules": TRIL_RULES},
     },
 )
 def psgd_11(
     kinds: dict[str, GroupKind] = GROUP_KINDS,
     compose: Callable[[pa.Structure, pa.Structure], pa.Structure] = pa.compose,
     inverse: Callable[[pa.Structure], pa.Structure] = pa.inverse,
+    rules: Mapping[type, Rule] = NO_RULES,
     eq25: Callable[[torch.Tensor, torch.Tensor], pa.Structure] = eq25_matrix,
+    rounds: int = 4,
     seed: int = 11,
 ) -> Outcome:
-    """PSGD-11 (Li 2019, §5, Eqs. 21 and 25): Lie-group closure rules, with the structures' compose and
-    inverse."""
+    """PSGD-11 (Li 2019, §5, Eqs. 21 and 25): Lie-group closure rules, with the structures' compose,
+    inverse, `lie_project` and `lie_step` (`rules` replace Lie projections of the library for the run:
+    none), on `rounds` random pairs per group kind."""
     gen, out = generator(seed), Measures()
-    worst = _closure(kinds, compose, inverse, gen)
-    blocktri_err, blocktri_pattern = _block_triangular(inverse, gen)
+    rows = [_closure(kinds, compose, inverse, gen) for _ in range(rounds)]
+    worst = {key: max(r[key] for r in rows) for key in rows[0]}
+    worst["types"] = sum(r["types"] for r in rows)
+    lie_rows = [_projection(kinds, rules, gen) for _ in range(rounds)]
+    lie_worst = {key: max(r[key] for r in lie_rows) for key in lie_rows[0]}
+    blocktri = _block_triangular(compose, inverse, rules, gen)
     kron_err = _kronecker_inverse(inverse, gen)
     mean_err, var_err, last_row_err = _eq25(eq25, compose, inverse, gen)
     out.at_most("max off-pattern |entry| of X·Y and X⁻¹ (relative)", worst["pattern"], E_ATOL)
@@ -255,8 +386,14 @@ def psgd_11(
     out.at_most("max rel. error, compose(X, Y) vs dense X·Y", worst["product"], E_RTOL)
     out.at_most("max rel. error, inverse(X) vs dense inverse", worst["inverse"], E_RTOL)
     out.at_most("max |det(X·Y)/(det X·det Y) − 1| and |det(X⁻¹)·det X − 1|", worst["det"], E_RTOL)
-    out.at_most("rel. error, block-triangular inverse formula", blocktri_err, E_RTOL)
-    out.at_most("off-pattern of a product of block-triangular matrices", blocktri_pattern, E_ATOL)
+    out.at_most("max rel. error, lie_project(X, E) vs orthogonal projection onto the algebra",
+                lie_worst["project"], E_RTOL)
+    out.equal("structure-type mismatches of lie_step(X, ·, μ)", lie_worst["types"], 0)
+    out.at_most("max off-pattern |entry| of lie_step(X, ·, μ) (relative)", lie_worst["pattern"], E_ATOL)
+    out.at_most("max rel. error, lie_step(X, E, μ) vs dense (I − μE)X", lie_worst["step"], E_RTOL)
+    out.at_most("block-triangular: max rel. error of the blocks of inverse(X)", blocktri["inverse"], E_RTOL)
+    out.at_most("block-triangular: max rel. error of the blocks of X·Y", blocktri["product"], E_RTOL)
+    out.at_most("block-triangular: max lower-left |entry| (relative)", blocktri["lower-left"], E_ATOL)
     out.at_most("rel. error, (A⊗B)⁻¹ vs A⁻¹⊗B⁻¹", kron_err, E_RTOL)
     out.at_most("Eq. 25: max |feature mean| (relative to m/σ)", mean_err, E_ATOL)
     out.at_most("Eq. 25: max |feature variance − 1|", var_err, E_RTOL)
@@ -268,21 +405,22 @@ def psgd_11(
 MU0 = 0.9
 """PSGD-8's normalised step μ₀: inside (0, 1) and close to 1, so that the floor 1 − μ₀ = 0.1 is reached."""
 PSGD8_N = 5
-"""The size of Q in PSGD-8."""
+"""The size of Q in PSGD-8's long runs."""
 PSGD8_STEPS = {"Triangular": 4000, "Diagonal": 3000, "Normalization": 3000}
-"""Updates per group for PSGD-8: 10⁴ in all."""
-
-
-def _psgd8_start(name: str, n: int) -> tuple[pa.Structure, torch.Tensor]:
-    """Q₀ = I in the named group, and that group's sparsity pattern (all three are upper triangular)."""
-    starts = {
-        "Triangular": (lambda: pa.Triangular(torch.eye(n)), triu_kind(n)),
-        "Diagonal": (lambda: pa.Diagonal(torch.ones(n)), diag_kind(n)),
-        "Normalization": (lambda: pa.Normalization(torch.ones(n), torch.zeros(n - 1)), normalization_kind(n)),
-    }
-    make, kind = starts[name]
-    return make(), kind.pattern
-
+"""Updates per group for PSGD-8's long runs at μ₀ = `MU0`, n = `PSGD8_N`: 10⁴ in all."""
+PSGD8_DRAWS = 12
+"""PSGD-8's drawn instances (group, n ∈ [2, 6], μ₀ ∈ U(0.01, 0.99)), `PSGD8_DRAW_STEPS` updates each."""
+PSGD8_DRAW_STEPS = 100
+PSGD8_MUTANT_STEPS = {"Triangular": 150, "Diagonal": 150, "Normalization": 150}
+"""The mutants' shorter long runs: every part is a min or max over the updates, so a mutant failing on
+a prefix of the run fails on the whole run."""
+_SHORT = {"steps": PSGD8_MUTANT_STEPS, "draws": 4}
+PSGD8_GROUPS: dict[str, Callable[[int], GroupKind]] = {
+    "Triangular": triu_kind,
+    "Diagonal": diag_kind,
+    "Normalization": normalization_kind,
+}
+"""PSGD-8's groups: all upper triangular, so the diagonal of (I − μ₀E)Q is (1 − μ₀E_ii)q_ii."""
 
 def _lie_group_with_step(mu: float) -> LieGroup:
     """Mutant fitter: precondalg's `LieGroup` (max-abs normaliser) stepping with μ = `mu`, set past the
@@ -292,14 +430,43 @@ def _lie_group_with_step(mu: float) -> LieGroup:
     return fitter
 
 
-def _psgd8_run(Q0: pa.Structure, V: torch.Tensor, H: torch.Tensor, fitter: Fitter) -> torch.Tensor:
-    """PSGD's fitting loop on one block, as `Preconditioned` runs it: at each step the Newton criterion's
-    gradient ∂c/∂Q for the pair (v, h) (`Newton().meta_grad`, P = QᵀQ), then the fitter's step on Q's
-    leaves.  Returns the dense Q₀, Q₁, … (stacked); the run stops after the first step that leaves a
-    diagonal entry of Q zero, of the other sign, or not finite (the next step would divide by it)."""
+def _stepping_at(mu: float) -> Callable[[float], Fitter]:
+    """Mutant fitter factory: whatever μ₀ is asked for, the `LieGroup` fitter steps with `mu`."""
+    return lambda _mu0: _lie_group_with_step(mu)
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnitNormalizerLieGroup(LieGroup):
+    """Mutant fitter: precondalg's `LieGroup` with the normaliser ‖R‖ of Eq. 20 replaced by 1
+    (Q ← (I − μR)Q)."""
+
+    def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> Fit:
+        fit = super().build(leaves, spec)
+        fit._norms = lambda parts: torch.ones(len(parts), dtype=leaves[0].dtype)
+        return fit
+
+
+class _InverseNotTransposed(Newton):
+    """Mutant criterion: precondalg's `Newton` whose closed-form relative gradient uses b = Q⁻¹v in
+    place of b = Q⁻ᵀv (Eq. 18) (simple groups only, as in PSGD-8)."""
+
+    def meta_grad(self, ctx: BlockContext) -> RelativeGradient:
+        Q, h, v = ctx.phi, ctx.extras["h"], ctx.extras["v"]
+        return RelativeGradient(pa.lie_project_gram(Q, Q @ h, Q.solve(v)), scale=2.0)
+
+
+def _psgd8_run(
+    Q0: pa.Structure, V: torch.Tensor, H: torch.Tensor, fitter: Fitter, objective: Objective
+) -> torch.Tensor:
+    """PSGD's fitting loop on one block, as `Preconditioned` runs it: at each step the criterion's
+    meta-gradient for the pair (v, h) in a context that says whether the fitter steps on the group
+    (``LieGroup.takes_relative``: then the closed-form relative gradient of Eq. 18, P = QᵀQ), then the
+    fitter's step on Q's leaves (`step_relative` with the criterion's scale, or `step`).  Returns the
+    dense Q₀, Q₁, … (stacked); the run stops after the first step that leaves a diagonal entry of Q zero
+    or an entry not finite (the next step would divide by it)."""
     leaves, spec = pytree.tree_flatten(Q0)
     leaves = [leaf.clone() for leaf in leaves]
-    fit, criterion = fitter.build(leaves, spec), Newton()
+    fit, relative = fitter.build(leaves, spec), fitter.takes_relative
     Qs = [Q0.to_dense()]
     for v, h in zip(V, H):
         ctx = BlockContext(
@@ -308,36 +475,185 @@ def _psgd8_run(Q0: pa.Structure, V: torch.Tensor, H: torch.Tensor, fitter: Fitte
             grad=h[:, None],
             cache={},
             extras={"h": h[:, None], "v": v[:, None]},
+            relative=relative,
         )
-        fit.step(pytree.tree_leaves(criterion.meta_grad(ctx)))
+        meta = objective.meta_grad(ctx)
+        if isinstance(meta, RelativeGradient):
+            fit.step_relative(meta.R, meta.scale)
+        else:
+            fit.step(pytree.tree_leaves(meta))
         Qs.append(pytree.tree_unflatten(leaves, spec).to_dense())
-        if not bool((Qs[-1].diagonal() / Qs[-2].diagonal()).min() > 0):
+        if not bool(torch.isfinite(Qs[-1]).all() and (Qs[-1].diagonal() != 0).all()):
             break
     return torch.stack(Qs)
 
 
-def _eq20_reference(Qd: torch.Tensor, V: torch.Tensor, H: torch.Tensor, pattern: torch.Tensor, mu0: float):
-    """Eq. 20 written out densely for each step taken, independently of the fitter: with a = Qh and
-    b = Q⁻ᵀv, R = the pattern part of aaᵀ − bbᵀ (the relative gradient up to the factor 2), E = R/max|R|,
-    and Q′ = (I − μ₀E)Q.  Q is upper triangular in every group checked (so Q⁻ᵀv is a forward solve)."""
+def _eq20_reference(
+    Qd: torch.Tensor, V: torch.Tensor, H: torch.Tensor, pattern: torch.Tensor, mu0: float, upper: bool = True
+):
+    """Eq. 20 written out densely for each step taken, independently of the library: with a = Qh and
+    b = Q⁻ᵀv (`torch.linalg.solve_triangular` for an upper-triangular Q, else `torch.linalg.solve`),
+    R = the pattern part of aaᵀ − bbᵀ (the relative gradient of Eq. 18 up to the factor 2),
+    E = R/max|R|, and Q′ = (I − μ₀E)Q."""
     steps = Qd.shape[0] - 1
     Q = Qd[:-1]
     a = Q @ H[:steps, :, None]
-    b = torch.linalg.solve_triangular(Q.mT, V[:steps, :, None], upper=False)
+    if upper:
+        b = torch.linalg.solve_triangular(Q.mT, V[:steps, :, None], upper=False)
+    else:
+        b = torch.linalg.solve(Q.mT, V[:steps, :, None])
     R = (a @ a.mT - b @ b.mT) * pattern
     E = R / R.abs().amax((1, 2), keepdim=True)
     return (torch.eye(Qd.shape[1]) - mu0 * E) @ Q
+
+
+def _psgd8_instance(
+    kind: GroupKind,
+    n: int,
+    mu0: float,
+    count: int,
+    fitter: Fitter,
+    objective: Objective,
+    gen: torch.Generator,
+) -> dict[str, float]:
+    """One run of PSGD-8 from a drawn Q₀ of the group, with adversarial (v, h): per-step diagonal and
+    |det| factors (against their bounds 1 ∓ μ₀ and (1 − μ₀)ⁿ, as ratios), the off-pattern mass and the
+    step's error against the dense Eq. 20."""
+    V = torch.randn(count, n, generator=gen) * log_uniform((count, n), -6, 6, gen)
+    H = torch.randn(count, n, generator=gen) * log_uniform((count, n), -6, 6, gen)
+    Qd = _psgd8_run(kind.draw(gen), V, H, fitter, objective)
+    expected = _eq20_reference(Qd, V, H, kind.pattern, mu0)
+    diag = Qd.diagonal(dim1=1, dim2=2)
+    ratios = diag[1:] / diag[:-1]
+    logdet = torch.linalg.slogdet(Qd).logabsdet
+    errors = (Qd[1:] - expected).abs().amax((1, 2)) / expected.abs().amax((1, 2))
+    return {
+        "steps": Qd.shape[0] - 1,
+        "min diagonal factor": float(ratios.min()),
+        "max diagonal factor": float(ratios.max()),
+        "min |det| factor": float(torch.exp(logdet[1:] - logdet[:-1]).min()),
+        "max step rel. error": float(errors.max()),
+        "off-pattern": max(float(X[:, ~kind.pattern].abs().max()) for X in (Qd, expected)),
+        "min |q_ii| at the end": float(diag[-1].abs().min()),
+    }
+
+
+def _psgd8_draws(
+    draws: int, fitter: Callable[[float], Fitter], objective: Objective, gen: torch.Generator
+) -> list[dict[str, float]]:
+    """The drawn family: group, n ∈ [2, 6] and μ₀ ∈ U(0.01, 0.99) per instance, each with its factors
+    divided by its bounds (1 − μ₀, 1 + μ₀, (1 − μ₀)ⁿ)."""
+    names, rows = list(PSGD8_GROUPS), []
+    for _ in range(draws):
+        name = names[int(torch.randint(len(names), (), generator=gen))]
+        n = int(torch.randint(2, 7, (), generator=gen))
+        mu0 = 0.01 + 0.98 * float(torch.rand((), generator=gen))
+        row = _psgd8_instance(PSGD8_GROUPS[name](n), n, mu0, PSGD8_DRAW_STEPS, fitter(mu0), objective, gen)
+        row["low / (1 − μ₀)"] = row["min diagonal factor"] / (1 - mu0)
+        row["high / (1 + μ₀)"] = row["max diagonal factor"] / (1 + mu0)
+        row["det / (1 − μ₀)ⁿ"] = row["min |det| factor"] / (1 - mu0) ** n
+        rows.append({"group": f"{name} n={n} μ₀={mu0:.3f}", **row})
+    return rows
+
+
+PRESET_CASES = (("triangular", "newton"), ("triangular", "fisher"), ("dense", "newton"), ("dense", "fisher"))
+"""PSGD-8's runs of the `PSGD` preset: (preconditioner, criterion)."""
+PRESET_STEPS = 25
+Preset = Callable[..., Preconditioned]
+
+
+@dataclasses.dataclass(frozen=True)
+class _NewtonWithGradient(Newton):
+    """Mutant criterion: precondalg's `Newton` fitting with the gradient g where Hv belongs."""
+
+    def meta_grad(self, ctx: BlockContext):
+        return super().meta_grad(dataclasses.replace(ctx, extras={**ctx.extras, "h": ctx.grad}))
+
+
+@dataclasses.dataclass(frozen=True)
+class _FisherWithoutDamping(Fisher):
+    """Mutant criterion: precondalg's `Fisher` fitting with h = g, ignoring λ (h = g + λv, Eq. 11)."""
+
+    def meta_grad(self, ctx: BlockContext):
+        h = ctx.extras["h"] - self.damping * ctx.extras["v"]
+        return super().meta_grad(dataclasses.replace(ctx, extras={**ctx.extras, "h": h}))
+
+
+def _preset_with(criterion: str, objective: Callable[[float], Objective]) -> Preset:
+    """Mutant preset: the `PSGD` preset, its `criterion` replaced by ``objective(damping)``."""
+
+    def make(params, lr, **kwargs) -> Preconditioned:
+        opt = PSGD(params, lr, **kwargs)
+        if kwargs["criterion"] == criterion:
+            opt._objective = objective(kwargs["damping"])
+        return opt
+
+    return make
+
+
+def _preset_run(
+    preset: Preset, preconditioner: str, criterion: str, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """`PRESET_STEPS` steps of ``preset([θ], …)`` (the `PSGD` preset) from Q₀ = I on a drawn instance:
+    n ∈ [2, 6], μ₀ ∈ U(0.01, 0.99), the quadratic loss ½θᵀAθ (A symmetric indefinite) for Newton (its
+    closure; h = Av) or gradients g of magnitudes 10^U(−3, 3) and λ ∈ 10^U(−3, 1) for Fisher
+    (h = g + λv).  The optimizer's v is redrawn from its generator's state before the step
+    (``state_dict()["generator"]``, v ~ N(0, I) its first draw).  Returns the dense Q₀, Q₁, … (stacked),
+    the v and h of each step, and μ₀."""
+    n = int(torch.randint(2, 7, (), generator=gen))
+    mu0 = 0.01 + 0.98 * float(torch.rand((), generator=gen))
+    A = torch.randn(n, n, generator=gen)
+    A = A + A.mT
+    damping = float(log_uniform((), -3, 1, gen)) if criterion == "fisher" else 0.0
+    theta = torch.randn(n, generator=gen).requires_grad_()
+    opt = preset([theta], 1e-3, preconditioner=preconditioner, criterion=criterion, lr_precond=mu0,
+                  init_scale=1.0, damping=damping, seed=int(torch.randint(2**31, (), generator=gen)))
+    (leaf,) = opt.state[theta]["preconditioner"]["phi"]
+    read = torch.triu if preconditioner == "triangular" else torch.clone
+    Qs, V, H = [read(leaf.detach())], [], []
+    for _ in range(PRESET_STEPS):
+        v = torch.randn(n, generator=torch.Generator().set_state(opt.state_dict()["generator"]))
+        if criterion == "newton":
+            opt.step(lambda: 0.5 * theta @ (A @ theta))
+            h = A @ v
+        else:
+            theta.grad = torch.randn(n, generator=gen) * log_uniform((n,), -3, 3, gen)
+            h = theta.grad + damping * v
+            opt.step()
+        Qs.append(read(leaf.detach()))
+        V.append(v)
+        H.append(h)
+    return torch.stack(Qs), torch.stack(V), torch.stack(H), mu0
+
+
+def _preset_errors(preset: Preset, gen: torch.Generator) -> list[dict[str, Any]]:
+    """Per `PRESET_CASES` run: the max rel. error of each step of the preset's Q against Eq. 20."""
+    rows = []
+    for preconditioner, criterion in PRESET_CASES:
+        Qd, V, H, mu0 = _preset_run(preset, preconditioner, criterion, gen)
+        n = Qd.shape[1]
+        upper = preconditioner == "triangular"
+        pattern = torch.ones(n, n, dtype=torch.bool)
+        expected = _eq20_reference(Qd, V, H, pattern.triu() if upper else pattern, mu0, upper)
+        errors = (Qd[1:] - expected).abs().amax((1, 2)) / expected.abs().amax((1, 2))
+        case = f"{preconditioner}/{criterion} n={n} μ₀={mu0:.3f}"
+        rows.append({"case": case, "error": float(errors.max())})
+    return rows
 
 
 @check(
     id="PSGD-8",
     paper="PSGD Eq. 20 (Li 2019)",
     statement=(
-        "Invariant and per-step bounds of Eq. 20: PSGD's Lie-group fitter (max-abs normaliser, μ₀ = 0.9), "
-        "fed the Newton criterion's gradient for 10⁴ adversarial (v, h), keeps triangular, diagonal and "
-        "SCAN Q (n = 5) bit-exactly in their pattern; each step multiplies every diagonal entry by a "
-        "factor in [1 − μ₀, 1 + μ₀] and |det Q| by at least (1 − μ₀)ⁿ, so Q stays invertible with its "
-        "diagonal signs; each step equals the dense (I − μ₀R/‖R‖_max)Q."
+        "Invariant and per-step bounds of Eq. 20: PSGD's fitting as the Preconditioned optimizer runs it "
+        "(the Newton criterion's closed-form relative gradient, the LieGroup fitter's max-abs normalised "
+        "step), fed adversarial (v, h) with 12 orders of magnitude, from drawn Q₀: 10⁴ updates of "
+        "triangular, diagonal and SCAN Q (n = 5, μ₀ = 0.9) and 12 drawn (group, n ∈ [2, 6], μ₀) runs keep "
+        "Q bit-exactly in its pattern; each step multiplies every diagonal entry by a factor in "
+        "[1 − μ₀, 1 + μ₀] and |det Q| by at least (1 − μ₀)ⁿ, so Q stays invertible with its diagonal "
+        "signs; each step equals the dense (I − μ₀R/‖R‖_max)Q with R = pattern part of aaᵀ − bbᵀ, a = Qh, "
+        "b = Q⁻ᵀv; so does each of 25 steps of 4 drawn runs of the PSGD preset (triangular and dense Q; "
+        "Newton with h = Av on ½θᵀAθ, Fisher with h = g + λv; v redrawn from the optimizer's generator)."
     ),
     tolerance=(
         "exact: off-pattern == 0 (bit-exact); E: diagonal factors in [1 − μ₀, 1 + μ₀] and |det| factor "
@@ -345,14 +661,26 @@ def _eq20_reference(Qd: torch.Tensor, V: torch.Tensor, H: torch.Tensor, pattern:
     ),
     provenance="DERIVED",
     mutants={
-        "step μ = 1.5 (outside (0, 1))": {"fitter": _lie_group_with_step(1.5)},
-        "step μ = 1 (I − μE singular when E_ii = 1)": {"fitter": _lie_group_with_step(1.0)},
+        "step μ = 1.5 (outside (0, 1))": {"fitter": _stepping_at(1.5), **_SHORT},
+        "step μ = 1 (I − μE singular when E_ii = 1)": {"fitter": _stepping_at(1.0), **_SHORT},
+        "triangular Lie projection tril(E), not triu(E)": {"rules": TRIL_RULES, **_SHORT},
+        "Lie step's normaliser ‖R‖ replaced by 1": {"fitter": _UnitNormalizerLieGroup, **_SHORT},
+        "relative gradient with b = Q⁻¹v (not Q⁻ᵀv)": {"objective": _InverseNotTransposed(), **_SHORT},
+        "PSGD preset: Newton fits with g where Hv belongs": {
+            "preset": _preset_with("newton", lambda _: _NewtonWithGradient()),
+            **_SHORT,
+        },
+        "PSGD preset: Fisher ignores λ": {"preset": _preset_with("fisher", _FisherWithoutDamping), **_SHORT},
     },
 )
 def psgd_8(
-    fitter: Fitter | None = None,
+    fitter: Callable[[float], Fitter] = LieGroup,
+    objective: Objective = NEWTON,
+    rules: Mapping[type, Rule] = NO_RULES,
+    preset: Preset = PSGD,
     mu0: float = MU0,
     steps: dict[str, int] = PSGD8_STEPS,
+    draws: int = PSGD8_DRAWS,
     seed: int = 8,
 ) -> Outcome:
     """PSGD-8 (Li 2019, Eq. 20): the normalised multiplicative step Q ← (I − μ₀E)Q, E = R/‖R‖_max.
@@ -362,46 +690,50 @@ def psgd_8(
     1 − μ₀E_ii ∈ [1 − μ₀, 1 + μ₀].  Q is upper triangular too, so the new diagonal entry is exactly
     (1 − μ₀E_ii)q_ii and det Q′ = det Q · Π(1 − μ₀E_ii), with |Π(1 − μ₀E_ii)| ≥ (1 − μ₀)ⁿ > 0.
 
-    `fitter` is the fitter under test (None: precondalg's ``LieGroup(lr=mu0)``); the bounds are those
-    for `mu0`.  Per group, Q₀ = I, n = 5, and the coordinates of v and h have magnitudes 10^U(−6, 6) and
-    random signs, drawn independently, so that the steps mix huge and tiny scales.  The ratios are
-    measured on the fitter's Q (dense), the determinants by `torch.linalg.slogdet`.
+    `fitter` makes the fitter for a μ₀ (precondalg's ``LieGroup(μ₀)``), `objective` is the criterion
+    (precondalg's `Newton`), and `rules` replace Lie projections of the library for the run (none).
+    Long runs: per group of `steps`, Q₀ drawn from the group (n = 5, μ₀ = `mu0`).  Drawn runs: `draws`
+    instances of `_psgd8_draws`.  The coordinates of v and h have magnitudes 10^U(−6, 6) and random
+    signs, drawn independently, so that the steps mix huge and tiny scales.  The ratios are measured on
+    the fitter's Q (dense), the determinants by `torch.linalg.slogdet`.
     """
-    fitter = LieGroup(lr=mu0) if fitter is None else fitter
     gen, out, n = generator(seed), Measures(), PSGD8_N
-    ratio_lo, ratio_hi, det_lo, off, step_err, taken = math.inf, -math.inf, math.inf, 0.0, 0.0, 0
-    per_group = {}
-    for name, count in steps.items():
-        Q0, pattern = _psgd8_start(name, n)
-        V = torch.randn(count, n, generator=gen) * log_uniform((count, n), -6, 6, gen)
-        H = torch.randn(count, n, generator=gen) * log_uniform((count, n), -6, 6, gen)
-        Qd = _psgd8_run(Q0, V, H, fitter)
-        expected = _eq20_reference(Qd, V, H, pattern, mu0)
-        diag = Qd.diagonal(dim1=1, dim2=2)
-        ratios = diag[1:] / diag[:-1]
-        logdet = torch.linalg.slogdet(Qd).logabsdet
-        det_ratio = float(torch.exp(logdet[1:] - logdet[:-1]).min())
-        errors = (Qd[1:] - expected).abs().amax((1, 2)) / expected.abs().amax((1, 2))
-        group = {
-            "steps": Qd.shape[0] - 1,
-            "min diagonal factor": float(ratios.min()),
-            "max diagonal factor": float(ratios.max()),
-            "min |det| factor": det_ratio,
-            "max step rel. error": float(errors.max()),
-            "min |q_ii| at the end": float(diag[-1].abs().min()),
+    with lie_rules(rules):
+        per_group = {
+            name: _psgd8_instance(PSGD8_GROUPS[name](n), n, mu0, count, fitter(mu0), objective, gen)
+            for name, count in steps.items()
         }
-        per_group[name] = group
-        taken += group["steps"]
-        ratio_lo = min(ratio_lo, group["min diagonal factor"])
-        ratio_hi = max(ratio_hi, group["max diagonal factor"])
-        det_lo, step_err = min(det_lo, det_ratio), max(step_err, group["max step rel. error"])
-        off = max(off, float(Qd[:, ~pattern].abs().max()), float(expected[:, ~pattern].abs().max()))
-    out.at_least(f"min q_ii′/q_ii over {taken} updates (bound 1 − μ₀)", ratio_lo, (1 - mu0) * (1 - E_RTOL))
-    out.at_most(f"max q_ii′/q_ii over {taken} updates (bound 1 + μ₀)", ratio_hi, (1 + mu0) * (1 + E_RTOL))
-    out.at_least("min |det Q′|/|det Q| (bound (1 − μ₀)ⁿ)", det_lo, (1 - mu0) ** n * (1 - E_RTOL))
-    out.equal("max off-pattern |entry| of Q and of dense (I − μ₀E)Q", off, 0)
-    out.at_most("max rel. error, fitter's Q′ vs dense (I − μ₀E)Q", step_err, E_RTOL)
+        drawn = _psgd8_draws(draws, fitter, objective, gen)
+        preset_rows = _preset_errors(preset, gen)
+    runs = list(per_group.values())
+    taken = sum(r["steps"] for r in runs)
+    worst = {key: [r[key] for r in runs + drawn] for key in ("off-pattern", "max step rel. error", "steps")}
+    out.at_least(
+        f"min q_ii′/q_ii over {taken} updates (bound 1 − μ₀)",
+        min(r["min diagonal factor"] for r in runs),
+        (1 - mu0) * (1 - E_RTOL),
+    )
+    out.at_most(
+        f"max q_ii′/q_ii over {taken} updates (bound 1 + μ₀)",
+        max(r["max diagonal factor"] for r in runs),
+        (1 + mu0) * (1 + E_RTOL),
+    )
+    out.at_least("min |det Q′|/|det Q| (bound (1 − μ₀)ⁿ)", min(r["min |det| factor"] for r in runs),
+                 (1 - mu0) ** n * (1 - E_RTOL))
+    keys = ("low / (1 − μ₀)", "high / (1 + μ₀)", "det / (1 − μ₀)ⁿ")
+    low, high, det = ([r[key] for r in drawn] for key in keys)
+    out.at_least("drawn runs: min (q_ii′/q_ii)/(1 − μ₀)", min(low), 1 - E_RTOL)
+    out.at_most("drawn runs: max (q_ii′/q_ii)/(1 + μ₀)", max(high), 1 + E_RTOL)
+    out.at_least("drawn runs: min |det| factor/(1 − μ₀)ⁿ", min(det), 1 - E_RTOL)
+    out.equal("max off-pattern |entry| of Q and of dense (I − μ₀E)Q", max(worst["off-pattern"]), 0)
+    out.at_most("max rel. error, fitter's Q′ vs dense (I − μ₀E)Q", max(worst["max step rel. error"]), E_RTOL)
+    out.at_most("PSGD preset: max rel. error of Q′ vs dense (I − μ₀E)Q", max(r["error"] for r in preset_rows),
+                E_RTOL)
+    out.equal("updates stopped early (a zero or non-finite entry)",
+              sum(steps.values()) + draws * PSGD8_DRAW_STEPS - sum(worst["steps"]), 0)
     out.details["per group"] = per_group
+    out.details["drawn runs"] = drawn
+    out.details["PSGD preset runs"] = preset_rows
     out.details["mu0"] = mu0
     out.details["updates requested"] = sum(steps.values())
     return out.outcome()

@@ -16,7 +16,7 @@ CLAIMS = (
         "reason": "The proof is heuristic: it relies on the rotation angle induced by P staying below 90° "
         "(an observation, Supplementary Fig. A.1) and on a cited result ('fa-2016' in the paper text) that "
         "such a rotation does not impede convergence.  Its consequence, convergence of normalized FOP on a "
-        "convex smooth problem, will be checked by FOP-2 (planned).",
+        "convex smooth problem, is checked by FOP-2.",
         "provenance": "PAPER",
     },
     {

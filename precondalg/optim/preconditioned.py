@@ -1047,8 +1047,13 @@ class Preconditioned(torch.optim.Optimizer):
     ) -> tuple[list[dict[str, Any]], list[torch.Tensor], torch.Tensor]:
         """The new parameters θ − lr·factor·s (in the compute dtype) and whether they may be committed
         (`ok` and all finite), with the states passed through."""
-        lr = plan.group["lr"] if factor is None else plan.group["lr"] * factor
-        news = [_cast(p, s.dtype) - lr * s for p, s in zip(plan.block.params, steps)]
+        lr = plan.group["lr"]
+        if factor is not None:  # factor·s first: a factor of 1 leaves s, and the step, unchanged
+            steps = [s * factor for s in steps]
+        if isinstance(lr, torch.Tensor):
+            news = [_cast(p, s.dtype) - lr * s for p, s in zip(plan.block.params, steps)]
+        else:  # one rounding, as torch.optim's p.add_(s, alpha=-lr): the base rule alone is bit for bit
+            news = [_cast(p, s.dtype).add(s, alpha=-lr) for p, s in zip(plan.block.params, steps)]
         return states, news, _and(ok, _all_finite(news))
 
     def _commit(

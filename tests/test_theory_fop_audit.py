@@ -1,0 +1,72 @@
+"""The FOP checks run the library: a bug injected into precondalg itself (not a mutant keyword of the
+check) makes the check fail, and FOP-8 compares with torch.optim bit for bit.
+
+Each bug is patched into the library object the check reaches through `Preconditioned` or the `FOP`
+preset, so a check that tested a copy of the formula written inside it would still pass here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import precondalg.families as families
+import precondalg.optim.fop as fop_preset
+from precondalg import Dense
+from precondalg.optim import Preconditioned
+from precondalg.optim import preconditioned as engine
+from theory_checks import REGISTRY
+from theory_checks.runner import _call
+
+
+def _outcome(id: str):
+    return _call(REGISTRY[id], {})
+
+
+def _unsymmetrised_gram_vjp(phi, u, c):
+    """dense_gram's VJP without its symmetrisation: 2M u cᵀ instead of M(u cᵀ + c uᵀ)."""
+    return Dense(2 * phi.A @ u @ c.mT)
+
+
+@pytest.mark.parametrize("id", ["FOP-3", "FOP-4"])
+def test_an_unsymmetrised_library_vjp_fails_the_hypergradient_checks(monkeypatch, id):
+    monkeypatch.setattr(families, "_gram_vjp", _unsymmetrised_gram_vjp)
+    out = _outcome(id)
+    assert not out.passed
+    assert any("hypergradient" in p.name and not p.passed for p in out.parts)
+
+
+def _preset_with(monkeypatch, **forced):
+    """Make the FOP preset build its `Preconditioned` with these arguments forced."""
+
+    def build(*args, **kwargs):
+        return Preconditioned(*args, **{**kwargs, **forced})
+
+    monkeypatch.setattr(fop_preset, "Preconditioned", build)
+
+
+def test_p_after_the_momentum_rule_in_the_preset_fails_fop7(monkeypatch):
+    _preset_with(monkeypatch, position="direction")
+    assert not _outcome("FOP-7").passed
+
+
+def test_an_sgd_fitter_in_the_preset_fails_fop7(monkeypatch):
+    from precondalg.fitters import TorchOptimizer
+
+    _preset_with(monkeypatch, fitter=TorchOptimizer(torch.optim.SGD, lr=1e-2))
+    assert not _outcome("FOP-7").passed
+
+
+def _rounded_like_torch(self, plan, ok, states, steps, factor=None):
+    """`Preconditioned._propose` with θ − lr·s rounded once, as torch.optim's ``p.add_(s, alpha=-lr)``."""
+    lr = plan.group["lr"] if factor is None else plan.group["lr"] * factor
+    news = [engine._cast(p, s.dtype).add(s, alpha=-lr) for p, s in zip(plan.block.params, steps)]
+    return states, news, engine._and(ok, engine._all_finite(news))
+
+
+def test_fop8_is_bit_for_bit_once_the_step_is_rounded_like_torch(monkeypatch):
+    """FOP-8 compares with torch.optim.SGD by torch.equal; the engine's θ − lr·s (two roundings) differs
+    from torch's fused p + (−lr)·s in the last bit, which this rounding removes."""
+    monkeypatch.setattr(engine.Preconditioned, "_propose", _rounded_like_torch)
+    out = _outcome("FOP-8")
+    assert out.passed, [(p.name, p.measured) for p in out.parts if not p.passed]

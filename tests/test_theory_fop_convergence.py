@@ -1,0 +1,89 @@
+"""Tests of FOP-1/1′ (Theorem 2 of the FOP paper and its sharper form) in `theory_checks.fop_convergence`:
+the check passes, every mutant fails on the part meant to catch it (the faster claimed rate is refuted
+by PEPit's exact worst case), PEPit's values are pinned against closed forms, and the rates hold on
+`hypothesis` draws of the shared strategies (seeds, dims, `spd(n, −1.3, 1.3)` for P).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import dims, seeds, spd
+from theory_helpers import mutant, part
+
+from theory_checks import REGISTRY, Check, run
+from theory_checks import fop_convergence as fc
+from theory_checks.runner import check_environment
+
+ID = "FOP-1"
+STEP = "max rel. error, library step"
+PEPIT = "min claimed rate − PEPit"
+ALIGNED = "aligned diagonal quadratic"
+
+
+@pytest.fixture(scope="module")
+def record():
+    """FOP-1 and its mutants, run once through the runner API."""
+    (r,) = run(REGISTRY, ids=[ID])
+    return r
+
+
+def test_check_passes_and_every_mutant_fails(record):
+    r = record
+    assert isinstance(REGISTRY[ID], Check)
+    assert r.status == "PASS", (r.error, [p for p in r.parts if not p["passed"]])
+    assert r.mutants and all(m.error is None and m.failed and m.caught_by for m in r.mutants), r.mutants
+
+
+def test_mutants_are_caught_where_intended(record):
+    r = record
+    for name in ("P⁻¹", "M Mᵀ"):  # P applied as something else: the dense reference and the worst case
+        caught = mutant(r, name).caught_by
+        assert part(r, STEP)["name"] in caught and part(r, ALIGNED)["name"] in caught
+    assert part(r, "max step contraction / Theorem 2")["name"] in mutant(r, "step ignores").caught_by
+    faster = mutant(r, "claimed rate").caught_by  # refuted by the exact PEPit worst case
+    assert part(r, PEPIT)["name"] in faster
+
+
+def test_certificate_details(record):
+    d = record.details
+    assert d["solver"] == "CLARABEL" and d["max_duality_gap"] < 1e-9
+    assert d["pl_relaxation"].startswith("certified 8, inconclusive 0")
+    assert part(record, "PEPit solves not")["measured"] == 0
+
+
+def test_pepit_values_match_closed_forms(float64):
+    # Smooth strongly convex, γL ≤ 1: the exact one-step worst case is (1 − γμ)².
+    for mu, gamma in ((0.1, 0.5), (0.3, 1.0)):
+        value, gap, status = fc.pep_one_step("sc", mu, gamma)
+        assert status == "optimal" and abs(gap) < 1e-9
+        assert value == pytest.approx((1 - gamma * mu) ** 2, abs=fc.PEP_TOL)
+    # The Łojasiewicz relaxation lies below the PL rate 1 − μγ(2 − Lγ) (PEPit's documented 0.683267).
+    value, _, status = fc.pep_one_step("pl", 0.2, 1.0)
+    assert status == "optimal" and value == pytest.approx(0.683267, abs=1e-5) and value < 0.8
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=seeds(), n=dims(2, 6), data=st.data())
+def test_rates_hold_on_drawn_quadratics(seed, n, data):
+    P = torch.from_numpy(data.draw(spd(n, -1.3, 1.3)))
+    with check_environment():
+        gen = fc.generator(seed % 2**31)
+        prob = fc._spd_quadratic(n, gen)
+        p = np.linalg.eigvalsh(P.numpy())
+        lmin, lmax = float(p[0]), float(p[-1])
+        M = torch.linalg.cholesky(P).mT  # MᵀM = P
+        for step in fc.STEP_SIZES.values():
+            eps = step(prob.L, lmin, lmax)
+            ratio = max(fc._ratios(prob.f, fc._run(prob.f, prob.theta0, eps, fc._fixed_p(M), 10)))
+            assert ratio <= fc.sharp_rate(prob.mu, prob.L, lmin, lmax, eps) * (1 + fc.RATE_RTOL)
+            worst = fc.pep_one_step("sc", prob.mu * lmin / (prob.L * lmax), eps * prob.L * lmax)[0]
+            assert ratio <= worst + fc.PEP_TOL and math.isfinite(worst)
+        eps = fc.paper_step(prob.L, lmin, lmax)
+        ratio = max(fc._ratios(prob.f, fc._run(prob.f, prob.theta0, eps, fc._fixed_p(M), 10)))
+        assert ratio <= fc.paper_rate(prob.mu, prob.L, lmin, lmax, eps) * (1 + fc.RATE_RTOL)
