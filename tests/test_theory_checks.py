@@ -203,6 +203,22 @@ def test_only_accepts_repeated_and_comma_separated_ids(capsys):
     assert f"3 checks: 3 PASS, 0 FAIL; {mutants}/{mutants} mutants failed as required" in out
 
 
+def test_markdown_report_and_progress(tmp_path, capsys):
+    """--markdown writes every part of each check under its paper; progress lines go to stderr unless
+    --quiet."""
+    path = tmp_path / "report.md"
+    assert main(["--only", "APO-7,FOP-5", "--markdown", str(path)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["[1/2] FOP-5 PASS", "[2/2] APO-7 PASS"]
+    text = path.read_text()
+    order = [text.index(s) for s in ("## FOP", "### FOP-5: PASS", "## APO", "### APO-7: PASS")]
+    assert order == sorted(order)
+    for record in run(REGISTRY, ["FOP-5", "APO-7"]):
+        assert all(f"| {p['name'].replace('|', chr(92) + '|')} |" in text for p in record.parts)
+    assert text.rstrip().splitlines()[-1].startswith("2 checks: 2 PASS, 0 FAIL; 3/3 mutants")
+    assert main(["--only", "APO-7", "--quiet"]) == 0 and capsys.readouterr().err == ""
+
+
 def test_unknown_only_id_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--only", "APO-7,NOPE-1"])

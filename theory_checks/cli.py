@@ -1,7 +1,10 @@
-"""Command line: ``python -m theory_checks [--only ID ...] [--json PATH] [--list]``.
+"""Command line: ``python -m theory_checks [--only ID ...] [--json PATH] [--markdown PATH] [--list]
+[--quiet]``.
 
 Prints one row per check (id, paper reference, statement, measured value, bound, tolerance class,
-result, mutants failed, seconds), notes on failures and on the claims not tested, and a summary line.
+result, mutants failed, seconds), notes on failures and on the claims not tested, and a summary line;
+while it runs, one progress line per check on stderr (``--quiet``: none).  ``--markdown`` also writes
+the report grouped by paper, every part with its measured value and bound.
 Exit status: 0 when every check passes and every mutant fails, 1 otherwise, 2 for a usage error such as
 an unknown id.
 """
@@ -40,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run only this check id (repeatable; comma-separated lists accepted)",
     )
     parser.add_argument("--json", metavar="PATH", help="write all records to PATH as a JSON list")
+    parser.add_argument(
+        "--markdown", metavar="PATH", help="write the report to PATH as Markdown, grouped by paper"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--list", action="store_true", help="list the registered ids and exit")
     return parser
 
@@ -118,6 +125,48 @@ def summary(records: list[Record]) -> str:
             f"failed as required; {len(records) - len(checks)} claims not tested; {seconds:.1f} s")
 
 
+def _progress(k: int, n: int, record: Record) -> None:
+    """One line on stderr per record as the run goes: [k/n] id status (seconds)."""
+    seconds = "" if record.status == "NOT TESTED" else f" ({record.seconds:.1f} s)"
+    print(f"[{k:>{len(str(n))}}/{n}] {record.id} {record.status}{seconds}", file=sys.stderr, flush=True)
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: its pipes escaped."""
+    return text.replace("|", "\\|")
+
+
+def format_markdown(records: list[Record]) -> str:
+    """The report as Markdown: per paper, each check's statement, result, mutants caught, seconds and a
+    table of every measured part against its bound; then the claims not tested and the summary line."""
+    lines = ["# Theory-check report", ""]
+    for paper in dict.fromkeys(r.id.split("-")[0] for r in records):
+        lines += [f"## {paper}", ""]
+        for r in (r for r in records if r.id.split("-")[0] == paper and r.status != "NOT TESTED"):
+            lines += [
+                f"### {r.id}: {r.status}",
+                "",
+                f"{r.paper} {r.provenance}. {r.statement}",
+                "",
+                f"Tolerance: {r.tolerance}. Mutants failed as required: {r.mutants_failed}/{len(r.mutants)}. "
+                f"{r.seconds:.2f} s.",
+                "",
+                "| part | measured | bound | passed |",
+                "| --- | ---: | --- | --- |",
+                *(
+                    f"| {_cell(p['name'])} | {_fmt(p['measured'])} | {p['relation']} "
+                    f"{_fmt(p['bound'])} | {'yes' if p['passed'] else '**no**'} |"
+                    for p in r.parts
+                ),
+                "",
+            ]
+    untested = [r for r in records if r.status == "NOT TESTED"]
+    if untested:
+        lines += ["## Not tested", ""] + [f"- **{r.id}** ({r.paper}): {r.reason}" for r in untested] + [""]
+    lines.append(summary(records))
+    return "\n".join(lines) + "\n"
+
+
 def _list(registry: Registry) -> str:
     return "\n".join(
         f"{e.id:<14} {e.tag:<16} {e.paper}" + ("  (not tested)" if not hasattr(e, "fn") else "")
@@ -132,8 +181,11 @@ def main(argv: Sequence[str] | None = None, registry: Registry = REGISTRY) -> in
     if args.list:
         print(_list(registry))
         return 0
-    records = run(registry, _selected(parser, args.only, registry))
+    records = run(registry, _selected(parser, args.only, registry), None if args.quiet else _progress)
     print(format_report(records))
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(format_markdown(records))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump([r.to_json() for r in records], f, indent=2, ensure_ascii=False, allow_nan=False)

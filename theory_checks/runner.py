@@ -13,7 +13,7 @@ import dataclasses
 import math
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -173,8 +173,17 @@ def run_check(entry: Check | NotTested) -> Record:
     )
 
 
-def run(registry: Registry = REGISTRY, ids: Iterable[str] | None = None) -> list[Record]:
+def run(
+    registry: Registry = REGISTRY,
+    ids: Iterable[str] | None = None,
+    progress: Callable[[int, int, Record], None] | None = None,
+) -> list[Record]:
     """Run the checks of `registry` (all, or those in `ids`, in registry order).
+
+    Args:
+        registry: the checks and claims.
+        ids: the ids to run (None: all).
+        progress: called after each record as ``progress(k, n, record)``, k = 1 … n.
 
     Raises:
         KeyError: an id in `ids` is not registered.
@@ -183,4 +192,10 @@ def run(registry: Registry = REGISTRY, ids: Iterable[str] | None = None) -> list
     unknown = [i for i in wanted if i not in registry.ids()]
     if unknown:
         raise KeyError(f"unknown check id(s) {unknown}; known: {registry.ids()}")
-    return [run_check(e) for e in registry if e.id in wanted]
+    entries = [e for e in registry if e.id in wanted]
+    records = []
+    for k, entry in enumerate(entries, 1):
+        records.append(run_check(entry))
+        if progress is not None:
+            progress(k, len(entries), records[-1])
+    return records
