@@ -219,6 +219,21 @@ def test_markdown_report_and_progress(tmp_path, capsys):
     assert main(["--only", "APO-7", "--quiet"]) == 0 and capsys.readouterr().err == ""
 
 
+def test_tier_fast_leaves_out_the_dynamics_checks(capsys, monkeypatch):
+    """--tier fast runs the "fast" checks (and lists the claims not tested); --list marks the others."""
+    dynamics = [id for id in REGISTRY.ids() if getattr(REGISTRY[id], "tier", "fast") == "dynamics"]
+    assert set(dynamics) == {"FOP-2", "PSGD-9", "PSGD-10", "LODO-4", "LODO-7", "APO-9"}
+    asked = []
+    monkeypatch.setattr("theory_checks.cli.run", lambda registry, ids, progress: asked.append(ids) or [])
+    assert main(["--tier", "fast"]) == 0 and main(["--tier", "fast", "--only", "FOP-2,FOP-3"]) == 0
+    assert not set(dynamics) & set(asked[0]) and set(asked[0]) | set(dynamics) == set(REGISTRY.ids())
+    assert asked[1] == ["FOP-3"]
+    capsys.readouterr()
+    main(["--list"])
+    marked = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.endswith("(dynamics)")}
+    assert marked == set(dynamics)
+
+
 def test_unknown_only_id_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--only", "APO-7,NOPE-1"])

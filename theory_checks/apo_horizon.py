@@ -319,6 +319,7 @@ def _spearman_tail(etas: torch.Tensor) -> float:
 
 @check(
     id="APO-9",
+    tier="dynamics",
     paper="APO App. D, Eqs. 12-13 (Bae 2022)",
     statement=(
         "(a) On noisy quadratics (App. D NQM at θ* and far, two random ones with λ>0), the Monte-Carlo zero "

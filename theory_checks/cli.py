@@ -1,5 +1,5 @@
-"""Command line: ``python -m theory_checks [--only ID ...] [--json PATH] [--markdown PATH] [--list]
-[--quiet]``.
+"""Command line: ``python -m theory_checks [--only ID ...] [--tier fast|all] [--json PATH]
+[--markdown PATH] [--list] [--quiet]``.
 
 Prints one row per check (id, paper reference, statement, measured value, bound, tolerance class,
 result, mutants failed, seconds), notes on failures and on the claims not tested, and a summary line;
@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         "--markdown", metavar="PATH", help="write the report to PATH as Markdown, grouped by paper"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--tier",
+        choices=("fast", "all"),
+        default="all",
+        help="fast: the checks of tier 'fast' and the claims not tested; all (default): every check",
+    )
     parser.add_argument("--list", action="store_true", help="list the registered ids and exit")
     return parser
 
@@ -169,7 +175,8 @@ def format_markdown(records: list[Record]) -> str:
 
 def _list(registry: Registry) -> str:
     return "\n".join(
-        f"{e.id:<14} {e.tag:<16} {e.paper}" + ("  (not tested)" if not hasattr(e, "fn") else "")
+        f"{e.id:<14} {e.tag:<16} {e.paper}"
+        + ("  (not tested)" if not hasattr(e, "fn") else "  (dynamics)" if e.tier == "dynamics" else "")
         for e in registry
     )
 
@@ -181,7 +188,11 @@ def main(argv: Sequence[str] | None = None, registry: Registry = REGISTRY) -> in
     if args.list:
         print(_list(registry))
         return 0
-    records = run(registry, _selected(parser, args.only, registry), None if args.quiet else _progress)
+    ids = _selected(parser, args.only, registry)
+    if args.tier == "fast":  # "not tested" claims have no tier and stay
+        fast = [e.id for e in registry if getattr(e, "tier", "fast") == "fast"]
+        ids = [i for i in (fast if ids is None else ids) if i in fast]
+    records = run(registry, ids, None if args.quiet else _progress)
     print(format_report(records))
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:

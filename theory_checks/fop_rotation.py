@@ -210,6 +210,7 @@ CONTROL_KAPPA_L = 2.5
 
 @check(
     id="FOP-2",
+    tier="dynamics",
     paper="FOP Thm 1, §6 (Moskovitz 2019; after Baydin et al. 2018, Thm 5.1)",
     statement=(
         "Convergence: Preconditioned configured as FOP (M₀ = I, Hypergradient, SGD on M with ρ), with P "

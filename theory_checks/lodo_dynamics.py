@@ -376,6 +376,7 @@ def _diverged(bowls: Sequence[Bowl], limit: float) -> Callable[[int, list[torch.
 
 @check(
     id="LODO-4",
+    tier="dynamics",
     paper="LODO §4.1 claim, Eqs. 5-10 (Liao 2023)",
     statement=(
         "Dynamics: simplified LODO run by Preconditioned on the noisy bowl (n = 6, eig(H) 0.3…1, σ = 1, "
@@ -732,6 +733,7 @@ def _ratio(a: float, b: float) -> float:
 
 @check(
     id="LODO-7",
+    tier="dynamics",
     paper="LODO Thm A.1, Eqs. 32-34 (Liao 2023)",
     statement=(
         "Harness validation of the frozen-A approximation: D = ‖A − Â‖₂ after ⌊c/α⌋ steps between simplified "

@@ -224,6 +224,7 @@ def psgd9_fit(
 
 @check(
     id="PSGD-9",
+    tier="dynamics",
     paper="PSGD Eqs. 8, 10, 18, 20 (Li 2019)",
     statement=(
         "Convergence: PSGD's fit of a triangular Q (triangular_gram, Newton criterion, LieGroup, μ₀ 0.3 → "
@@ -349,6 +350,7 @@ def log_spread(P: torch.Tensor, H: torch.Tensor) -> float:
 
 @check(
     id="PSGD-10",
+    tier="dynamics",
     paper="PSGD §5.2, Eqs. 20, 23 (Li 2019)",
     statement=(
         "Convergence: PSGD's Kronecker fit (kronecker_gram('triangular') with TwoSided, Newton, LieGroup) "

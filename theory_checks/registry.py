@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "PROVENANCE_TAGS",
+    "TIERS",
     "REGISTRY",
     "Check",
     "Measures",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 PROVENANCE_TAGS = ("PAPER", "CODE", "RECON", "DERIVED", "UNKNOWN")
+TIERS = ("fast", "dynamics")
+"""A check's tier: "fast" runs in seconds; "dynamics" trains (stochastic trajectories, their medians)."""
 PAPER_ORDER = ("FOP", "PSGD", "LODO", "APO")
 """The order of the papers in the report."""
 _RELATIONS: dict[str, Callable[[float, float], bool]] = {
@@ -144,6 +147,8 @@ class Check:
         provenance: tags from `PROVENANCE_TAGS`, e.g. ("PAPER", "DERIVED").
         fn: the check function (keyword arguments only, real implementation as defaults).
         mutants: mutant name -> keyword overrides.
+        tier: "fast" (identities, closed forms, bounds: seconds) or "dynamics" (training trajectories
+            and their statistics), one of `TIERS`.
     """
 
     id: str
@@ -153,6 +158,7 @@ class Check:
     provenance: tuple[str, ...]
     fn: Callable[..., Outcome]
     mutants: dict[str, dict[str, Any]]
+    tier: str = "fast"
 
     @property
     def tag(self) -> str:
@@ -209,18 +215,21 @@ class Registry:
         tolerance: str,
         provenance: str | tuple[str, ...],
         mutants: dict[str, dict[str, Any]],
+        tier: str = "fast",
     ) -> Callable[[Callable[..., Outcome]], Callable[..., Outcome]]:
         """Decorator registering a check function (see the module docstring).
 
         Raises:
             ValueError: no mutants, a mutant overriding an argument the function does not take, an
-                argument without a default, an unknown provenance tag, or a duplicate id.
+                argument without a default, an unknown provenance tag or tier, or a duplicate id.
         """
         tags = _tags(id, provenance)
+        if tier not in TIERS:
+            raise ValueError(f"{id}: tier must be one of {TIERS}; got {tier!r}")
 
         def decorate(fn: Callable[..., Outcome]) -> Callable[..., Outcome]:
             _validate_mutants(id, fn, mutants)
-            self._add(Check(id, paper, statement, tolerance, tags, fn, dict(mutants)))
+            self._add(Check(id, paper, statement, tolerance, tags, fn, dict(mutants), tier))
             return fn
 
         return decorate
