@@ -116,35 +116,55 @@ def _configs(gen: torch.Generator, draws: int) -> list[tuple[int, int, int]]:
     return [*EDGE_CONFIGS, *zip(n, N, k)]
 
 
+def _paper_width_network(n: int, depth: int, k: int, *, generator: torch.Generator) -> pa.PermutationNetwork:
+    """Mutant: the paper's ñ = 2n, rounded up to a multiple of k (differs where k divides 2n)."""
+    return pa.permutation_network(n, depth, k, width=-(-2 * n // k) * k, generator=generator)
+
+
+def _extra_block_network(n: int, depth: int, k: int, *, generator: torch.Generator) -> pa.PermutationNetwork:
+    """Mutant: one k-block wider than the code's rule."""
+    return pa.permutation_network(n, depth, k, width=pa.lodo_width(n, k) + k, generator=generator)
+
+
 @check(
     id="LODO-1",
     paper="LODO Eq. 2 + code (Liao 2023)",
     statement=(
         "Identities and PSD for G = α₀·gram(A), A a PermutationNetwork, over 18 (n, N, k): G = α₀I at the "
         "orthogonal init; with random blocks G is symmetric PSD and equals α₀EᵀKᵀKE built from explicit "
-        "permutation and block-diagonal matrices."
+        "permutation and block-diagonal matrices; permutation_network's width is the code's "
+        "ñ = 2n + k − (2n mod k)."
     ),
-    tolerance=f"{E_TOL}; λ_min >= -1e-10‖G‖",
+    tolerance=f"{E_TOL}; λ_min >= -1e-10‖G‖; exact: width",
     provenance="PAPER+CODE",
     mutants={
         "transpose half with forward permutations": {
             "rmv": _transpose_kernel(inverse_perms=False, transpose_blocks=True)
         },
         "x @ W on both halves": {"rmv": _transpose_kernel(inverse_perms=True, transpose_blocks=False)},
+        "width: the paper's 2n rounded up to a multiple of k": {"network": _paper_width_network},
+        "width: one block more than the code's rule": {"network": _extra_block_network},
     },
 )
-def lodo_1(mv: Kernel = REAL_MV, rmv: Kernel = REAL_RMV, seed: int = 1) -> Outcome:
+def lodo_1(
+    mv: Kernel = REAL_MV,
+    rmv: Kernel = REAL_RMV,
+    network: Callable[..., pa.PermutationNetwork] = pa.permutation_network,
+    seed: int = 1,
+) -> Outcome:
     """LODO-1 (Liao 2023, Eq. 2 and the official code): init identity, symmetry, PSD and the algebraic
-    form, over 18 (n, N, k).
+    form, over 18 (n, N, k); and the width ñ = 2n + k − (2n mod k) of the official code (the smallest
+    multiple of k above 2n: n = 40, k = 4 gives 84, not the paper's 2n = 80).
 
     The dense G is α₀·gram(A) applied to the basis vectors (both kernels); at init also
     ``gram(A).to_dense()`` (forward kernel only).  Random blocks are N(0, 1/k), keeping the perms.
     """
     gen, out = generator(seed), Measures()
-    init_err, asym, lam, form_err = 0.0, 0.0, float("inf"), 0.0
+    init_err, asym, lam, form_err, width_err = 0.0, 0.0, float("inf"), 0.0, 0
     configs = _configs(gen, draws=12)
     for n, N, k in configs:
-        A0 = with_kernels(pa.permutation_network(n, N, k, generator=gen), mv, rmv)
+        A0 = with_kernels(network(n, N, k, generator=gen), mv, rmv)
+        width_err = max(width_err, abs(A0.width - (2 * n + k - (2 * n) % k)))
         G0 = pa.scale(pa.gram(A0), ALPHA0)
         alpha_I = ALPHA0 * torch.eye(n)
         init_err = max(init_err, rel_err(dense_of(G0), alpha_I), rel_err(G0.to_dense(), alpha_I))
@@ -157,6 +177,7 @@ def lodo_1(mv: Kernel = REAL_MV, rmv: Kernel = REAL_RMV, seed: int = 1) -> Outco
     out.at_most("max asymmetry of G, random blocks", asym, E_RTOL)
     out.at_least("min λ_min(G)/‖G‖, random blocks", lam, -1e-10)
     out.at_most("max rel. error, operator G vs explicit EᵀKᵀKE", form_err, E_RTOL)
+    out.equal("max |ñ − (2n + k − (2n mod k))|, the code's width", width_err, 0)
     out.details["configs (n, N, k)"] = [list(c) for c in configs]
     return out.outcome()
 

@@ -49,6 +49,12 @@ PAPER_NEWTON = 7.41
 """Table 1's Newton (optimal) loss, printed with three digits."""
 DERIVED_SGD_BEST = 19.09
 """The best fixed-lr SGD loss, as derived for the design (two decimals)."""
+DERIVED_NEWTON = 7.4118
+"""½σ²tr(H) for λ = geomspace(1e-3, 1, 100), σ = 1, computed independently of the harness (7.411847)."""
+DERIVED_SGD_AT_ONE = 27.61
+"""Σσ²/(2η(2 − ηλᵢ)) at η = 1, derived independently of the harness (two decimals)."""
+DERIVED_SGD_BEST_LR = 1.751
+"""The learning rate minimising the fixed-lr SGD loss, derived independently of the harness."""
 
 
 class _SGD(torch.optim.Optimizer):
@@ -117,6 +123,9 @@ def lodo_11(bowl: type[NoisyBowl] = NoisyBowl, steps: int = STEPS) -> Outcome:
         E_RTOL,
     )
     out.at_most("|min_η SGD loss − 19.09|", abs(sgd_star - DERIVED_SGD_BEST), 0.005)
+    out.at_most("|½tr(H) − 7.4118| (derived, four decimals)", abs(newton_ref - DERIVED_NEWTON), 5e-5)
+    out.at_most("|SGD(η = 1) closed form − 27.61| (derived)", abs(sgd_ref - DERIVED_SGD_AT_ONE), 0.005)
+    out.at_most("|argmin_η SGD loss − 1.751| (derived)", abs(eta_star - DERIVED_SGD_BEST_LR), 5e-4)
 
     newton_bowl = bowl(100, 1.0, 1e-3, NEWTON_SEED)
     newton = run(lambda p: NewtonOracle(p, newton_bowl), steps, bowl=newton_bowl).late_mean(LATE)
