@@ -91,7 +91,7 @@ META_EVERY = 10
 NEAR_ZERO = 1e-3
 Maker = Callable[[torch.nn.Module, dict[str, Any]], torch.optim.Optimizer]
 
-grid = e2.grid
+grid = common.grid
 
 
 def _apo(base: str, eta0: float) -> Maker:
@@ -196,16 +196,6 @@ def run_one(
     }
 
 
-def edges(g: list[dict[str, Any]], best: dict[str, Any]) -> list[str]:
-    """The axes (with more than one value) on which the winner takes the smallest or largest value."""
-    out = []
-    for key in best:
-        values = sorted({hp[key] for hp in g})
-        if len(values) > 1 and best[key] in (values[0], values[-1]):
-            out.append(f"{key}={best[key]:g} ({'largest' if best[key] == values[-1] else 'smallest'})")
-    return out
-
-
 def tune(task: DigitsClassification, name: str, args: argparse.Namespace, log: Callable[[str], None]):
     g = QUICK_GRIDS[name] if args.quick else METHODS[name]["grid"]
     rows = []
@@ -220,7 +210,7 @@ def tune(task: DigitsClassification, name: str, args: argparse.Namespace, log: C
             + (f", diverged at step {r['diverged_at']}" if r["diverged_at"] else "")
         )
     best = min(range(len(rows)), key=lambda i: (rows[i]["final"], i))
-    edge = edges(g, rows[best]["hp"])
+    edge = common.grid_edges(g, rows[best]["hp"])
     log(
         f"{name}: best {e2.fmt_hp(rows[best]['hp'])}, tuning loss {e2.fmt_loss(rows[best]['final'])}"
         + (f"; AT GRID EDGE: {', '.join(edge)}" if edge else "")
@@ -421,13 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_EPOCHS} epochs, 2 configurations each"
     )
-    ap.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only (a small MLP)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1)")
-    ap.add_argument(
-        "--json", type=Path, default=None, help="JSON path (default benchmarks/results/<name>_cpu.json)"
-    )
-    ap.add_argument("--csv", type=Path, default=None, help="CSV path (default: the JSON path with .csv)")
-    ap.add_argument("--no-git", action="store_true", help="do not run git for the commit in the machine info")
+    common.add_cpu_run_arguments(ap, "a small MLP")
     args = ap.parse_args(argv)
     if args.epochs is None:
         args.epochs = QUICK_EPOCHS if args.quick else EPOCHS
@@ -478,13 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_loss": "cross-entropy on all training examples after the last epoch",
             "criterion": f"mean(APO) <= mean(fixed) / 2, or with both means < {NEAR_ZERO:g}: "
             "mean(fixed) - mean(APO) >= max(std(fixed), std(APO))",
-            "methods": {
-                m: {
-                    "fixed": METHODS[m]["fixed"],
-                    "grid": QUICK_GRIDS[m] if args.quick else METHODS[m]["grid"],
-                }
-                for m in METHODS
-            },
+            "methods": common.methods_record(METHODS, QUICK_GRIDS, args.quick, METHODS),
         },
         "tuning": tuning,
         "runs": runs,

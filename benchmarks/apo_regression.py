@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import math
 import statistics
@@ -103,12 +102,7 @@ from precondalg.problems import ill_conditioned_regression, regression_loss, tra
 
 EXPERIMENT = "APO-E2 poorly conditioned two-layer linear regression (Bae et al. 2022, §5, Fig. 4 left)"
 Maker = Callable[[torch.nn.Module, dict[str, Any], int], torch.optim.Optimizer]
-
-
-def grid(**axes: list[Any]) -> list[dict[str, Any]]:
-    """Every combination of the axes' values, as keyword dicts (the first axis varies slowest)."""
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+grid = common.grid
 
 
 def apo_grid(
@@ -219,19 +213,6 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else math.nan
 
 
-def at_edge(g: list[dict[str, Any]], best: dict[str, Any]) -> list[str]:
-    """The hyperparameters whose winning value is the smallest or largest of a grid axis with > 1 value
-    (for APO the λ pair counts as one axis and is not judged)."""
-    edge = []
-    for key in best:
-        values = sorted({hp[key] for hp in g})
-        if key in ("lam_fsd", "lam_wsd") or len(values) < 2:
-            continue
-        if best[key] in (values[0], values[-1]):
-            edge.append(f"{key}={best[key]:g} ({'largest' if best[key] == values[-1] else 'smallest'})")
-    return edge
-
-
 def tune(name: str, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     g = QUICK_GRIDS[name] if args.quick else METHODS[name]["grid"]
     rows = []
@@ -259,7 +240,7 @@ def tune(name: str, args: argparse.Namespace, log: Callable[[str], None]) -> dic
         )
     best = min(range(len(rows)), key=lambda i: (rows[i]["score"], i))
     hp = rows[best]["hp"]
-    edge = at_edge(g, hp)
+    edge = common.grid_edges(g, hp, ignore=("lam_fsd", "lam_wsd"))  # the λ pair is one axis, not judged
     log(
         f"{name}: best {fmt_hp(hp)}, tuning score {fmt_loss(rows[best]['score'])}, {len(g)} configurations, "
         f"{seconds:.1f} s" + (f"; AT GRID EDGE: {', '.join(edge)}" if edge else "")
@@ -291,7 +272,11 @@ def post_hoc_choices(
 
 
 # ------------------------------------------------------------------------------------------ criteria
-def criterion(name: str, passed: bool, detail: str) -> dict[str, Any]:
+def criterion(name: str, passed: bool, detail: str, *compared: float) -> dict[str, Any]:
+    """One criterion's record; it fails, marked not evaluable, where a compared value is not finite (a
+    diverged run is no reference: "APO ≤ 1.5 × diverged" is not a pass)."""
+    if not all(math.isfinite(v) for v in compared):
+        passed, detail = False, detail + " (not evaluable: a compared run diverged)"
     return {"criterion": name, "passed": bool(passed), "detail": detail}
 
 
@@ -312,6 +297,8 @@ def criteria(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 apo <= 1.5 * med[k],
                 f"APO {fmt_loss(apo)} vs 1.5 × {fmt_loss(med[k])} = {fmt_loss(1.5 * med[k])} "
                 f"(ratio {apo / med[k]:.3g})",
+                apo,
+                med[k],
             )
         )
     for m in ("APO-Precond", *KFAC_ROWS):
@@ -322,6 +309,8 @@ def criteria(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     med[m] <= 1e-2 * best_first,
                     f"{fmt_loss(med[m])} vs 1e-2 × {fmt_loss(best_first)} = "
                     f"{fmt_loss(1e-2 * best_first)} (ratio {med[m] / best_first:.3g})",
+                    med[m],
+                    best_first,
                 )
             )
     for k in KFAC_ROWS:
@@ -331,6 +320,8 @@ def criteria(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     f"paper (soft): APO-Precond below {k}",
                     apo < med[k],
                     f"{fmt_loss(apo)} vs {fmt_loss(med[k])}",
+                    apo,
+                    med[k],
                 )
             )
     second = [m for m in ("Shampoo", *KFAC_ROWS) if m in med]
@@ -341,6 +332,8 @@ def criteria(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     f"paper: {m} below both first-order methods",
                     med[m] < best_first,
                     f"{fmt_loss(med[m])} vs min(SGDm, Adam) {fmt_loss(best_first)}",
+                    med[m],
+                    best_first,
                 )
             )
     return out
@@ -482,13 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--curve-every", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="smoke run: 200 steps, small grids, 2 seeds")
-    ap.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only (float64, tiny)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1)")
-    ap.add_argument(
-        "--json", type=Path, default=None, help="JSON path (default benchmarks/results/<name>_cpu.json)"
-    )
-    ap.add_argument("--csv", type=Path, default=None, help="CSV path (default: the JSON path with .csv)")
-    ap.add_argument("--no-git", action="store_true", help="do not run git for the commit in the machine info")
+    common.add_cpu_run_arguments(ap, "float64, tiny")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.seeds = 200, 2
@@ -555,13 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             "curve_every": args.curve_every,
             "problem": {k: v for k, v in problem_cfg.items() if k not in ("seed", "init_seed")}
             | {"seed": "the run's seed (A, X and the initialisation)"},
-            "methods": {
-                m: {
-                    "fixed": METHODS[m]["fixed"],
-                    "grid": QUICK_GRIDS[m] if args.quick else METHODS[m]["grid"],
-                }
-                for m in names
-            },
+            "methods": common.methods_record(METHODS, QUICK_GRIDS, args.quick, names),
         },
         "tuning": tuning,
         "runs": runs,

@@ -101,7 +101,7 @@ DIVERGE_FACTOR = 1e6
 META_EVERY = 10
 LR_GRID = [10 ** (-5 + k / 5) for k in range(30)]
 
-grid = e2.grid
+grid = common.grid
 
 
 def _apo_lr(problem: Rosenbrock, model: torch.nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
@@ -141,6 +141,24 @@ def _apo_precond(base: str) -> Callable[[Rosenbrock, torch.nn.Module, dict[str, 
         )
 
     return make
+
+
+def _precond_fixed(base: str, scaled: bool) -> dict[str, Any]:
+    """The fixed settings of an APO-Precond row, as recorded in the results (P₀ = I, or η₀I through the
+    input scale c = √η₀ with the lr that puts η₀ inside the lookahead)."""
+    fixed: dict[str, Any] = {"mode": "precond", "base": base}
+    if base == "momentum":
+        fixed["momentum"] = 0.9
+    if scaled:
+        fixed["lr"] = 0.1 if base == "momentum" else 1.0
+    fixed |= {"scale": 0.9, "warmup": 0, "meta_optimizer": "Adam", "meta_every": META_EVERY, "lam_fsd": 0.0}
+    if scaled:
+        return fixed | {
+            "input_scale": "sqrt(eta0)",
+            "P0": "eta0 * I (theta-space)",
+            "lam_wsd": "theta-space; the preset gets lam_wsd * eta0",
+        }
+    return fixed | {"input_scale": 1.0, "P0": "I (theta-space)"}
 
 
 APO_LR = "APO-LR (SGD)"
@@ -194,54 +212,19 @@ METHODS: dict[str, dict[str, Any]] = {
     PRECOND_ROWS[0]: {
         "make": _apo_precond("sgd"),
         "grid": grid(lr=[1e-2, 3e-3, 1e-3, 3e-4, 1e-4], meta_lr=[3e-2, 1e-2, 1e-3], lam_wsd=[0.0, 10.0]),
-        "fixed": {
-            "mode": "precond",
-            "base": "sgd",
-            "scale": 0.9,
-            "warmup": 0,
-            "meta_optimizer": "Adam",
-            "meta_every": META_EVERY,
-            "lam_fsd": 0.0,
-            "input_scale": 1.0,
-            "P0": "I (theta-space)",
-        },
+        "fixed": _precond_fixed("sgd", scaled=False),
     },
     PRECOND_ROWS[1]: {
         "make": _apo_precond("sgd"),
         "scaled": True,
         "grid": grid(eta0=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], meta_lr=[0.03, 0.01, 0.003], lam_wsd=[0.0, 10.0]),
-        "fixed": {
-            "mode": "precond",
-            "base": "sgd",
-            "lr": 1.0,
-            "scale": 0.9,
-            "warmup": 0,
-            "meta_optimizer": "Adam",
-            "meta_every": META_EVERY,
-            "lam_fsd": 0.0,
-            "input_scale": "sqrt(eta0)",
-            "P0": "eta0 * I (theta-space)",
-            "lam_wsd": "theta-space; the preset gets lam_wsd * eta0",
-        },
+        "fixed": _precond_fixed("sgd", scaled=True),
     },
     PRECOND_ROWS[2]: {
         "make": _apo_precond("momentum"),
         "scaled": True,
         "grid": grid(eta0=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], meta_lr=[0.3, 0.1, 0.03], lam_wsd=[0.0, 10.0]),
-        "fixed": {
-            "mode": "precond",
-            "base": "momentum",
-            "momentum": 0.9,
-            "lr": 0.1,
-            "scale": 0.9,
-            "warmup": 0,
-            "meta_optimizer": "Adam",
-            "meta_every": META_EVERY,
-            "lam_fsd": 0.0,
-            "input_scale": "sqrt(eta0)",
-            "P0": "eta0 * I (theta-space)",
-            "lam_wsd": "theta-space; the preset gets lam_wsd * eta0",
-        },
+        "fixed": _precond_fixed("momentum", scaled=True),
     },
 }
 QUICK_GRIDS = {
@@ -291,16 +274,6 @@ def learned(name: str, problem: Rosenbrock, opt: torch.optim.Optimizer) -> dict[
     }
 
 
-def edges(g: list[dict[str, Any]], best: dict[str, Any]) -> list[str]:
-    """The axes (with more than one value) on which the winner takes the smallest or largest value."""
-    out = []
-    for key in best:
-        values = sorted({hp[key] for hp in g})
-        if len(values) > 1 and best[key] in (values[0], values[-1]):
-            out.append(f"{key}={best[key]:g} ({'largest' if best[key] == values[-1] else 'smallest'})")
-    return out
-
-
 def tune(name: str, start_name: str, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     g = QUICK_GRIDS[name] if args.quick else METHODS[name]["grid"]
     rows, seconds = [], 0.0
@@ -312,7 +285,7 @@ def tune(name: str, start_name: str, args: argparse.Namespace, log: Callable[[st
             log(f"  {start_name} {name} {e2.fmt_hp(hp)}: {e2.fmt_loss(r.final)}")
     best = min(range(len(rows)), key=lambda i: (rows[i]["final"], i))
     hp = rows[best]["hp"]
-    edge = edges(g, hp)
+    edge = common.grid_edges(g, hp)
     diverged = sum(r["diverged_at"] is not None for r in rows)
     log(
         f"{start_name} {name}: best {e2.fmt_hp(hp)} -> f = {e2.fmt_loss(rows[best]['final'])} "
@@ -484,13 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"smoke run: {QUICK_STEPS} steps, start (-1, 1), 2 configurations each",
     )
     ap.add_argument("--verbose", action="store_true", help="log every tuning run")
-    ap.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only (float64, two numbers)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1)")
-    ap.add_argument(
-        "--json", type=Path, default=None, help="JSON path (default benchmarks/results/<name>_cpu.json)"
-    )
-    ap.add_argument("--csv", type=Path, default=None, help="CSV path (default: the JSON path with .csv)")
-    ap.add_argument("--no-git", action="store_true", help="do not run git for the commit in the machine info")
+    common.add_cpu_run_arguments(ap, "float64, two numbers")
     args = ap.parse_args(argv)
     starts = list(STARTS)[:1] if args.quick or args.primary_only else list(STARTS)
     if args.steps is None:
@@ -557,13 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             "divergence": f"f non-finite or > {DIVERGE_FACTOR:g} x f(start): the run stops, final = inf",
             "problem": Rosenbrock().config()
             | {"start": STARTS, "input_scale": "1, or sqrt(eta0) (P0 = eta0*I rows)"},
-            "methods": {
-                m: {
-                    "fixed": METHODS[m]["fixed"],
-                    "grid": QUICK_GRIDS[m] if args.quick else METHODS[m]["grid"],
-                }
-                for m in METHODS
-            },
+            "methods": common.methods_record(METHODS, QUICK_GRIDS, args.quick, METHODS),
         },
         "starts": results,
         "elapsed_s": bench.elapsed(),

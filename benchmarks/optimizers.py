@@ -53,6 +53,7 @@ import copy
 import cProfile
 import csv
 import datetime
+import itertools
 import json
 import math
 import os
@@ -268,6 +269,44 @@ def start_experiment(
     run.log(f"lscpu Model name: {run.info['lscpu_model_name']}; commit {run.info['commit_line']}")
     run.log(f"command: {command}")
     return run, command
+
+
+def add_cpu_run_arguments(ap: argparse.ArgumentParser, what: str) -> None:
+    """The arguments `start_experiment` reads, for a CPU-only experiment (`what`: why CPU only): --device,
+    --threads, --json, --csv, --no-git."""
+    ap.add_argument("--device", default="cpu", choices=["cpu"], help=f"CPU only ({what})")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1)")
+    ap.add_argument(
+        "--json", type=Path, default=None, help="JSON path (default benchmarks/results/<name>_cpu.json)"
+    )
+    ap.add_argument("--csv", type=Path, default=None, help="CSV path (default: the JSON path with .csv)")
+    ap.add_argument("--no-git", action="store_true", help="do not run git for the commit in the machine info")
+
+
+def grid(**axes: list[Any]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, as keyword dicts (the first axis varies slowest)."""
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+def methods_record(
+    methods: dict[str, dict[str, Any]], quick_grids: dict[str, list[dict[str, Any]]], quick: bool, names: Any
+) -> dict[str, dict[str, Any]]:
+    """For the results file: each method's fixed settings and the grid it was tuned on (the quick grid
+    with --quick)."""
+    grids = quick_grids if quick else {m: methods[m]["grid"] for m in names}
+    return {m: {"fixed": methods[m]["fixed"], "grid": grids[m]} for m in names}
+
+
+def grid_edges(g: list[dict[str, Any]], best: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The axes of grid `g` with more than one value (other than `ignore`) on which the winner `best`
+    takes the smallest or largest value, as "key=value (largest|smallest)"."""
+    out = []
+    for key in best:
+        values = sorted({hp[key] for hp in g})
+        if key not in ignore and len(values) > 1 and best[key] in (values[0], values[-1]):
+            out.append(f"{key}={best[key]:g} ({'largest' if best[key] == values[-1] else 'smallest'})")
+    return out
 
 
 def add_lscpu_and_commit(info: dict[str, Any], git: bool) -> None:

@@ -29,7 +29,7 @@ import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number
 from precondalg._torch_compat import writable
-from precondalg.matrix_functions import newton_inverse_root, psd_power
+from precondalg.matrix_functions import newton_inverse_root, psd_eigh, psd_power
 from precondalg.objectives.statistics import Statistics
 from precondalg.structures import (
     Dense,
@@ -511,9 +511,7 @@ class _ClosedFormFit(Fit):
             )
         ]
         values = [
-            value if isinstance(c, float) and c == 1.0 else value * c ** (1 / power)
-            for new, c in zip(news, scales)
-            for value in new
+            value for part, new, c in zip(self.parts, news, scales) for value in _scaled(part, new, c, power)
         ]
         # A part whose root is not finite while the statistics are (singular, without damping) keeps its
         # value: the statistics still join, and the optimizer counts the kept part (see `failed`).
@@ -567,6 +565,19 @@ class _ClosedFormFit(Fit):
         self.fits = state["fits"].to(device=like.device)
 
 
+def _scaled(
+    part: Structure, leaves: list[torch.Tensor], c: torch.Tensor | float, power: int
+) -> list[torch.Tensor]:
+    """The leaves of a part whose preconditioner, part^power, is multiplied by c: each leaf by c^(1/power)
+    for a one-leaf part; an `Eigenbasis` (B, A, S), linear in S², by scaling S alone, by c^(1/(2·power))."""
+    if isinstance(c, float) and c == 1.0:
+        return leaves
+    if isinstance(part, Eigenbasis):
+        B, A, S = leaves
+        return [B, A, S * c ** (1 / (2 * power))]
+    return [value * c ** (1 / power) for value in leaves]
+
+
 def _statistic_shapes(part: Structure) -> list[tuple[int, ...]]:
     """The shapes of a part's statistics: one per part, two (m×m, n×n) for an `Eigenbasis`."""
     if isinstance(part, Eigenbasis):
@@ -585,15 +596,9 @@ def _eigenbasis_closed_form(
     """B, A, S of the `Eigenbasis` equal to (G ⊗ A_stat + δI)^e for symmetric PSD statistics (G, A_stat):
     the Kronecker eigenbasis (B, A the eigenvectors) and S = (λ_G,i λ_A,j + δ)^(e/2), eigenvalues clipped
     at 0 (APO's Corollary 2 with K-FAC's factors: EKFAC's eigenbasis form of the damped inverse)."""
-    (G, A), out = statistics, []
-    finite = torch.isfinite(G).all() & torch.isfinite(A).all()
-    for M in (G, A):
-        eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-        values, vectors = torch.linalg.eigh(torch.where(finite, M, eye))  # never NaN into eigh
-        out.append((values.clamp(min=0), vectors))
-    (lam_G, B), (lam_A, A_vectors) = out
+    (lam_G, B, finite_G), (lam_A, A_vectors, finite_A) = (psd_eigh(M) for M in statistics)
     S = (lam_G[:, None] * lam_A[None, :] + delta).pow(e / 2)
-    return [B, A_vectors, torch.where(finite, S, torch.full_like(S, torch.nan))]
+    return [B, A_vectors, torch.where(finite_G & finite_A, S, torch.full_like(S, torch.nan))]
 
 
 def _matrix_power(root: str, S: torch.Tensor, exponent: float, delta: torch.Tensor | float) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["newton_inverse_root", "psd_power"]
+__all__ = ["newton_inverse_root", "psd_eigh", "psd_power"]
 
 
 def psd_power(S: torch.Tensor, exponent: float, damping: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -39,12 +39,28 @@ def psd_power(S: torch.Tensor, exponent: float, damping: torch.Tensor | float = 
         tensor([[0.5000, 0.0000],
                 [0.0000, 0.2500]], dtype=torch.float64)
     """
-    finite = torch.isfinite(S).all()
-    eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
-    values, vectors = torch.linalg.eigh(torch.where(finite, S, eye))  # eigh fails on NaN: never give it one
-    values = (values.clamp(min=0) + damping).pow(exponent)
+    values, vectors, finite = psd_eigh(S)
+    values = (values + damping).pow(exponent)
     values = torch.where(finite, values, torch.full_like(values, torch.nan))
     return (vectors * values) @ vectors.mT
+
+
+def psd_eigh(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The eigendecomposition of a symmetric PSD S with its eigenvalues clipped at 0, safe on non-finite
+    input (eigh fails on NaN: it then decomposes I instead, and the caller masks the result with the
+    flag, on the device, without a host synchronisation).
+
+    Args:
+        S: (n, n) symmetric (only its lower triangle is read, as by eigh).
+
+    Returns:
+        (values (n,), vectors (n, n), finite): S = vectors·diag(values)·vectorsᵀ where `finite` (a 0-d
+        bool tensor: every entry of S finite), else those of I.
+    """
+    finite = torch.isfinite(S).all()
+    eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
+    values, vectors = torch.linalg.eigh(torch.where(finite, S, eye))
+    return values.clamp(min=0), vectors, finite
 
 
 def newton_inverse_root(

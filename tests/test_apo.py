@@ -12,7 +12,6 @@ import pytest
 import torch
 from optim_helpers import assert_close, batch, clone_params, make_model
 
-from precondalg.objectives import squared_error
 from precondalg.optim import APO, SkippedStepWarning, fsd_batches
 
 F64 = torch.float64
@@ -70,13 +69,22 @@ def test_precond_mode_at_identity_with_scale_one_is_the_base_rule(base):
 
 
 def test_scale_acts_on_the_applied_step_only():
-    """scale s with meta_lr = 0: the step is s·lr·g (SGD), while the lookahead (the meta-gradient) sees
-    P̂ = I — a run with scale 0.9 equals SGD at lr 0.9·0.05."""
+    """scale s with meta_lr = 0: the step is s·lr·g (SGD) — a run with scale 0.9 equals SGD at lr
+    0.9·0.05; and the lookahead (the meta-gradient) does not see s: the fitted P̂ is the same for 0.9
+    and 1."""
     ours, theirs = make_model("mlp"), make_model("mlp")
     opt = APO(ours.parameters(), 0.05, model=ours, loss_fn=_mse, base="sgd", meta_lr=0.0, fsd="squared")
     _train(ours, opt, 4)
     _torch_train(theirs, torch.optim.SGD(theirs.parameters(), lr=0.9 * 0.05), 4)
     assert_close(clone_params(ours.parameters()), clone_params(theirs.parameters()), 1e-14)
+    fitted = []  # the lookahead θ − P̂g has no scale in it: the first meta-step is the same for any scale
+    for scale in (0.9, 1.0):
+        model = make_model("mlp")
+        opt = APO(model.parameters(), 0.05, model=model, loss_fn=_mse, base="sgd", meta_lr=1e-2,
+                  scale=scale, fsd="squared")
+        _train(model, opt, 1)
+        fitted.append(_phi(opt))
+    assert_close(*fitted, 0.0)
 
 
 def _phi(opt):
@@ -119,14 +127,15 @@ def _q_of_log_lr(model, log_lr: float, g: list[torch.Tensor], x, y, x2, lam_fsd,
     moved = {n: p.detach() - math.exp(log_lr) * gi for (n, p), gi in zip(params.items(), g)}
     with torch.no_grad():
         new = torch.func.functional_call(model, moved, (x,))
-        fsd = squared_error(torch.func.functional_call(model, moved, (x2,)), model(x2))
+        fsd = 0.5 * (torch.func.functional_call(model, moved, (x2,)) - model(x2)).square().sum() / len(x2)
         wsd = sum(((moved[n] - p) ** 2).sum() for n, p in params.items())
     return float(_mse(new, y) + lam_fsd * fsd + 0.5 * lam_wsd * wsd)
 
 
 def test_lr_mode_meta_step_follows_the_proximal_objective():
-    """The first meta-step of log η (RMSprop, lr ρ) is −ρ·sign(∂Q/∂log η)/√(1 − α) up to ε: its sign and
-    size against the derivative of Q (Eq. 8, written out here) by central differences."""
+    """The first meta-step of log η (RMSprop, lr ρ) is −ρ·sign(∂Q/∂log η)/√(1 − α) up to ε, and RMSprop's
+    square average holds (1 − α)(∂Q/∂log η)²: the sign and the size of the meta-gradient against the
+    derivative of Q (Eq. 8, written out here) by central differences."""
     model = make_model("mlp")
     opt = APO(model.parameters(), 0.05, model=model, loss_fn=_mse, mode="lr", base="sgd", meta_lr=1e-3,
               fsd="squared", lam_fsd=0.5, lam_wsd=0.2)
@@ -143,6 +152,9 @@ def test_lr_mode_meta_step_follows_the_proximal_objective():
     (after,) = _phi(opt)
     expected = -1e-3 * math.copysign(1.0, dq) / math.sqrt(1 - 0.99)
     assert math.isclose(float(after - before), expected, rel_tol=1e-6)
+    (fitter,) = [st["preconditioner"]["fitter"]["state"][0] for st in opt.state_dict()["state"].values()
+                 if "preconditioner" in st]  # RMSprop's first square_avg is (1 − α)·(∂Q/∂log η)²
+    assert math.isclose(math.sqrt(float(fitter["square_avg"]) / (1 - 0.99)), abs(dq), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["lr", "precond"])
@@ -208,16 +220,22 @@ def test_misshapen_batches_are_refused_before_anything_moves(inputs, words):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-@pytest.mark.parametrize("mode", ["precond", "lr"])
-def test_parameters_of_another_module_are_refused(mode):
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [
+        ("precond", "placement Layer.* covers none of the 4 parameters"),  # Layer(model) places none
+        ("lr", "Proximal: the optimizer holds parameters the model does not own"),  # Proximal.check_block
+    ],
+)
+def test_parameters_of_another_module_are_refused_at_construction(mode, words):
     model = make_model("mlp")
-    with pytest.raises(ValueError, match="4 of 4 parameters are not model.parameters"):
+    with pytest.raises(ValueError, match=words):
         APO(make_model("mlp").parameters(), 0.05, model=model, loss_fn=_mse, mode=mode)
 
 
 def test_precond_mode_without_linear_or_conv_layers_is_refused():
     model = torch.nn.Sequential(torch.nn.LayerNorm(3))
-    with pytest.raises(ValueError, match="nothing would be preconditioned"):
+    with pytest.raises(ValueError, match="covers none of the 2 parameters, so nothing would be"):
         APO(model.parameters(), 0.05, model=model, loss_fn=_mse)
 
 

@@ -14,18 +14,16 @@ import doctest
 import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from optim_helpers import benchmark_module
 
 from precondalg.optim import APO
 from precondalg.problems import digits_classification, learned_learning_rate, train_classifier
 
 MODULE = importlib.import_module("precondalg.problems.digits_mlp")
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +34,8 @@ def task():
 @pytest.fixture(scope="module")
 def script():
     """benchmarks/apo_lr_schedule.py as a module (benchmarks/ on sys.path, as when it runs)."""
-    before = set(sys.modules)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCHMARKS))
-        yield importlib.import_module("apo_lr_schedule")
-    for module in set(sys.modules) - before:  # the script and the benchmarks/ modules it imported
-        if module in ("apo_lr_schedule", "apo_regression", "optimizers"):
-            del sys.modules[module]
+    with benchmark_module("apo_lr_schedule") as module:
+        yield module
 
 
 def _apo_lr(model, eta0, base="momentum", **kw):

@@ -23,6 +23,7 @@ import math
 
 import pytest
 import torch
+from optim_helpers import benchmark_module
 
 from precondalg.objectives import factored_tikhonov
 from precondalg.optim import APO, KFAC
@@ -260,3 +261,14 @@ def test_sampled_fisher_kfac_solves_the_last_layer(seed):
         sgd.append(train(p, model, torch.optim.SGD([model[1].weight], lr=lr, momentum=0.9), 30).final)
     assert kfac.final < 1e-20 * kfac.losses[0]
     assert min(sgd) > 1e-3 * kfac.losses[0]
+
+
+def test_a_criterion_against_a_diverged_run_fails_as_not_evaluable():
+    """A diverged reference (inf) is no reference: "APO ≤ 1.5 × diverged" does not pass, and says why;
+    finite values are judged as given."""
+    with benchmark_module("apo_regression") as script:
+        summary = {"APO-Precond": {"median": 1e-4}, "KFAC": {"median": math.inf}, "SGDm": {"median": 1e-3},
+                   "Adam": {"median": 1e-7}}
+        (kfac, *_) = [c for c in script.criteria(summary) if c["criterion"].endswith("1.5 × loss(KFAC)")]
+        assert not kfac["passed"] and kfac["detail"].endswith("(not evaluable: a compared run diverged)")
+        assert script.criterion("x", True, "d", 1.0, 2.0) == {"criterion": "x", "passed": True, "detail": "d"}

@@ -16,30 +16,23 @@ import doctest
 import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from optim_helpers import benchmark_module
 
 from precondalg.optim import APO
 from precondalg.problems import Rosenbrock, RosenbrockRun, minimize, rosenbrock
 
 F64 = torch.float64
 MODULE = importlib.import_module("precondalg.problems.rosenbrock")
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def script():
     """benchmarks/apo_rosenbrock.py as a module (benchmarks/ on sys.path, as when it runs)."""
-    before = set(sys.modules)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCHMARKS))
-        yield importlib.import_module("apo_rosenbrock")
-    for module in set(sys.modules) - before:  # the script and the benchmarks/ modules it imported
-        if module in ("apo_rosenbrock", "apo_regression", "optimizers"):
-            del sys.modules[module]
+    with benchmark_module("apo_rosenbrock") as module:
+        yield module
 
 
 def _points(n: int, seed: int = 0) -> torch.Tensor:

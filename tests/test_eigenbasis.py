@@ -116,3 +116,20 @@ def test_inverse_is_an_eigenbasis():
     assert type(Pinv) is pa.Eigenbasis and Pinv.dims == (2, 3)
     torch.testing.assert_close(Pinv @ (P @ G.flatten()), G.flatten(), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(Pinv @ G.flatten(), P.solve(G.flatten()), rtol=1e-9, atol=1e-9)
+
+
+def test_a_statistics_scale_multiplies_an_eigenbasis_part_by_exactly_c():
+    """ClosedForm's scale c of a part P = φ^power: for an Eigenbasis (linear in S²) only S moves, by
+    c^(1/2·power), so P becomes c·P (scaling B, A and S alike would give c⁶·P)."""
+    from precondalg.fitters import _scaled
+
+    gen = torch.Generator().manual_seed(3)
+    B = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))[0]
+    A = torch.linalg.qr(torch.randn(2, 2, generator=gen, dtype=torch.float64))[0]
+    S = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    part = pa.Eigenbasis(B, A, S)
+    for c, power in ((2.5, 1), (torch.tensor(0.3, dtype=torch.float64), 2)):
+        scaled = pa.Eigenbasis(*_scaled(part, [B, A, S], c, power))
+        torch.testing.assert_close((scaled @ scaled).to_dense() if power == 2 else scaled.to_dense(),
+                                   c * ((part @ part).to_dense() if power == 2 else part.to_dense()),
+                                   rtol=1e-12, atol=1e-12)

@@ -853,3 +853,39 @@ def test_fop_takes_adams_hyperparameters_with_an_adam_base():
         ValueError, match=r"FOP: 'nesterov' needs heavy-ball momentum.*momentum=0.0 and base 'sgd'"
     ):
         FOP(_w(), 0.1, momentum=0.0, nesterov=True)
+
+
+def test_a_misspelt_step_input_is_refused_on_steps_that_do_not_fit_too():
+    """Every objective checks its inputs on a step between fits as on a fitting step (`check_inputs`):
+    Hypergradient takes none, so `bogus` is refused on step 1 of every(2), which fits nothing."""
+    model = torch.nn.Linear(3, 2)
+    opt = Preconditioned(model.parameters(), 0.1, structure=families.dense_gram(), placement=Flatten(),
+                         objective=Hypergradient(), update_probability=pa.optim.every(2))
+    for t in range(2):
+        opt.zero_grad()
+        model(torch.ones(4, 3)).square().sum().backward()
+        if t == 0:
+            opt.step()
+    with pytest.raises(TypeError, match=r"Hypergradient: step\(\) takes no keyword inputs .* \['bogus'\]"):
+        opt.step(bogus=1)
+
+
+def test_a_placement_that_covers_no_parameter_is_refused():
+    """Layer(model) of another module, or placements for convolutions only on a linear layer, would
+    precondition nothing: the optimizer refuses it at construction instead of running the base rule alone."""
+    model, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"Preconditioned: placement .* covers none of the 2 parameters"):
+        Preconditioned(model.parameters(), 0.1, structure=families.kronecker_gram(),
+                       placement=pa.placement.Layer(other))
+    with pytest.raises(ValueError, match="covers none of the 2 parameters"):
+        Preconditioned(model.parameters(), 0.1, structure=families.dense_gram(),
+                       placement=by_ndim({4: Spatial()}))
+
+
+def test_a_warmup_with_the_hypergradient_is_refused():
+    """During a warm-up P is not applied, so θ_t does not depend on P_{t−1}: the hypergradient, which
+    goes through the last applied step, would fit P to a step that never happened."""
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="warmup=2 with objective Hypergradient"):
+        Preconditioned(model.parameters(), 0.1, structure=families.dense_gram(), placement=Flatten(),
+                       warmup=2)

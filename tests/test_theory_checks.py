@@ -225,13 +225,21 @@ def test_tier_fast_leaves_out_the_dynamics_checks(capsys, monkeypatch):
     assert set(dynamics) == {"FOP-2", "PSGD-9", "PSGD-10", "LODO-4", "LODO-7", "APO-9"}
     asked = []
     monkeypatch.setattr("theory_checks.cli.run", lambda registry, ids, progress: asked.append(ids) or [])
-    assert main(["--tier", "fast"]) == 0 and main(["--tier", "fast", "--only", "FOP-2,FOP-3"]) == 0
+    assert main(["--tier", "fast"]) == 0 and main(["--tier", "fast", "--only", "FOP-3"]) == 0
     assert not set(dynamics) & set(asked[0]) and set(asked[0]) | set(dynamics) == set(REGISTRY.ids())
     assert asked[1] == ["FOP-3"]
     capsys.readouterr()
     main(["--list"])
     marked = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.endswith("(dynamics)")}
     assert marked == set(dynamics)
+    main(["--list", "--tier", "fast"])
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == [id for id in REGISTRY.ids() if id not in dynamics]
+    main(["--list", "--only", "APO-7,FOP-2"])
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["FOP-2", "APO-7"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--only", "APO-9", "--tier", "fast"])  # would run nothing: refused, not an empty pass
+    assert exit_.value.code == 2 and "APO-9: of tier 'dynamics'" in capsys.readouterr().err
 
 
 def test_unknown_only_id_exits_2(capsys):

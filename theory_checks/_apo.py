@@ -52,6 +52,15 @@ def proximal(model: torch.nn.Module, loss_fn: LossFn, lam_fsd: float, lam_wsd: f
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class WsdWithoutHalf(Proximal):
+    """Mutant library objective: the WSD term λ_W‖θ′ − θ‖² without its ½ (the library's Q with λ_W
+    doubled in the WSD term only)."""
+
+    def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Any]:
+        return Proximal.meta_grads(dataclasses.replace(self, lam_wsd=2 * self.lam_wsd), blocks, evaluation)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class _LossAtTheta(Proximal):
     """Mutant library objective: the loss term J_B evaluated at θ, a constant of φ, instead of at the
     lookahead u (only the FSD and WSD terms move φ)."""

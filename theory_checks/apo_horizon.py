@@ -261,7 +261,7 @@ def preset_configuration(groups: list[dict[str, Any]], eta0: float, model: torch
     `maximize` passed to RMSprop: True is the mutant, the meta-gradient's sign flipped in the fitter."""
     return Preconditioned(
         groups, 1.0, structure=positive_scalar(eta0, "log"), placement=Concatenated(),
-        objective=Proximal(model, squared_loss, fsd="squared", require_batch=True),
+        objective=Proximal(model, squared_loss, fsd="squared"),
         fitter=TorchOptimizer(torch.optim.RMSprop, lr=meta_lr, maximize=maximize), base="sgd",
         position="direction", update_probability=every(1),
     )

@@ -46,7 +46,7 @@ from precondalg.objectives import BlockContext, Evaluation, LayerStatistics, Pro
 from precondalg.objectives.base import Objective
 from precondalg.optim import KFAC, Preconditioned
 from precondalg.placement import Layer
-from theory_checks._apo import worst
+from theory_checks._apo import WsdWithoutHalf, worst
 from theory_checks._numerics import E_ATOL, E_RTOL, E_TOL, dense_of, generator, rel_err
 from theory_checks.apo import _fsd_on_b, _routes_as_configured
 from theory_checks.psgd_criteria import MC_SIGMAS, sigma_points, spd
@@ -212,8 +212,8 @@ def proximal(
 def _wsd_without_half(
     model: torch.nn.Module, loss_fn: Callable, fsd: Callable, lam_f: float, lam_w: float
 ) -> Objective:
-    """Mutant: the WSD term λ_W‖θ′ − θ‖² without its ½ (`Proximal` with 2λ_W)."""
-    return Proximal(model, loss_fn, fsd=fsd, lam_fsd=lam_f, lam_wsd=2 * lam_w)
+    """Mutant: `proximal` with the WSD term λ_W‖θ′ − θ‖² without its ½."""
+    return WsdWithoutHalf(model, loss_fn, fsd=fsd, lam_fsd=lam_f, lam_wsd=lam_w)
 
 
 class _StatisticsWithoutN(LayerStatistics):
@@ -708,9 +708,9 @@ def _app_h(out: Measures, statistics: StatisticsBuilder, seed: int) -> None:
         "depends on a."
     ),
     tolerance=(
-        f"(a) rel. error <= {FIT_TOL:g}, best of {INITS} fits; (b) {E_TOL}; (c) gaps >= {KFAC_DAMPING_GAP:g} "
-        f"(K-FAC), {KRONECKER_GAP:g} (any X⊗Y); (d) gap >= {STRUCTURE_GAP:g}, Q̂ excess >= {EXCESS_GAP:g}; "
-        f"(e) MC: |z| <= {MC_SIGMAS:g}, rel. error >= {KFAC_GAP:g} when dependent"
+        f"S: (a) rel. error <= {FIT_TOL:g}, best of {INITS} fits; {E_TOL} (b); S: (c) gaps >= "
+        f"{KFAC_DAMPING_GAP:g} (K-FAC), {KRONECKER_GAP:g} (any X⊗Y), (d) gap >= {STRUCTURE_GAP:g}, Q̂ excess "
+        f">= {EXCESS_GAP:g}; MC: (e) |z| <= {MC_SIGMAS:g}, rel. error >= {KFAC_GAP:g} when dependent"
     ),
     provenance="PAPER+RECON+DERIVED",
     mutants={

@@ -39,7 +39,7 @@ from precondalg.objectives import BlockContext, Evaluation, Objective, Proximal
 from precondalg.objectives.proximal import Divergence
 from precondalg.optim import Preconditioned
 from precondalg.placement import Concatenated
-from theory_checks._apo import Recorder, squared_loss, squared_without_half
+from theory_checks._apo import Recorder, WsdWithoutHalf, squared_loss, squared_without_half
 from theory_checks._numerics import E_ATOL, E_RTOL, E_TOL, dense_of, generator, log_uniform, rel_err
 from theory_checks.psgd_criteria import S_RTOL, S_TOL, haar, matrix_function, spd
 from theory_checks.registry import Measures, Outcome, check
@@ -176,15 +176,6 @@ def no_loss(outputs: torch.Tensor, targets: Any) -> torch.Tensor:
     return 0.0 * outputs.sum()
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class _WsdWithoutHalf(Proximal):
-    """Mutant objective: the WSD term λ_W‖θ′ − θ‖² without its ½ (the library's Q with λ_W doubled in the
-    WSD term only)."""
-
-    def meta_grads(self, blocks, evaluation):
-        return Proximal.meta_grads(dataclasses.replace(self, lam_wsd=2 * self.lam_wsd), blocks, evaluation)
-
-
 def _kl_summed(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """Mutant FSD: Σ KL(softmax(old) ‖ softmax(new)) summed over B′ instead of averaged."""
     return F.kl_div(F.log_softmax(new, -1), F.log_softmax(old, -1), log_target=True, reduction="sum")
@@ -287,7 +278,7 @@ def linearised_q(
     mutants={
         "(λ_F G + λ_W I) without the inverse": {"solution": _without_inverse},
         "λ_W outside the inverse: (λ_F G + I)⁻¹/λ_W": {"solution": _damping_outside},
-        "library Q with the WSD missing its ½": {"proximal": _WsdWithoutHalf},
+        "library Q with the WSD missing its ½": {"proximal": WsdWithoutHalf},
         "library squared-error FSD missing its ½": {"squared": squared_without_half},
     },
 )
@@ -823,7 +814,7 @@ def limit_errors(
         "empirical Fisher (B′'s data labels, not y ~ p_θ)": {"labels": _data_labels},
         "GGN without ∇²ρ (J_fᵀJ_f) for cross-entropy": {"hessian_of_rho": _identity_output_hessian},
         "library KL FSD summed over B′, not averaged": {"kl": _kl_summed},
-        "library Q with the WSD missing its ½": {"proximal": _WsdWithoutHalf},
+        "library Q with the WSD missing its ½": {"proximal": WsdWithoutHalf},
     },
 )
 def apo_2(

@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         default="all",
         help="fast: the checks of tier 'fast' and the claims not tested; all (default): every check",
     )
-    parser.add_argument("--list", action="store_true", help="list the registered ids and exit")
+    parser.add_argument(
+        "--list", action="store_true", help="list the ids --only and --tier select (all by default) and exit"
+    )
     return parser
 
 
@@ -173,11 +175,13 @@ def format_markdown(records: list[Record]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _list(registry: Registry) -> str:
+def _list(registry: Registry, ids: list[str] | None) -> str:
+    """The registered ids (those in `ids`, None: all) with provenance, paper and tier."""
     return "\n".join(
         f"{e.id:<14} {e.tag:<16} {e.paper}"
         + ("  (not tested)" if not hasattr(e, "fn") else "  (dynamics)" if e.tier == "dynamics" else "")
         for e in registry
+        if ids is None or e.id in ids
     )
 
 
@@ -185,13 +189,16 @@ def main(argv: Sequence[str] | None = None, registry: Registry = REGISTRY) -> in
     """Run the CLI; returns the exit status (argparse exits with 2 on usage errors)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.list:
-        print(_list(registry))
-        return 0
     ids = _selected(parser, args.only, registry)
     if args.tier == "fast":  # "not tested" claims have no tier and stay
         fast = [e.id for e in registry if getattr(e, "tier", "fast") == "fast"]
-        ids = [i for i in (fast if ids is None else ids) if i in fast]
+        excluded = [i for i in ids or () if i not in fast]
+        if excluded:
+            parser.error(f"--only {', '.join(excluded)}: of tier 'dynamics', which --tier fast leaves out")
+        ids = fast if ids is None else ids
+    if args.list:
+        print(_list(registry, ids))
+        return 0
     records = run(registry, ids, None if args.quiet else _progress)
     print(format_report(records))
     if args.markdown:

@@ -129,11 +129,11 @@ class Objective(abc.ABC):
     """Whether `meta_grads` answers a `precondalg.objectives.Statistics` where the context asks for one
     (`BlockContext.statistics`), for a closed-form fitter."""
     gives_gradients: ClassVar[bool] = True
+    """Whether it answers with a gradient (or a relative gradient) for a fitter that steps: False for
+    the objectives that only give statistics, which need a closed-form fitter."""
     sets_eigenbasis: ClassVar[bool] = False
     """Whether its `Statistics` can set an `Eigenbasis` part in closed form (two statistics, the
     Kronecker eigenbasis; K-FAC's `LayerStatistics`)."""
-    """Whether it answers with a gradient (or a relative gradient) for a fitter that steps: False for
-    the objectives that only give statistics, which need a closed-form fitter."""
 
     @abc.abstractmethod
     def evaluate(
@@ -178,8 +178,18 @@ class Objective(abc.ABC):
         """What a step that does not fit φ needs (``update_probability`` < 1 skipped the fit): the
         gradients only, set in every ``.grad``, from the closure in either convention (see
         `run_closure`); the objective's per-step inputs are not used.  Objectives whose gradients come
-        from elsewhere override it."""
+        from elsewhere override it.  The inputs are checked as on a fitting step (`check_inputs`): a
+        misspelt one is refused on every step, not only on the steps that fit."""
+        self.check_inputs(inputs)
         return Evaluation(run_closure(closure, params, type(self).__name__))
+
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Refuse per-step keyword inputs the objective does not take (default: it takes none).
+
+        Raises:
+            TypeError: an input the objective does not take, or one of the wrong kind.
+        """
+        reject_inputs(type(self).__name__, inputs)
 
     @abc.abstractmethod
     def meta_grads(

@@ -36,7 +36,6 @@ from precondalg.objectives.base import (
     functional_outputs,
     loss_gradients,
     parameter_names,
-    reject_inputs,
     run_closure,
     set_grads,
     watch_gradients,
@@ -185,7 +184,7 @@ class Newton(_Criterion):
             vs = _draw(params, generator)
             loss, grads, hs = self._forward_over_reverse(params, vs, closure, inputs)
         else:
-            reject_inputs("Newton", inputs)
+            self.check_inputs(inputs)
             self._require_closure(closure)
             with _explain_compiled_double_backward(self.hvp):
                 rng = _global_rng_state()  # a stochastic closure (dropout) draws the same twice
@@ -232,7 +231,7 @@ class Newton(_Criterion):
             grads, loss = grad_and_value(loss_fn)(primal)
             grads = [grads[names[p]] for p in params]
         else:
-            reject_inputs("Newton", inputs)
+            self.check_inputs(inputs)
             self._require_closure(closure)
             loss, grads = self._gradients(params, closure, create_graph=False)
         set_grads(params, [None if g is None else g.detach() for g in grads])
@@ -405,7 +404,7 @@ class Fisher(_Criterion):
         generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
-        reject_inputs("Fisher", inputs)
+        self.check_inputs(inputs)
         loss = run_closure(closure, params, "Fisher")
         vs = _draw(params, generator)
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]

@@ -29,7 +29,7 @@ import torch
 from torch.func import vjp
 
 from precondalg._checks import check_choice
-from precondalg.objectives.base import BlockContext, Evaluation, Objective, reject_inputs, run_closure
+from precondalg.objectives.base import BlockContext, Evaluation, Objective, run_closure
 from precondalg.structures import Structure
 
 __all__ = ["Hypergradient"]
@@ -64,7 +64,7 @@ class Hypergradient(Objective):
         generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
-        reject_inputs("Hypergradient", inputs)
+        self.check_inputs(inputs)
         if self.mode == "unroll" and closure is None:
             raise ValueError(
                 "Hypergradient(mode='unroll'): step() needs a closure (it is evaluated again at "

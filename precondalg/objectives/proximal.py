@@ -17,7 +17,7 @@ Parameters outside the optimizer's preconditioned blocks stay at θ in the looka
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -77,8 +77,9 @@ class Proximal(Objective):
     """APO's proximal meta-objective (Eq. 8).
 
     Per step, ``optimizer.step(batch=(inputs, targets), fsd_batch=inputs′)`` after the usual backward
-    on the same batch; without ``batch`` the step makes no meta-update (APO meta-updates every K
-    steps, Algorithm 1).  The closure is optional; it may call ``backward`` and return the loss
+    on the same batch: a step that fits φ needs ``batch`` (a ValueError otherwise); to meta-update every
+    K steps (Algorithm 1) give the optimizer ``update_probability=every(K)``, whose steps in between
+    need neither.  The closure is optional; it may call ``backward`` and return the loss
     (torch.optim's convention) or only return the loss (PSGD's): the optimizer then sets the gradients.
 
     Attributes:
@@ -87,13 +88,10 @@ class Proximal(Objective):
         fsd: "kl", "squared" or a function ``ρ(new_outputs, old_outputs) -> scalar`` (batch mean).
         lam_fsd: λ_FSD ≥ 0.
         lam_wsd: λ_WSD ≥ 0.
-        require_batch: a step that fits φ must have ``batch`` (a ValueError otherwise), instead of
-            making no meta-update; for an optimizer that fits only every K steps (`APO`, through
-            ``update_probability``), the steps that do not fit need none.
 
     Raises:
-        ValueError: an unknown fsd name or a negative λ; at step time, a missing ``fsd_batch`` when
-            λ_FSD > 0, or parameters the model does not own.
+        ValueError: an unknown fsd name or a negative λ; at construction, parameters the model does not
+            own; at a step that fits, a missing ``batch``, or a missing ``fsd_batch`` when λ_FSD > 0.
     """
 
     reads_cache: ClassVar[bool] = False
@@ -104,7 +102,6 @@ class Proximal(Objective):
     fsd: str | Divergence = "kl"
     lam_fsd: float = 0.0
     lam_wsd: float = 0.0
-    require_batch: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.fsd, str) and self.fsd not in _DIVERGENCES:
@@ -121,33 +118,27 @@ class Proximal(Objective):
         generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
-        _check_inputs(inputs)
-        if self.require_batch and inputs.get("batch") is None:
+        self.check_inputs(inputs)
+        if inputs.get("batch") is None:
             raise ValueError(
                 "Proximal: this step fits the preconditioner, which needs step(batch=(inputs, targets), "
                 "fsd_batch=inputs′) with B the batch of the gradient"
             )
-        if inputs.get("batch") is not None and self.lam_fsd > 0 and inputs.get("fsd_batch") is None:
+        if self.lam_fsd > 0 and inputs.get("fsd_batch") is None:
             raise ValueError("Proximal: λ_FSD > 0 needs step(..., fsd_batch=inputs′), a batch other than B")
         return Evaluation(run_closure(closure, params, "Proximal"), data=inputs)
 
-    def evaluate_gradients(
-        self,
-        params: list[torch.Tensor],
-        closure: Callable[[], Any] | None,
-        generator: torch.Generator,
-        **inputs: Any,
-    ) -> Evaluation:
-        """A step that does not fit φ (between APO's meta-updates): the gradients only; ``batch`` and
-        ``fsd_batch`` are accepted and unused, any other input is refused as on a fitting step (a
-        misspelt name would otherwise pass unnoticed until the next meta-update)."""
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """``batch`` (the pair (inputs, targets) of B) and ``fsd_batch`` (the inputs of B′), on every
+        step; anything else, a misshapen batch, or a (inputs, targets) pair as ``fsd_batch`` is refused."""
         _check_inputs(inputs)
-        return super().evaluate_gradients(params, closure, generator)
+
+    def check_block(self, params: Sequence[torch.Tensor], placement: Any) -> None:
+        """Refuse, at construction, parameters `model` does not own: the lookahead evaluates `model`."""
+        parameter_names(self.model, list(params), "Proximal")
 
     def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
-        batch = evaluation.data.get("batch")
-        if batch is None:
-            return [None] * len(blocks)
+        batch = evaluation.data["batch"]
         names = parameter_names(self.model, [p for b in blocks for p in b.params], "Proximal")
         theta = {name: p.detach() for p, name in names.items()}
         inputs, targets = batch

@@ -37,7 +37,6 @@ from precondalg.objectives.base import (
     BlockwiseObjective,
     Evaluation,
     Objective,
-    reject_inputs,
     run_closure,
 )
 from precondalg.structures import (
@@ -280,7 +279,7 @@ class GradientStatistics(BlockwiseObjective):
         self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
-        reject_inputs("GradientStatistics", inputs)
+        self.check_inputs(inputs)
         return Evaluation(run_closure(closure, params, "GradientStatistics"))
 
     def meta_grad(self, ctx: BlockContext) -> Statistics:
@@ -525,7 +524,7 @@ class LayerStatistics(Objective):
         self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
-        reject_inputs("LayerStatistics", inputs)
+        self.check_inputs(inputs)
         loss = run_closure(closure, params, "LayerStatistics")
         return Evaluation(loss, data={"layers": self._take()})
 

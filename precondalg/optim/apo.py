@@ -131,13 +131,12 @@ def APO(
             raise ValueError(
                 f"APO: '{name}' belongs to the other mode; got {name}={value!r} with mode={mode!r}"
             )
-    objective = Proximal(model, loss_fn, fsd=fsd, lam_fsd=lam_fsd, lam_wsd=lam_wsd, require_batch=True)
-    params = list(params)
-    _check_owned(params, model)
+    objective = Proximal(model, loss_fn, fsd=fsd, lam_fsd=lam_fsd, lam_wsd=lam_wsd)
     rule = {"momentum": float(momentum)} if base == "momentum" else {}
     meta_lr = _META_LR[mode] if meta_lr is None else float(meta_lr)
     if mode == "lr":
         check_number("APO", "lr", lr, 0.0, lo_open=True)
+        params = list(params)
         per_group = [i for i, group in enumerate(params) if isinstance(group, dict) and "lr" in group]
         if per_group:
             raise ValueError(
@@ -163,7 +162,7 @@ def APO(
         )
     check_number("APO", "scale", scale, 0.0, math.inf, lo_open=True, hi_open=True)
     check_number("APO", "warmup", warmup, 0, integer=True)
-    opt = Preconditioned(
+    return Preconditioned(
         params,
         lr,
         structure=eigenbasis(float(scale)),
@@ -181,25 +180,6 @@ def APO(
         preset_arguments=_ARGUMENTS,
         **rule,
     )
-    if not opt.preconditioners():
-        raise ValueError(
-            "APO(mode='precond'): no parameter is the weight or bias of an nn.Linear or nn.Conv2d layer of "
-            "`model`, so nothing would be preconditioned; expected `model` to be the module that owns "
-            "the parameters (not a copy) with such layers, or mode='lr'"
-        )
-    return opt
-
-
-def _check_owned(params: list[Any], model: torch.nn.Module) -> None:
-    """Refuse parameters that `model` does not own: the lookahead evaluates `model` (Eq. 8)."""
-    owned = {id(p) for p in model.parameters()}
-    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
-    foreign = sum(id(p) not in owned for p in tensors)
-    if foreign:
-        raise ValueError(
-            f"APO: `model` must own every parameter the optimizer updates (its lookahead evaluates the "
-            f"model); {foreign} of {len(tensors)} parameters are not model.parameters()"
-        )
 
 
 def fsd_batches(loader: Iterable[Any]) -> Iterator[Any]:

@@ -85,6 +85,9 @@ class Every:
 
     k: int
 
+    def __post_init__(self) -> None:
+        check_number("every", "k", self.k, 1, integer=True)
+
     def __call__(self, steps: int) -> float:
         return 1.0 if steps % self.k == 0 else 0.0
 
@@ -101,8 +104,7 @@ def every(k: int) -> Every:
         >>> tuple(every(3)(t) for t in range(5))
         (1.0, 0.0, 0.0, 1.0, 0.0)
     """
-    check_number("every", "k", k, 1, integer=True)
-    return Every(int(k))
+    return Every(k)
 
 
 def check_choices(structure: Any, placement: Any, objective: Any, fitter: Any) -> None:

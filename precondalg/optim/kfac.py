@@ -93,13 +93,6 @@ def KFAC(
     check_number("KFAC", "ema", ema, 0.0, 1.0, lo_open=True, hi_open=True)
     objective = LayerStatistics(model, damping)
     placement = Layer(model)
-    params = [dict(item, params=list(item["params"])) if isinstance(item, dict) else item for item in params]
-    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
-    if not any(placement.covers(p) for p in tensors):
-        raise ValueError(
-            f"KFAC: none of the {len(tensors)} parameters is the weight or bias of an nn.Linear or nn.Conv2d "
-            f"layer of the model ({type(model).__name__}); K-FAC would precondition nothing"
-        )
     rule = {"momentum": float(momentum)} if momentum > 0 else {}
     return Preconditioned(
         params,

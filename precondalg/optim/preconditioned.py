@@ -239,7 +239,8 @@ class Preconditioned(torch.optim.Optimizer):
             ‖Δθ‖ ≤ lr·Ω).  None: no clipping.
         warmup: the number of first steps (calls of `step` that reached a parameter, as counted for
             `update_probability`) in which P is fitted but not applied: the base rule alone (APO-Precond's
-            warm-up, Bae et al. 2022 §5).
+            warm-up, Bae et al. 2022 §5). A `Graft`'s accumulators start when P is first applied. Refused
+            with an objective that reads the last applied step (`Objective.reads_cache`: Hypergradient).
         graft: a `Graft`: rescale each preconditioned block's direction P·u to the norm of a diagonal
             method's step on u (layer-wise grafting, as Distributed Shampoo does); None: none.
             Blocks without a placement are not grafted (they take the base rule alone).
@@ -328,6 +329,12 @@ class Preconditioned(torch.optim.Optimizer):
         self._structure = structure
         self._placement = placement
         self._objective = objective if objective is not None else Hypergradient()
+        if self._warmup and self._objective.reads_cache:
+            raise ValueError(
+                f"Preconditioned: warmup={warmup} with objective {type(self._objective).__name__}, whose "
+                "meta-gradient goes through the last step P was applied in; during a warm-up P is not "
+                "applied. Use warmup=0, or an objective that evaluates its own lookahead (Proximal)"
+            )
         if auto_scale and not hasattr(self._objective, "initial_scale"):
             raise ValueError(
                 "Preconditioned: 'auto_scale' sets Q₀'s scale from the objective's first (v, h) pair, "
@@ -351,6 +358,14 @@ class Preconditioned(torch.optim.Optimizer):
             k: (v if given.get(k) is None else given[k]) for k, v in self._base.hyperparameters.items()
         }
         super().__init__(params, {"lr": lr, **rule_defaults, "weight_decay": weight_decay})
+        if self._placement is not None and not any(b.placement for blocks in self._blocks for b in blocks):
+            n = sum(len(group["params"]) for group in self.param_groups)
+            raise ValueError(
+                f"{self._name}: placement {self._placement!r} covers none of the {n} parameters, so nothing "
+                "would be preconditioned (the base rule alone would run); expected a placement that covers "
+                "some of them (e.g. Layer(model) needs the model's own nn.Linear/nn.Conv2d parameters), or "
+                "placement=None for the base rule"
+            )
 
     def __repr__(self) -> str:
         return f"{self._name} ({super().__repr__()})"

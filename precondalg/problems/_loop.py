@@ -1,15 +1,17 @@
-"""Pieces the training loops of `precondalg.problems` share: whether an optimizer is APO's proximal row
-(it then takes ``step(batch=…, fsd_batch=…)``), and the count of the optimizer's skipped-step warnings."""
+"""Pieces the training loops of `precondalg.problems` share: what a run returns (`TrainResult`), whether an
+optimizer is APO's proximal row (it then takes ``step(batch=…, fsd_batch=…)``), and the count of the
+optimizer's skipped-step warnings."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["SkipCount", "counting_skips", "is_proximal"]
+__all__ = ["SkipCount", "TrainResult", "counting_skips", "is_proximal"]
 
 
 def is_proximal(opt: torch.optim.Optimizer) -> bool:
@@ -42,3 +44,23 @@ def counting_skips() -> Iterator[SkipCount]:
     for w in caught:
         if not issubclass(w.category, SkippedStepWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+        losses: J on the whole sample before each step (losses[t] before step t + 1), as far as the run
+            went; ``losses[-1]`` is the loss before the last step taken.
+        final: J after the last step; inf where the run diverged.
+        diverged_at: the step (1-based) whose loss was non-finite or above the divergence bound; None.
+        seconds: wall time of the loop (model and optimizer construction excluded).
+        skipped: the number of `precondalg.optim.SkippedStepWarning` warnings the optimizer issued.
+    """
+
+    losses: list[float]
+    final: float
+    diverged_at: int | None
+    seconds: float
+    skipped: int

@@ -45,11 +45,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
+
+from precondalg.problems._loop import TrainResult, counting_skips, is_proximal
 
 __all__ = [
     "IllConditionedRegression",
@@ -231,36 +232,15 @@ def ill_conditioned_regression(
     return IllConditionedRegression(A=A, U=U, V=V, singular_values=s, X=X, Y=Y, config=config)
 
 
-@dataclasses.dataclass
-class TrainResult:
-    """What `train` returns.
-
-    Attributes:
-        losses: J on the whole sample before each step (losses[t] before step t + 1), as far as the run
-            went; ``losses[-1]`` is the loss before the last step taken.
-        final: J after the last step; inf where the run diverged.
-        diverged_at: the step (1-based) whose loss was non-finite or above the divergence bound; None.
-        seconds: wall time of the loop (model and optimizer construction excluded).
-        skipped: the number of `precondalg.optim.SkippedStepWarning` warnings the optimizer issued.
-    """
-
-    losses: list[float]
-    final: float
-    diverged_at: int | None
-    seconds: float
-    skipped: int
-
-
 def _fisher_kind(opt: torch.optim.Optimizer, fisher: str) -> tuple[bool, bool]:
     """(whether the optimizer is APO's proximal row, whether K-FAC's statistics are sampled)."""
-    from precondalg.objectives import LayerStatistics, Proximal
+    from precondalg.objectives import LayerStatistics
 
-    objective = getattr(opt, "objective", None)
     if fisher not in ("empirical", "sampled"):
         raise ValueError(f"train: fisher must be 'empirical' or 'sampled'; got {fisher!r}")
-    if fisher == "sampled" and not isinstance(objective, LayerStatistics):
+    if fisher == "sampled" and not isinstance(getattr(opt, "objective", None), LayerStatistics):
         raise ValueError("train: fisher='sampled' needs an optimizer with LayerStatistics (KFAC)")
-    return isinstance(objective, Proximal), fisher == "sampled"
+    return is_proximal(opt), fisher == "sampled"
 
 
 def train(
@@ -289,20 +269,20 @@ def train(
       ``final`` is inf and ``diverged_at`` the step).
 
     Raises:
-        ValueError: steps < 0; an unknown fisher, or fisher="sampled" without K-FAC's statistics.
+        ValueError: steps < 0, diverge_factor ≤ 1; an unknown fisher, or fisher="sampled" without K-FAC's
+            statistics.
     """
     if steps < 0:
         raise ValueError(f"train: steps must be ≥ 0; got {steps}")
-    from precondalg.optim import SkippedStepWarning
-
+    if not diverge_factor > 1:
+        raise ValueError(f"train: diverge_factor must be > 1; got {diverge_factor!r}")
     proximal, sampled = _fisher_kind(opt, fisher)
     X, Y = problem.X, problem.Y
     weights = [layer.weight for layer in model]
     gen = torch.Generator().manual_seed(int(seed))
     losses: list[float] = []
     diverged_at = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedStepWarning)
+    with counting_skips() as skipped:
         start = time.perf_counter()
         for t in range(1, steps + 1):
             opt.zero_grad(set_to_none=True)
@@ -332,10 +312,6 @@ def train(
             else:
                 opt.step()
         seconds = time.perf_counter() - start
-    skipped = sum(issubclass(w.category, SkippedStepWarning) for w in caught)
-    for w in caught:  # pass the other warnings on
-        if not issubclass(w.category, SkippedStepWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if diverged_at is None:
         with torch.no_grad():
             final = problem.loss(model).item()
@@ -343,4 +319,6 @@ def train(
             final, diverged_at = math.inf, steps + 1
     else:
         final = math.inf
-    return TrainResult(losses=losses, final=final, diverged_at=diverged_at, seconds=seconds, skipped=skipped)
+    return TrainResult(
+        losses=losses, final=final, diverged_at=diverged_at, seconds=seconds, skipped=skipped.value
+    )

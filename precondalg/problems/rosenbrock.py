@@ -32,8 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from precondalg.problems._loop import counting_skips, is_proximal
-from precondalg.problems.ill_conditioned_regression import TrainResult
+from precondalg.problems._loop import TrainResult, counting_skips, is_proximal
 
 __all__ = ["Rosenbrock", "RosenbrockRun", "minimize", "rosenbrock"]
 
