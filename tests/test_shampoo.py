@@ -21,7 +21,7 @@ from precondalg.matrix_functions import newton_inverse_root, psd_power
 from precondalg.objectives import BlockwiseObjective, Evaluation, Fisher, GradientStatistics, Statistics
 from precondalg.objectives.base import run_closure
 from precondalg.optim import Graft, Preconditioned, Shampoo, SkippedStepWarning
-from precondalg.placement import EveryAxis, Flatten, InputSide, TwoSided
+from precondalg.placement import EveryAxis, Flatten, InputSide, OutputSide, TwoSided
 from precondalg.structures import simple_parts
 
 F64 = torch.float64
@@ -228,11 +228,12 @@ def test_closed_form_of_every_simple_structure_against_dense(structure, placemen
 
 @pytest.mark.parametrize(
     ("structure", "placement"),
-    [(families.dense(), Flatten()), (families.diagonal(), Flatten()), (families.dense_gram(), InputSide())],
+    [(families.dense(), Flatten()), (families.diagonal(), Flatten()), (families.dense_gram(), Flatten())],
 )
 def test_fisher_statistics_equal_adagrads(structure, placement):
     """PSGD's Fisher criterion with λ = 0, solved in closed form, is full-matrix (or diagonal) AdaGrad
-    where φ is not a Kronecker product: the same parameters as GradientStatistics, bit for bit."""
+    where φ is not a Kronecker product and a block is one column (one pair (v, h) per step): the same
+    parameters as GradientStatistics, bit for bit."""
     runs = []
     for objective in (GradientStatistics(), Fisher()):
         model = make_model("mlp")
@@ -244,6 +245,30 @@ def test_fisher_statistics_equal_adagrads(structure, placement):
         runs.append(clone_params(model.parameters()))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("placement", [InputSide(), OutputSide()])
+def test_fisher_closed_form_is_the_criterions_minimiser_for_a_block_of_k_columns(placement, float64):
+    """A block placed as k columns is k pairs (v, h) of the criterion Σ hᵀPh + vᵀP⁻¹v, minimised by
+    P(Σhhᵀ)P = Σvvᵀ = kI: with β < 1 (bias-corrected, so one step reads s itself) Fisher(λ) + ClosedForm
+    sets P = (Σ_j g_j g_jᵀ/k + λ²I)^(−1/2) — √k times AdaGrad's (Σ g_j g_jᵀ + kλ²I)^(−1/2) — and the
+    criterion's gradient (precondalg's `criterion`, by autograd) vanishes there in expectation over v."""
+    W = torch.nn.Parameter(torch.zeros(4, 6, dtype=F64))
+    opt = Preconditioned(
+        [W], 0.0, structure=families.dense(), placement=placement, objective=Fisher(damping=0.5),
+        fitter=ClosedForm(beta=0.5),
+    )
+    W.grad = torch.randn(4, 6, generator=torch.Generator().manual_seed(3), dtype=F64)
+    opt.step()
+    ((_, P),) = opt.preconditioners()
+    X = placement.view([W.grad])  # (d, k): the k columns the block's P acts on
+    d, k = X.shape
+    expected = _root((X @ X.mT / k).numpy() + 0.25 * np.eye(d), -0.5)
+    assert_close([P.to_dense()], [torch.tensor(expected)], 1e-12)
+    # E_v over the k columns of ∂/∂P [Σ (g + λv)ᵀP(g + λv) + vᵀP⁻¹v] = Σ ggᵀ + kλ²I − k P⁻² = 0.
+    Pd = torch.tensor(expected)
+    residual = X @ X.mT + k * 0.25 * torch.eye(d, dtype=F64) - k * torch.linalg.inv(Pd @ Pd)
+    assert residual.abs().max() < 1e-10
 
 
 def test_fisher_damping_is_integrated_out(float64):

@@ -188,6 +188,11 @@ def whitening_statistics(ctx: BlockContext, X: torch.Tensor, isotropic: float = 
     each factor Lᵢ^(−1/2) times tr(C)^((K−1)/2K), tr(C) taken as the geometric mean of the tr Lᵢ (all
     equal in expectation).  (Shampoo's −1/(2K) roots are another choice: `GradientStatistics`.)
 
+    The k columns of X are k pairs (v, h) of the criterion Σ hᵀPh + vᵀP⁻¹v, whose minimiser solves
+    P (Σ hhᵀ) P = Σ vvᵀ = k·I: so C is the mean over the columns, (1/k)·Σ hhᵀ, and P is the same for a
+    block placed as one column or as k (`ClosedForm` then averages C over steps with β < 1; its β = 1
+    sums them, AdaGrad's convention, which scales P by 1/√t).
+
     Args:
         ctx: the block's context (φ and the family's power).
         X: (n, k) placed h (Hv, or the gradient).
@@ -198,6 +203,7 @@ def whitening_statistics(ctx: BlockContext, X: torch.Tensor, isotropic: float = 
     if isotropic:
         count = X.numel()
         samples = [_plus_identity(S, isotropic * count / d) for S, d in zip(samples, _sizes(ctx.phi))]
+    samples = [S / X.shape[1] for S in samples]  # the mean over the k pairs (see above)
     kronecker = max(orders) > 1
     scale = functools.partial(_kronecker_trace_scale, tuple(orders), _sizes(ctx.phi)) if kronecker else None
     return Statistics(tuple(samples), tuple(-0.5 for _ in samples), _power(ctx), scale=scale)
