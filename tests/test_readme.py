@@ -32,7 +32,7 @@ def test_quick_start_has_exactly_two_commands() -> None:
 
 def test_quick_start_commands_create_and_activate_a_venv_then_install_torch_first() -> None:
     first, second = _quick_start_commands()
-    assert first == VENV + TORCH + "python -m pip install -e . && python -m theory_checks", first
+    assert first == VENV + TORCH + 'python -m pip install -e ".[theory]" && python -m theory_checks', first
     dev = 'python -m pip install -e ".[dev]" && '
     references = "python -m pip install --no-deps -r requirements-references.txt && "
     assert second == VENV + TORCH + dev + references + "python -m pytest", second
@@ -50,7 +50,8 @@ def test_ci_runs_everything_after_the_test_command_in_its_venv() -> None:
     assert "set -euo pipefail" in lines
     after = lines[lines.index(_quick_start_commands()[1]) + 1 :]
     assert after and after[0].startswith('test "$VIRTUAL_ENV" -ef .venv'), after
-    for command in ("ruff check .", "mkdocs build --strict", "python -m theory_checks"):
+    for command in ("python -m pytest -m slow", "ruff check .", "mkdocs build --strict",
+                    "python -m theory_checks"):
         assert command in after, command
     assert not any(line.startswith(("(", "bash ", "sh ", "deactivate")) for line in after), after
 

@@ -64,8 +64,24 @@ def test_apo10_and_11_mutants_are_caught_where_intended(records):
     for name in ("S unsquared", "outer factor untransposed"):
         m = mutant(r, name)
         assert m.quantity == "min gᵀP̂g/(‖P̂‖‖g‖²)" and m.measured < -0.1
-    assert mutant(r, "applied step 2.5").caught_by == ("min decrease/((1 − 0.45)·α·gᵀP̂g)",)
-    assert mutant(r, "applied step 2.5").measured < 0  # J increases on the tight instance
+    step = mutant(r, "applied step 2.5")
+    assert step.caught_by == ("min decrease/(claimed factor·α·gᵀP̂g)",
+                              "max sampled (J₁ − J₀)·Lλ_max/gᵀP̂g − PEPit worst case")
+    assert step.measured < 0  # J increases on the tight instance
+    faster = mutant(r, "claimed decrease (1 − c/4)")  # refuted by the exact worst case, not only sampled
+    assert "PEPit worst-case decrease − claimed (c = 0.9)" in faster.caught_by
+
+
+def test_apo11_certificate_is_the_descent_lemma_and_reaches_the_samples(records):
+    r = records["APO-11"]
+    # PEPit's exact worst case on L-smooth functions is the descent lemma, −c(1 − c/2)·‖g‖²/L.
+    for c in (0.5, 0.9, 1.0, 1.5, 2.1):
+        value, gap, status = ah.pep_descent(c)
+        assert status == "optimal" and abs(gap) < 1e-9
+        assert value == pytest.approx(-c * (1 - c / 2), abs=ah.PEP_TOL)
+    # The isotropic quadratic along P̂'s top eigenvector attains the worst case.
+    assert part(r, "max sampled")["measured"] == pytest.approx(0.0, abs=ah.PEP_TOL)
+    assert r.details["solver"] == "CLARABEL" and r.details["max_duality_gap"] < 1e-9
 
 
 # ----- pinned numbers -----
@@ -249,5 +265,5 @@ def test_tight_instance_attains_the_descent_bound():
         J = ah._tight(2, 3, P, gen)
         lam = float(torch.linalg.eigvalsh(ah.dense_of(P))[-1])
         decrease, g = ah.library_step(J, ah.at_phi(structured_preconditioner, A, B, S, 0.9), 1 / (J.L * lam))
-        bound = ah.DESCENT_FACTOR * 0.9 / (J.L * lam) * float(g @ (P @ g))
+        bound = ah.descent_factor(0.9) * 0.9 / (J.L * lam) * float(g @ (P @ g))
         assert decrease / bound == pytest.approx(1.0, rel=1e-12)

@@ -1,23 +1,21 @@
 """Tests of FOP-1/1′ (Theorem 2 of the FOP paper and its sharper form) in `theory_checks.fop_convergence`:
 the check passes, every mutant fails on the part meant to catch it (the faster claimed rate is refuted
 by PEPit's exact worst case), PEPit's values are pinned against closed forms, and the rates hold on
-`hypothesis` draws of the shared strategies (seeds, dims, `spd(n, −1.3, 1.3)` for P).
+`hypothesis` draws of the shared strategies (`pl_problem()` families and dims, `spd(n, −1.3, 1.3)` for P).
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import dims, seeds, spd
+from strategies import pl_problem, spd
 from theory_helpers import mutant, part
 
 from theory_checks import REGISTRY, Check, run
 from theory_checks import fop_convergence as fc
+from theory_checks._numerics import E_RTOL
 from theory_checks.runner import check_environment
 
 ID = "FOP-1"
@@ -69,21 +67,19 @@ def test_pepit_values_match_closed_forms(float64):
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=seeds(), n=dims(2, 6), data=st.data())
-def test_rates_hold_on_drawn_quadratics(seed, n, data):
-    P = torch.from_numpy(data.draw(spd(n, -1.3, 1.3)))
+@given(problem=pl_problem(), data=st.data())
+def test_rates_hold_on_drawn_pl_problems(problem, data):
+    """A `pl_problem()` draw with P from spd(n, −1.3, 1.3) (THEORY.md §6): FOP-1's comparisons of the
+    instance (`fop_convergence._instance`: the library's steps at both step sizes) all hold — also at a
+    scalar P (spd draws P = I exactly when its log-range is [0, 0]), where ε = 1/(Lc) is Newton's step at
+    θ* = 0 of x² + 3sin²x and each θ_{t+1} is a cancellation (the step error is measured against the
+    operands' scale, as class E says).
+    """
+    P = torch.from_numpy(data.draw(spd(problem.theta0.numel(), *fc.P_LOG_RANGE), label="P"))
+    tally = fc._Tally()
     with check_environment():
-        gen = fc.generator(seed % 2**31)
-        prob = fc._spd_quadratic(n, gen)
-        p = np.linalg.eigvalsh(P.numpy())
-        lmin, lmax = float(p[0]), float(p[-1])
-        M = torch.linalg.cholesky(P).mT  # MᵀM = P
-        for step in fc.STEP_SIZES.values():
-            eps = step(prob.L, lmin, lmax)
-            ratio = max(fc._ratios(prob.f, fc._run(prob.f, prob.theta0, eps, fc._fixed_p(M), 10)))
-            assert ratio <= fc.sharp_rate(prob.mu, prob.L, lmin, lmax, eps) * (1 + fc.RATE_RTOL)
-            worst = fc.pep_one_step("sc", prob.mu * lmin / (prob.L * lmax), eps * prob.L * lmax)[0]
-            assert ratio <= worst + fc.PEP_TOL and math.isfinite(worst)
-        eps = fc.paper_step(prob.L, lmin, lmax)
-        ratio = max(fc._ratios(prob.f, fc._run(prob.f, prob.theta0, eps, fc._fixed_p(M), 10)))
-        assert ratio <= fc.paper_rate(prob.mu, prob.L, lmin, lmax, eps) * (1 + fc.RATE_RTOL)
+        fc._instance(problem, P, torch.linalg.cholesky(P).mT, tally, fc._fixed_p, fc.STEP_SIZES, fc.RATES)
+    assert tally.paper <= 1 + fc.RATE_RTOL and tally.sharp <= 1 + fc.RATE_RTOL, tally
+    assert tally.ref <= E_RTOL, tally
+    assert tally.sampled_vs_pep <= fc.PEP_TOL and tally.rate_minus_pep >= -fc.PEP_TOL, tally
+    assert tally.failed_solves == 0 and tally.gap <= fc.PEP_TOL / 1000, tally
