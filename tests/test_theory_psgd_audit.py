@@ -7,6 +7,8 @@ with g, Fisher ignoring λ) makes its check fail through a measured part, not by
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from strategies import seeds
 
 import precondalg as pa
+from precondalg.objectives import BlockContext
 from precondalg.structures import lie
 from theory_checks import REGISTRY
 from theory_checks import psgd as ps
@@ -107,3 +110,95 @@ def test_one_library_step_is_eq20(seed, name, n):
     assert row["steps"] == 3 and row["off-pattern"] == 0
     assert row["max step rel. error"] < 1e-10
     assert 0.5 * (1 - 1e-10) <= row["min diagonal factor"] <= row["max diagonal factor"] <= 1.5 * (1 + 1e-10)
+
+
+# ----- PSGD-15: the clipping bound, with library-side mutants -----
+
+CLIP_BOUND = "max ‖θ′ − θ‖/(μΩ)"
+CLIP_ERROR = "max rel. error of θ′ − θ vs μPĝ/max(1, ‖Pĝ‖/Ω)"
+
+
+@pytest.mark.parametrize(
+    ("name", "caught_by"),
+    [
+        ("clipping factor from ‖Pĝ‖_max, not the 2-norm", {CLIP_BOUND, CLIP_ERROR}),
+        ("clipping factor not capped at 1", {CLIP_ERROR}),
+    ],
+)
+def test_psgd15_wrong_clipping_in_the_preset_fails_where_intended(name, caught_by):
+    with check_environment():
+        failing = _failing(ps.psgd_15(**REGISTRY["PSGD-15"].mutants[name]))
+    assert failing == caught_by
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=seeds())
+def test_psgd15_holds_and_its_mutants_fail_for_other_draws(seed):
+    with check_environment():
+        outcome = ps.psgd_15(seed=seed)
+        assert outcome.passed, [p for p in outcome.parts if not p.passed]
+        for name, overrides in REGISTRY["PSGD-15"].mutants.items():
+            assert _failing(ps.psgd_15(**overrides, seed=seed)), name
+
+
+def test_the_mutant_criteria_handle_kronecker_and_closed_form_fits():
+    """`InverseNotTransposed` makes b = Q⁻¹v on a Kronecker Q too, and `FisherWithoutDamping` drops λ
+    from the closed form's statistics as well as from h (PSGD-9, PSGD-10 and PSGD-16 use them)."""
+    with check_environment():
+        gen = torch.Generator().manual_seed(5)
+        Q = pa.Kronecker(ps.triu_kind(2).draw(gen), ps.triu_kind(3).draw(gen))
+        v, h = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
+
+        def context(relative=False, statistics=False):
+            return BlockContext(phi=Q, form=pa.gram, grad=h, cache={}, extras={"h": h, "v": v},
+                                relative=relative, statistics=statistics, power=2)
+
+        wrong = ps.InverseNotTransposed().meta_grad(context(relative=True))
+        inv_v = ps.Newton().meta_grad(
+            BlockContext(phi=Q, form=pa.gram, grad=h, cache={}, extras={"h": h, "v": Q.T @ Q.solve(v)},
+                         relative=True)
+        )
+        right = ps.Newton().meta_grad(context(relative=True))
+        torch.testing.assert_close(wrong.R.to_dense(), inv_v.R.to_dense())
+        assert (wrong.R.to_dense() - right.R.to_dense()).abs().max() > 1e-3
+        damped = ps.Fisher(damping=0.7)
+        ignoring = ps.FisherWithoutDamping(damping=0.7)
+        h_damped = h + 0.7 * v
+        ctx = dataclasses.replace(context(statistics=True), extras={"h": h_damped, "v": v})
+        undamped = ps.Fisher().meta_grad(dataclasses.replace(ctx, extras={"h": h, "v": v}))
+        for got, want in zip(ignoring.meta_grad(ctx).samples, undamped.samples):
+            torch.testing.assert_close(got, want)
+        assert any(
+            (a - b).abs().max() > 1e-3 for a, b in zip(damped.meta_grad(ctx).samples, undamped.samples)
+        )
+
+
+# ----- the criteria checks (PSGD-1, 2, 3, 5, 13) on the library's closed form -----
+
+NEWTON_WITH_G = "Newton fits with g where Hv belongs"
+FISHER_IGNORES_LAMBDA = "Fisher ignores λ (fits with h = g, statistics without λ²I)"
+CLOSED_FORM_ROW = "max rel. error, library P vs diag(1/‖H_{i,:}‖₂) and diag(1 ⊘ √(E[ĝ⊙ĝ] + λ²))"
+
+
+@pytest.mark.parametrize(
+    ("id", "name", "knobs", "caught_by"),
+    [
+        ("PSGD-1", NEWTON_WITH_G, {"cases": 6}, "max ‖PAP − B‖/‖B‖ (Eq. 8) over 6 noisy draws"),
+        ("PSGD-2", NEWTON_WITH_G, {"cases": 12, "samples": 20_000},
+         "(b) noiseless draws: max ||eig(PH)| − 1|/cond(A)"),
+        ("PSGD-3", NEWTON_WITH_G, {"draws": 4, "samples": 20_000}, "(a) max rel. error, library p vs Eq. 15"),
+        ("PSGD-5", FISHER_IGNORES_LAMBDA, {"draws": 2, "per_sample": 40_000},
+         "(a) max rel. error, Preconditioned(Fisher, ClosedForm) P vs scipy (E[ĝĝᵀ] + λ²I)^{-1/2}"),
+        ("PSGD-13", NEWTON_WITH_G, {"draws": 1}, CLOSED_FORM_ROW),
+        ("PSGD-13", FISHER_IGNORES_LAMBDA, {"draws": 1}, CLOSED_FORM_ROW),
+    ],
+)
+def test_audit_bugs_fail_the_criteria_checks_on_the_closed_form(id, name, knobs, caught_by):
+    """Newton fitting with g and Fisher ignoring λ, as the library's closed-form path (`ClosedForm` on
+    the objective's statistics, or `Preconditioned`) runs them, fail PSGD-1, 2, 3, 5 and 13 through a
+    row comparing the library's P with its independent reference, while the library passes."""
+    chk = REGISTRY[id]
+    with check_environment():
+        assert chk.fn(**knobs).passed
+        failing = _failing(chk.fn(**knobs, **chk.mutants[name]))
+    assert caught_by in failing, failing

@@ -49,8 +49,10 @@ ALPHA0 = 0.5
 """α₀ used by LODO-1 (any positive value; the code's default is 1.0)."""
 EDGE_CONFIGS = ((1, 1, 2), (1, 16, 4), (40, 16, 4), (40, 1, 2), (2, 16, 2), (20, 8, 4))
 """(n, N, k) corners of the ranges checked: n ∈ [1, 40], N ∈ [1, 16], k ∈ {2, 4}."""
-COST_CONFIGS = ((1, 1, 2), (10, 4, 4), (40, 16, 4), (100, 16, 4))
-"""(n, N, k) of LODO-2; (100, 16, 4) is the code's default depth and block at n = 100 (ñ = 204)."""
+CODE_DEFAULT_CONFIG = (100, 16, 4)
+"""(n, N, k) of LODO-2's fixed instance: the code's default depth and block at n = 100 (ñ = 204)."""
+COST_DRAWS = 4
+"""How many (n, N, k) LODO-2 draws per run, from the ranges of LODO-1."""
 
 
 def with_kernels(A: pa.PermutationNetwork, mv: Kernel, rmv: Kernel) -> pa.PermutationNetwork:
@@ -108,12 +110,12 @@ def explicit_G(A: pa.PermutationNetwork, alpha0: float) -> torch.Tensor:
     return alpha0 * KE.mT @ KE
 
 
-def _configs(gen: torch.Generator, draws: int) -> list[tuple[int, int, int]]:
-    """EDGE_CONFIGS plus `draws` random (n, N, k) with n ∈ [1, 40], N ∈ [1, 16], k ∈ {2, 4}."""
+def draw_configs(gen: torch.Generator, draws: int) -> list[tuple[int, int, int]]:
+    """`draws` random (n, N, k) with n ∈ [1, 40], N ∈ [1, 16], k ∈ {2, 4} (LODO-1/2's ranges)."""
     n = torch.randint(1, 41, (draws,), generator=gen).tolist()
     N = torch.randint(1, 17, (draws,), generator=gen).tolist()
     k = (2 * torch.randint(1, 3, (draws,), generator=gen)).tolist()
-    return [*EDGE_CONFIGS, *zip(n, N, k)]
+    return list(zip(n, N, k))
 
 
 def _paper_width_network(n: int, depth: int, k: int, *, generator: torch.Generator) -> pa.PermutationNetwork:
@@ -161,7 +163,7 @@ def lodo_1(
     """
     gen, out = generator(seed), Measures()
     init_err, asym, lam, form_err, width_err = 0.0, 0.0, float("inf"), 0.0, 0
-    configs = _configs(gen, draws=12)
+    configs = [*EDGE_CONFIGS, *draw_configs(gen, draws=12)]
     for n, N, k in configs:
         A0 = with_kernels(network(n, N, k, generator=gen), mv, rmv)
         width_err = max(width_err, abs(A0.width - (2 * n + k - (2 * n) % k)))
@@ -194,18 +196,25 @@ def _count_multiply_adds(G: pa.Structure, x: torch.Tensor) -> int:
     paper="LODO §3 cost claim (Liao 2023)",
     statement=(
         "Cost count: one G x with G = gram(A) costs 2·N·ñ·k multiply-adds (O(ñkN)), counted by "
-        "FlopCounterMode for 4 (n, N, k), as gram(A).cost() declares."
+        "FlopCounterMode for 4 drawn (n ≤ 40, N ≤ 16, k ∈ {2, 4}) and the code's default (100, 16, 4), as "
+        "gram(A).cost() declares; G x = x at the orthogonal init."
     ),
     tolerance="exact: multiply-add count (FlopCounterMode); E: rel. error <= 1e-10",
     provenance="PAPER",
-    mutants={"dense ñ×ñ layers (2Nñ² multiply-adds)": {"mv": _dense_layer_mv, "rmv": _dense_layer_rmv}},
+    mutants={
+        "dense ñ×ñ layers (2Nñ² multiply-adds)": {"mv": _dense_layer_mv, "rmv": _dense_layer_rmv},
+        "x @ W on both halves (same count, wrong product)": {
+            "rmv": _transpose_kernel(inverse_perms=True, transpose_blocks=False)
+        },
+    },
 )
 def lodo_2(mv: Kernel = REAL_MV, rmv: Kernel = REAL_RMV, seed: int = 2) -> Outcome:
     """LODO-2 (Liao 2023, §3 cost claim): counted multiply-adds of one G x equal 2Nñk and
-    ``gram(A).cost().matvec``."""
+    ``gram(A).cost().matvec``, for `COST_DRAWS` (n, N, k) drawn from the seed and the code's default
+    depth and block at n = 100; the product itself is x at the orthogonal init (G = I)."""
     gen, out = generator(seed), Measures()
     rows, count_err, cost_err, value_err = [], 0, 0, 0.0
-    for n, N, k in COST_CONFIGS:
+    for n, N, k in [*draw_configs(gen, COST_DRAWS), CODE_DEFAULT_CONFIG]:
         A = with_kernels(pa.permutation_network(n, N, k, generator=gen), mv, rmv)
         G, x = pa.gram(A), torch.randn(n, generator=gen)
         counted, formula, declared = _count_multiply_adds(G, x), 2 * N * A.width * k, G.cost().matvec

@@ -21,8 +21,8 @@ its own block with its own G) and records x_t, s_t, the gradients, the losses, G
 `Recording` fitter, the meta-gradients the engine computed.  A `Recording` fitter without an inner
 fitter never moves G: the run then has a frozen A, and the recorded meta-gradients give the updates A
 *would* receive (LODO-6, LODO-7).  The references are the recursion (5)–(6), autograd, scipy's discrete
-Lyapunov solver and closed forms; mutants replace an engine piece (the family's VJP, the meta-optimizer)
-or a piece of the bowl (where the loss is evaluated, how the centre moves).
+Lyapunov solver and closed forms; mutants replace an engine piece (the family's VJP, the hypergradient
+objective, the meta-optimizer) or a piece of the bowl (where the loss is evaluated, how the centre moves).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ import torch
 import precondalg as pa
 from precondalg.families import Family, dense
 from precondalg.fitters import Fit, Fitter, TorchOptimizer
-from precondalg.objectives import Hypergradient
+from precondalg.objectives import Hypergradient, Objective
+from precondalg.objectives.base import BlockContext
 from precondalg.optim import Preconditioned
 from precondalg.placement import Concatenated
 from theory_checks._numerics import E_RTOL, E_TOL, generator, log_uniform, rel_err
@@ -77,6 +78,19 @@ def _flipped_vjp(phi: pa.Structure, u: torch.Tensor, c: torch.Tensor) -> pa.Stru
 
 TRANSPOSED = dataclasses.replace(DENSE, hyper_vjp=_transposed_vjp, name="dense(1.0), VJP transposed")
 FLIPPED = dataclasses.replace(DENSE, hyper_vjp=_flipped_vjp, name="dense(1.0), VJP sign flipped")
+HYPERGRADIENT = Hypergradient()
+"""precondalg's online hypergradient objective: the VJP of G ↦ G u_{t−1} with cotangent −α g_t."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshedCache(Hypergradient):
+    """Mutant objective: the cached u_{t−1} is overwritten by g_t before the VJP is taken, so the
+    meta-gradient pairs g_t with itself (−α g_t g_tᵀ for the dense family) instead of with g_{t−1}."""
+
+    def meta_grad(self, ctx: BlockContext) -> pa.Structure | None:
+        if "u" not in ctx.cache:
+            return None
+        return super().meta_grad(dataclasses.replace(ctx, cache={**ctx.cache, "u": ctx.grad}))
 
 
 # ----- the noisy bowl and the harness -----
@@ -162,14 +176,16 @@ class Recording(Fitter):
         return fit
 
 
-def simplified_lodo(params: list[torch.Tensor], family: Family, fitter: Fitter) -> Preconditioned:
+def simplified_lodo(
+    params: list[torch.Tensor], family: Family, fitter: Fitter, objective: Objective = HYPERGRADIENT
+) -> Preconditioned:
     """Simplified LODO on each parameter (one param group, hence one G, per parameter)."""
     return Preconditioned(
         [{"params": [p]} for p in params],
         lr=1.0,
         structure=family,
         placement=Concatenated(),
-        objective=Hypergradient(),
+        objective=objective,
         fitter=fitter,
         base="sgd",
         position="direction",
@@ -183,16 +199,18 @@ def run_bowls(
     family: Family = DENSE,
     fitter: FitterOf | None = sgd,
     stop: Callable[[int, list[torch.Tensor]], bool] | None = None,
+    objective: Objective = HYPERGRADIENT,
 ) -> list[Trace]:
     """Run simplified LODO on each bowl (G₀ from `G0s`), all in one optimizer, for the bowls' T steps.
 
     ``fitter(α)`` is the meta-optimizer; it is wrapped in `Recording` (``fitter=None``: frozen G).  `stop`
     sees the step index and the current G's after each step; returning True ends every run there.
+    `objective` computes the meta-gradients (precondalg's online `Hypergradient`, or a mutant).
     """
     T, n = bowls[0].noise.shape
     xs = [torch.zeros(n, requires_grad=True) for _ in bowls]
     recorder = Recording(None if fitter is None else fitter(alpha))
-    opt = simplified_lodo(xs, family, recorder)
+    opt = simplified_lodo(xs, family, recorder, objective)
     leaves = [opt.state[x]["preconditioner"]["phi"][0] for x in xs]
     for leaf, G0 in zip(leaves, G0s):
         leaf.copy_(G0)
@@ -266,15 +284,21 @@ class NQM:
     alpha: float
 
 
-def nqm(gen: torch.Generator) -> NQM:
-    """A draw of the noisy-quadratic family: n ∈ [2, 8], eigenvalues of H uniform in [0.2, 1], σ
-    log-uniform in [0.25, 4], α log-uniform in [1e-4, 3e-3]."""
-    n = int(torch.randint(2, 9, (1,), generator=gen))
+def nqm(gen: torch.Generator, max_n: int = 8) -> NQM:
+    """A draw of the noisy-quadratic family: n ∈ [2, max_n], eigenvalues of H uniform in
+    [0.2, 1], σ log-uniform in [0.25, 4], α log-uniform in [1e-4, 3e-3]."""
+    n = int(torch.randint(2, max_n + 1, (1,), generator=gen))
     lam = 0.2 + 0.8 * torch.rand(n, generator=gen)
     U = haar(n, gen)
     sigma = float(log_uniform((1,), math.log10(0.25), math.log10(4.0), gen))
     alpha = float(log_uniform((1,), -4.0, math.log10(3e-3), gen))
     return NQM((U * lam) @ U.mT, sigma, alpha)
+
+
+def with_spectral_norm(n: int, norm: float, gen: torch.Generator) -> torch.Tensor:
+    """A Gaussian n×n matrix rescaled to ‖A‖₂ = `norm`."""
+    A = torch.randn(n, n, generator=gen)
+    return A * (norm / torch.linalg.matrix_norm(A, 2))
 
 
 # ----- LODO-3: the change of variables behind Eqs. 5–6 -----
@@ -354,8 +378,7 @@ def lodo4_problem(gen: torch.Generator, steps: int) -> tuple[Bowl, torch.Tensor,
     n = lam.numel()
     U = haar(n, gen)
     H = (U * lam) @ U.mT
-    A0 = torch.randn(n, n, generator=gen)
-    A0 = A0 * (LODO4_A0 / torch.linalg.matrix_norm(A0, 2))
+    A0 = with_spectral_norm(n, LODO4_A0, gen)
     inv_root = matrix_function(H, torch.rsqrt)
     return Bowl(H, torch.randn(steps, n, generator=gen)), inv_root @ (torch.eye(n) + A0) @ inv_root, A0
 
@@ -441,8 +464,9 @@ def lodo_4(
 
 # ----- LODO-5: exact scaling identities of the simplified dynamics -----
 
-LODO5_STEPS = 500
-"""Length of the trajectories compared exactly."""
+LODO5_DRAWS = 2
+LODO5_STEPS = 300
+"""`nqm` draws per run, and the length of the trajectories compared exactly."""
 LODO5_SIGMAS = (0.5, 1.0, 2.0)
 LODO5_ALPHA = 5e-3
 LODO5_EIGENVALUES = (0.7, 1.0)
@@ -475,9 +499,10 @@ def halving_time(bowl: Bowl, G0: torch.Tensor, alpha: float, fitter: FitterOf) -
     id="LODO-5",
     paper="LODO §4.1 claim, Eqs. 5-6 (Liao 2023)",
     statement=(
-        "Identities: in simplified LODO run by Preconditioned (500 steps, an n 2-8 bowl), noise σ is "
-        "equivalent to meta-rate α·σ² (same A_t, b_t scaled by σ) and H → cH to α/c³ with G₀/c (same A_t, "
-        "b_t scaled by √c); and the time to halve ‖A‖_F decreases in σ ∈ {0.5, 1, 2} at fixed α."
+        "Identities: in simplified LODO run by Preconditioned (300 steps, 2 noisy-bowl draws, n 2-8, "
+        "σ 0.25-4, α 1e-4-3e-3, c 0.5-2), noise σ is equivalent to meta-rate α·σ² (same A_t, b_t scaled by "
+        "σ) and H → cH to α/c³ with G₀/c (same A_t, b_t scaled by √c); and the time to halve ‖A‖_F "
+        "decreases in σ ∈ {0.5, 1, 2} at fixed α."
     ),
     tolerance=f"{E_TOL}; D: median halving times over 3 seeds strictly decreasing",
     provenance=("PAPER", "DERIVED"),
@@ -487,33 +512,41 @@ def halving_time(bowl: Bowl, G0: torch.Tensor, alpha: float, fitter: FitterOf) -
     },
 )
 def lodo_5(
-    fitter: FitterOf = sgd, walk: Walk = plain_walk, steps: int = LODO5_STEPS, seed: int = 5
+    fitter: FitterOf = sgd,
+    walk: Walk = plain_walk,
+    draws: int = LODO5_DRAWS,
+    steps: int = LODO5_STEPS,
+    seed: int = 5,
 ) -> Outcome:
     """LODO-5 (Liao 2023, §4.1: "the error decays faster when the magnitudes of H and the noise are
     higher") [DERIVED]: exact scaling identities of Eqs. 5–6, run through the engine.
 
     With n ↦ σn, b ↦ σb and the update αHb′b′ᵀH = ασ²Hbbᵀ H: noise σ with rate α is noise 1 with rate
     σ²α.  With H ↦ cH, G₀ ↦ G₀/c and α ↦ α/c³: x_t is unchanged and G_t ↦ G_t/c, so A_t is unchanged and
-    b_t ↦ √c b_t.  Three runs on one unit-variance noise sequence ν: (H, ν, σ²α), (H, σν, α) and
-    (cH, ν, σ²α/c³), from G₀ = I (and I/c).  The monotonicity part (D): n = 4, eig(H) uniform in [0.7, 1],
-    Gaussian A₀ with ‖A₀‖₂ = 0.5, α = 5e-3, the same ν for the three σ of a seed; it runs only when the
+    b_t ↦ √c b_t.  For each of `draws` `nqm` draws (H, σ, α) and c log-uniform in [0.5, 2], three runs on
+    one unit-variance noise sequence ν: (H, ν, σ²α), (H, σν, α) and (cH, ν, σ²α/c³), from G₀ = I (and
+    I/c).  The monotonicity part (D): 3 draws of n = 4, eig(H) uniform in [0.7, 1] (Haar eigenvectors),
+    Gaussian A₀ with ‖A₀‖₂ = 0.5, α = 5e-3, the same ν for the three σ of a draw; it runs only when the
     identities hold (a mutant that breaks them fails early).
     """
     gen, out = generator(seed), Measures()
-    p = nqm(gen)
-    n = p.H.shape[0]
-    c = float(log_uniform((1,), math.log10(0.5), math.log10(2.0), gen))
-    nu = torch.randn(steps, n, generator=gen)
-    eye = torch.eye(n)
-    A_a, b_a = _trajectory(Bowl(p.H, nu, walk), eye, p.sigma**2 * p.alpha, fitter)
-    A_b, b_b = _trajectory(Bowl(p.H, p.sigma * nu, walk), eye, p.alpha, fitter)
-    A_c, b_c = _trajectory(Bowl(c * p.H, nu, walk), eye / c, p.sigma**2 * p.alpha / c**3, fitter)
-    sigma_err = max(rel_err(A_b, A_a), rel_err(b_b / p.sigma, b_a))
-    hessian_err = max(rel_err(A_c, A_a), rel_err(b_c / c**0.5, b_a))
+    sigma_err, hessian_err, rows = 0.0, 0.0, []
+    for _ in range(draws):
+        p = nqm(gen)
+        n = p.H.shape[0]
+        c = float(log_uniform((1,), math.log10(0.5), math.log10(2.0), gen))
+        nu = torch.randn(steps, n, generator=gen)
+        eye = torch.eye(n)
+        A_a, b_a = _trajectory(Bowl(p.H, nu, walk), eye, p.sigma**2 * p.alpha, fitter)
+        A_b, b_b = _trajectory(Bowl(p.H, p.sigma * nu, walk), eye, p.alpha, fitter)
+        A_c, b_c = _trajectory(Bowl(c * p.H, nu, walk), eye / c, p.sigma**2 * p.alpha / c**3, fitter)
+        sigma_err = max(sigma_err, rel_err(A_b, A_a), rel_err(b_b / p.sigma, b_a))
+        hessian_err = max(hessian_err, rel_err(A_c, A_a), rel_err(b_c / c**0.5, b_a))
+        rows.append({"n": n, "σ": p.sigma, "α": p.alpha, "c": c, "‖A_0‖_F": float(A_a[0].norm()),
+                     "‖A_T‖_F": float(A_a[-1].norm())})
     out.at_most("noise σ ≡ rate σ²α: max rel. error of A_t and b_t/σ", sigma_err, E_RTOL)
     out.at_most("H → cH ≡ rate α/c³: max rel. error of A_t and b_t/√c", hessian_err, E_RTOL)
-    out.details["draw"] = {"n": n, "σ": p.sigma, "α": p.alpha, "c": c, "‖A_0‖_F": float(A_a[0].norm()),
-                           "‖A_T‖_F": float(A_a[-1].norm())}
+    out.details["draws"] = rows
     if not out.outcome().passed:
         out.details["halving times"] = "not run: the identities already failed"
         return out.outcome()
@@ -523,8 +556,7 @@ def lodo_5(
         lam = lo + (hi - lo) * torch.rand(4, generator=gen)
         U = haar(4, gen)
         H = (U * lam) @ U.mT
-        A0 = torch.randn(4, 4, generator=gen)
-        A0 = A0 * (0.5 / torch.linalg.matrix_norm(A0, 2))
+        A0 = with_spectral_norm(4, 0.5, gen)
         inv_root = matrix_function(H, torch.rsqrt)
         G0 = inv_root @ (torch.eye(4) + A0) @ inv_root
         nu = torch.randn(LODO5_CAP, 4, generator=gen)
@@ -539,28 +571,22 @@ def lodo_5(
 
 # ----- LODO-6: the averaged flow, Eqs. 7-10 -----
 
-Drift = Callable[[float, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-LODO6_N = 4
+LODO6_MAX_N = 6
 LODO6_A = 0.5
-LODO6_ALPHA = 1e-3
-LODO6_STEPS = 4000
+LODO6_STEPS = 2500
 LODO6_BURN_IN = 50
 LODO6_BATCHES = 20
-"""n, ‖A‖₂ of the frozen A, α, the steps recorded after the burn-in, and the batches of the batch-means
-standard errors (b_t is autocorrelated, so per-sample standard errors would be too small)."""
-LODO6_SMALL = 0.05
-LODO6_DRAWS = 100
-"""(c): ‖A‖₂ of the random small A and their number."""
+"""The largest n of the `nqm` draw (n ≤ 6), ‖A‖₂ of the frozen A of (a) and (b), the steps
+recorded after the burn-in, and the batches of the batch-means standard errors (b_t is autocorrelated, so
+per-sample standard errors would be too small)."""
+LODO6_BIAS = 0.25
+"""(c): the small frozen A's ‖A‖₂ is set from κ(H) so that the proven bound κ(H)^{3/2}‖A‖²₂/(1 − ‖A‖²₂) on
+the relative error of the derived rate is 0.25 (‖A‖₂ ≈ 0.15 at κ = 5, 0.45 at κ = 1)."""
 
 
 def drift(alpha: float, H: torch.Tensor, A: torch.Tensor, Sigma: torch.Tensor) -> torch.Tensor:
     """E[ΔA] = α H E[b_{t+1}b_tᵀ] H = −α H A Σ H with frozen A (E[b_{t+1}b_tᵀ] = −AΣ) [DERIVED]."""
     return -alpha * H @ A @ Sigma @ H
-
-
-def _wrong_order_drift(alpha: float, H: torch.Tensor, A: torch.Tensor, Sigma: torch.Tensor) -> torch.Tensor:
-    """Mutant reference: −α H Σ A H (A and Σ in the wrong order)."""
-    return -alpha * H @ Sigma @ A @ H
 
 
 def stationary_covariance(A: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -569,99 +595,131 @@ def stationary_covariance(A: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(scipy.linalg.solve_discrete_lyapunov(A.numpy(), Q.numpy()))
 
 
+def batch_means(samples: torch.Tensor, batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of `samples` (shape (T, ...)) and its standard error from `batches` consecutive batch means
+    (the last T mod batches samples are dropped)."""
+    means = samples[: samples.shape[0] // batches * batches].reshape(batches, -1, *samples.shape[1:]).mean(1)
+    return means.mean(0), means.std(0) / batches**0.5
+
+
 def batch_z(samples: torch.Tensor, truth: torch.Tensor, batches: int) -> float:
     """max over entries of |mean − truth|/se, with se from `batches` consecutive batch means."""
-    means = samples[: samples.shape[0] // batches * batches].reshape(batches, -1, *samples.shape[1:]).mean(1)
-    se = means.std(0) / batches**0.5
-    return float(((means.mean(0) - truth).abs() / se).max())
+    mean, se = batch_means(samples, batches)
+    return float(((mean - truth).abs() / se).max())
 
 
-def lodo6_problem(seed: int) -> tuple[Bowl, torch.Tensor, torch.Tensor]:
-    """H (eig uniform in [0.2, 1], Haar), a Gaussian A with ‖A‖₂ = 0.5, G = H^{-1/2}(I + A)H^{-1/2}, and
-    N(0, I) increments for the burn-in plus the recorded steps.  Returns (bowl, A, G)."""
+def small_norm(H: torch.Tensor) -> float:
+    """The ‖A‖₂ at which κ(H)^{3/2}‖A‖²/(1 − ‖A‖²) = `LODO6_BIAS`."""
+    lam = torch.linalg.eigvalsh(H)
+    c = LODO6_BIAS / float(lam[-1] / lam[0]) ** 1.5
+    return math.sqrt(c / (1 + c))
+
+
+@dataclasses.dataclass(frozen=True)
+class Lodo6Problem:
+    """LODO-6's draw: the bowl family's (H, σ, α), the frozen A of (a)–(b) (‖A‖₂ = 0.5) and the small one
+    of (c), and one bowl (σ·N(0, I) increments) with G = H^{-1/2}(I + A)H^{-1/2} for each."""
+
+    p: NQM
+    A: torch.Tensor
+    A_small: torch.Tensor
+    bowls: tuple[Bowl, Bowl]
+    G0s: tuple[torch.Tensor, torch.Tensor]
+
+
+def lodo6_problem(seed: int) -> Lodo6Problem:
+    """Draw LODO-6's instance from `seed`: `nqm` with n ≤ 6, Gaussian A's rescaled in spectral norm."""
     gen = generator(seed)
-    lam = 0.2 + 0.8 * torch.rand(LODO6_N, generator=gen)
-    U = haar(LODO6_N, gen)
-    H = (U * lam) @ U.mT
-    A = torch.randn(LODO6_N, LODO6_N, generator=gen)
-    A = A * (LODO6_A / torch.linalg.matrix_norm(A, 2))
-    inv_root = matrix_function(H, torch.rsqrt)
-    noise = torch.randn(LODO6_BURN_IN + LODO6_STEPS + 1, LODO6_N, generator=gen)
-    return Bowl(H, noise), A, inv_root @ (torch.eye(LODO6_N) + A) @ inv_root
+    p = nqm(gen, max_n=LODO6_MAX_N)
+    n = p.H.shape[0]
+    A, A_small = with_spectral_norm(n, LODO6_A, gen), with_spectral_norm(n, small_norm(p.H), gen)
+    inv_root = matrix_function(p.H, torch.rsqrt)
+    steps = LODO6_BURN_IN + LODO6_STEPS + 1
+    bowls = tuple(Bowl(p.H, p.sigma * torch.randn(steps, n, generator=gen)) for _ in range(2))
+    G0s = tuple(inv_root @ (torch.eye(n) + M) @ inv_root for M in (A, A_small))
+    return Lodo6Problem(p, A, A_small, bowls, G0s)
 
 
 @functools.lru_cache(maxsize=8)
-def lodo6_run(seed: int, family: Family) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen-A run (G = G₀ throughout, meta-gradients recorded): the samples b_t b_tᵀ and the
-    updates ΔA_t = −α H^{1/2}(meta-gradient)H^{1/2} that SGD would make, t ≥ burn-in."""
-    bowl, _, G = lodo6_problem(seed)
-    (trace,) = run_bowls([bowl], [G], LODO6_ALPHA, family, fitter=None)
-    root = matrix_function(bowl.H, torch.sqrt)
-    _, b = rescaled(trace, bowl.H)
+def lodo6_run(
+    seed: int, family: Family, objective: Objective
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen-A run of both bowls in one optimizer (G = G₀ throughout, meta-gradients recorded), t ≥
+    burn-in: the samples b_t b_tᵀ and the updates ΔA_t = −α H^{1/2}(meta-gradient)H^{1/2} that SGD would
+    make for the first bowl, and the first-order rate 2⟨A, ΔA_t⟩ of ‖A‖²_F for the second (small A)."""
+    problem = lodo6_problem(seed)
+    H, alpha = problem.p.H, problem.p.alpha
+    traces = run_bowls(problem.bowls, problem.G0s, alpha, family, fitter=None, objective=objective)
+    root = matrix_function(H, torch.sqrt)
+    _, b = rescaled(traces[0], H)
     b = b[LODO6_BURN_IN:-1]
-    dA = -LODO6_ALPHA * root @ trace.meta[LODO6_BURN_IN:] @ root  # meta[t] is made at step t + 1
-    return b[:, :, None] * b[:, None, :], dA
+    # meta[t] is made at step t + 1, from b_{t+1} and b_t
+    dA, dA_small = (-alpha * root @ t.meta[LODO6_BURN_IN:] @ root for t in traces)
+    return b[:, :, None] * b[:, None, :], dA, 2 * (problem.A_small * dA_small).sum((1, 2))
 
 
 @check(
     id="LODO-6",
     paper="LODO Eqs. 7-14 (Liao 2023)",
     statement=(
-        "MC and closed form: in simplified LODO run by Preconditioned with A frozen (n = 4, ‖A‖₂ = 0.5, "
-        "4000 steps), (a) b_t's covariance is the solution Σ = AΣAᵀ + σ²H of the Lyapunov equation (scipy) "
-        "and (b) the meta-gradient step has mean E[ΔA] = −αHAΣH; (c) for 100 random A with ‖A‖₂ = 0.05 "
-        "this drift gives d‖A‖²_F = −2ασ²‖H^{1/2}AH‖²_F < 0 per step within its proven error bound."
+        "MC and closed form: simplified LODO run by Preconditioned with A frozen (a noisy-bowl draw, n 2-6, "
+        "σ 0.25-4, α 1e-4-3e-3; 2500 steps): (a) b_t's covariance is the solution Σ = AΣAᵀ + σ²H of the "
+        "Lyapunov equation (scipy) and (b) the engine's meta-gradient step has mean E[ΔA] = −αHAΣH "
+        "(‖A‖₂ = 0.5); (c) at a small A the engine's steps change ‖A‖²_F at the derived rate "
+        "−2ασ²‖H^{1/2}AH‖²_F < 0, within its proven error bound and 5·se."
     ),
-    tolerance="MC: <= 5·se (batch means); exact: |exact rate/derived rate − 1| <= κ(H)^{3/2}‖A‖²/(1 − ‖A‖²)",
+    tolerance="MC: <= 5·se (batch means); (c) beyond the proven bias κ(H)^{3/2}‖A‖²/(1 − ‖A‖²) = 0.25",
     provenance=("PAPER", "DERIVED"),
     mutants={
-        "drift −αHΣAH (A and Σ in the wrong order)": {"drift": _wrong_order_drift},
-        "meta-gradient transposed": {"family": TRANSPOSED},
+        "meta-gradient sign flipped (meta-ascent)": {"family": FLIPPED},
+        "u_{t−1} refreshed to g_t before the VJP (meta-gradient −g_tg_tᵀ)": {"objective": RefreshedCache()},
     },
 )
-def lodo_6(family: Family = DENSE, drift: Drift = drift, seed: int = 6) -> Outcome:
+def lodo_6(family: Family = DENSE, objective: Objective = HYPERGRADIENT, seed: int = 6) -> Outcome:
     """LODO-6 (Liao 2023, Eqs. 7–14): the averaged flow of the simplified dynamics.
 
     With A frozen (Eq. 7), b_{t+1} = −A b_t − H^{1/2}n_{t+1} is a stable linear recursion (‖A‖₂ < 1) whose
     stationary covariance solves Σ = AΣAᵀ + σ²H; then E[b_{t+1}b_tᵀ] = −AΣ and the expected update of
-    Eq. 5 is E[ΔA] = −αHAΣH (Eq. 9 [DERIVED]).  The engine runs with a `Recording` fitter that never moves
-    G, so the recorded meta-gradients are the updates SGD would make from the frozen A.  Near A = 0,
-    Σ ≈ σ²H and d‖A‖²_F = 2⟨A, E[ΔA]⟩ ≈ −2ασ²‖H^{1/2}AH‖²_F (Eqs. 10–14): (c) compares the exact rate
-    2⟨A, drift(α, H, A, Σ(A))⟩ (Σ from scipy) with that derived rate for 100 random (H, A), eig(H) in
-    [0.2, 1], ‖A‖₂ = 0.05, σ = 1.  Their ratio r satisfies [DERIVED] |r − 1| ≤ κ(H)^{3/2}‖A‖₂²/(1 − ‖A‖₂²):
-    with Σ = σ²H + AΣAᵀ, r − 1 = tr(YᵀY·H^{-1/2}AΣAᵀH^{1/2})/(σ²‖YH^{1/2}‖²_F) for Y = H^{1/2}AH^{1/2},
-    |tr(PQ)| ≤ tr(P)‖Q‖₂ for P ⪰ 0, ‖YH^{1/2}‖²_F ≥ λ_min‖Y‖²_F and ‖Σ‖₂ ≤ σ²‖H‖₂/(1 − ‖A‖₂²).  So
-    the exact rate is negative (‖A‖ decreases) whenever that bound is below 1.
+    Eq. 5 is E[ΔA] = −αHAΣH (Eq. 9 [DERIVED]).  The engine runs two bowls of one `nqm` draw (n ≤ 6) with a
+    `Recording` fitter that never moves G, so the recorded meta-gradients are the updates SGD would make
+    from the frozen A: (a) and (b) compare them, at ‖A‖₂ = 0.5, with Σ from scipy's Lyapunov solver.
+
+    (c) Near A = 0, Σ ≈ σ²H and the flow changes ‖A‖²_F at d‖A‖²_F/dt = 2⟨A, E[ΔA]⟩ ≈ −2ασ²‖H^{1/2}AH‖²_F
+    (Eqs. 10–14), negative for A ≠ 0.  The engine's side: the mean over the run of 2⟨A, ΔA_t⟩ (ΔA_t from
+    its meta-gradients) at a small frozen A; the reference: that closed form.  Their exact means differ by
+    a relative r − 1 with [DERIVED] |r − 1| ≤ κ(H)^{3/2}‖A‖₂²/(1 − ‖A‖₂²): with Σ = σ²H + AΣAᵀ,
+    r − 1 = tr(YᵀY·H^{-1/2}AΣAᵀH^{1/2})/(σ²‖YH^{1/2}‖²_F) for Y = H^{1/2}AH^{1/2}, |tr(PQ)| ≤ tr(P)‖Q‖₂ for
+    P ⪰ 0, ‖YH^{1/2}‖²_F ≥ λ_min‖Y‖²_F and ‖Σ‖₂ ≤ σ²‖H‖₂/(1 − ‖A‖₂²); ‖A‖₂ is set from κ(H) to make that
+    bound 0.25.  Asserted: the distance of the engine's mean from the derived rate beyond that bias is at
+    most 5 standard errors.  The derived rate is negative and the bound below 1, so the engine's exact
+    rate is negative; its mean in standard errors (−5 to −22 over seeds 1–12, 2500 steps) is reported,
+    not asserted (a bound on it would test the sample size, not the library).
+
+    Mutants (library pieces): the dense family's VJP with its sign flipped, and a `Hypergradient` whose
+    cached u_{t−1} is overwritten by g_t before the VJP.  A transposed VJP is not among them: its effect on
+    E[ΔA] is −αH(AΣ − ΣAᵀ)H, an antisymmetric K in HKH (one degree of freedom at n = 2), which on a sizeable
+    share of the draws is below what 2500 samples resolve (measured: it passed on 5 of seeds 13–31); LODO-3
+    catches it exactly and LODO-4 by its divergence.
     """
     out = Measures()
-    bowl, A, _ = lodo6_problem(seed)
-    bb, dA = lodo6_run(seed, family)
-    Sigma = stationary_covariance(A, bowl.H)
+    problem = lodo6_problem(seed)
+    p, A, A_small = problem.p, problem.A, problem.A_small
+    bb, dA, rates = lodo6_run(seed, family, objective)
+    Sigma = stationary_covariance(A, p.sigma**2 * p.H)
     out.at_most("(a) max |mean b_tb_tᵀ − Σ|/se, Σ from scipy's Lyapunov solver",
                 batch_z(bb, Sigma, LODO6_BATCHES), 5.0)
-    truth = drift(LODO6_ALPHA, bowl.H, A, Sigma)
+    truth = drift(p.alpha, p.H, A, Sigma)
     out.at_most("(b) max |mean ΔA_t − (−αHAΣH)|/se", batch_z(dA, truth, LODO6_BATCHES), 5.0)
-    gen, worst, raw, rates = generator(seed + 1), 0.0, 0.0, []
-    for _ in range(LODO6_DRAWS):
-        n = int(torch.randint(2, 9, (1,), generator=gen))
-        U = haar(n, gen)
-        lam = 0.2 + 0.8 * torch.rand(n, generator=gen)
-        H = (U * lam) @ U.mT
-        A_small = torch.randn(n, n, generator=gen)
-        A_small = A_small * (LODO6_SMALL / torch.linalg.matrix_norm(A_small, 2))
-        exact = 2 * float((A_small * drift(LODO6_ALPHA, H, A_small, stationary_covariance(A_small, H))).sum())
-        root = matrix_function(H, torch.sqrt)
-        derived = -2 * LODO6_ALPHA * float(torch.linalg.matrix_norm(root @ A_small @ H) ** 2)
-        bound = float(lam.max() / lam.min()) ** 1.5 * LODO6_SMALL**2 / (1 - LODO6_SMALL**2)
-        worst = max(worst, abs(exact / derived - 1) / bound)
-        raw = max(raw, abs(exact / derived - 1))
-        rates.append(exact)
-    out.at_most("(c) max over 100 small A of |exact rate/derived rate − 1| / (κ(H)^{3/2}‖A‖²/(1 − ‖A‖²))",
-                worst, 1.0)
-    out.details["(c) max |exact rate/derived rate − 1|"] = raw
-    out.details["(c) largest exact rate (negative: ‖A‖ decreases)"] = max(rates)
-    out.details["‖A‖_F, frozen"] = float(A.norm())
-    out.details["‖E[ΔA]‖_F/α"] = float(truth.norm()) / LODO6_ALPHA
+    mean, se = (float(v) for v in batch_means(rates, LODO6_BATCHES))
+    root = matrix_function(p.H, torch.sqrt)
+    derived = -2 * p.alpha * p.sigma**2 * float(torch.linalg.matrix_norm(root @ A_small @ p.H) ** 2)
+    out.at_most("(c) max(0, |engine's mean 2⟨A, ΔA_t⟩ − (−2ασ²‖H^{1/2}AH‖²_F)| − 0.25·|derived|)/se",
+                max(0.0, abs(mean - derived) - LODO6_BIAS * abs(derived)) / se, 5.0)
+    out.details["draw"] = {"n": p.H.shape[0], "σ": p.sigma, "α": p.alpha, "‖A‖_F, frozen": float(A.norm()),
+                           "‖A‖₂, small": float(torch.linalg.matrix_norm(A_small, 2))}
+    out.details["‖E[ΔA]‖_F/α"] = float(truth.norm()) / p.alpha
+    out.details["(c) engine's mean rate/derived rate"] = mean / derived
+    out.details["(c) engine's mean rate/se (negative: ‖A‖ decreases)"] = mean / se
     return out.outcome()
 
 
@@ -693,8 +751,7 @@ def lodo7_problem(seed: int, steps: int) -> tuple[Bowl, torch.Tensor]:
     gen = generator(seed)
     U = haar(LODO7_N, gen)
     H = (U * (0.2 + 0.8 * torch.rand(LODO7_N, generator=gen))) @ U.mT
-    A0 = torch.randn(LODO7_N, LODO7_N, generator=gen)
-    A0 = A0 * (0.5 / torch.linalg.matrix_norm(A0, 2))
+    A0 = with_spectral_norm(LODO7_N, 0.5, gen)
     inv_root = matrix_function(H, torch.rsqrt)
     noise = 2 * torch.rand(steps, LODO7_N, generator=gen) - 1
     return Bowl(H, noise), inv_root @ (torch.eye(LODO7_N) + A0) @ inv_root

@@ -7,13 +7,17 @@ Group elements are precondalg structures (`precondalg.structures.lie`).  PSGD-11
 `Newton` criterion's closed-form relative gradient and the `LieGroup` fitter's step) and the `PSGD`
 preset itself.  Both compare with dense matrices (torch.linalg), sparsity patterns and Lie-algebra
 spans written down independently of the structures.  Mutants that replace a library projection swap
-it in precondalg's `lie_project` dispatch table for the run (`lie_rules`).
+it in precondalg's `lie_project` dispatch table for the run (`lie_rules`); the mutant library pieces
+(`UnitNormalizerLieGroup`, `InverseNotTransposed`, `NewtonWithGradient`, `FisherWithoutDamping`) are
+shared with the fitting checks (`theory_checks.psgd_fitting`).  PSGD-15's mutants are the preset with a
+wrong clipping factor in its optimizer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from functools import reduce
@@ -436,7 +440,7 @@ def _stepping_at(mu: float) -> Callable[[float], Fitter]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _UnitNormalizerLieGroup(LieGroup):
+class UnitNormalizerLieGroup(LieGroup):
     """Mutant fitter: precondalg's `LieGroup` with the normaliser ‖R‖ of Eq. 20 replaced by 1
     (Q ← (I − μR)Q)."""
 
@@ -446,13 +450,15 @@ class _UnitNormalizerLieGroup(LieGroup):
         return fit
 
 
-class _InverseNotTransposed(Newton):
-    """Mutant criterion: precondalg's `Newton` whose closed-form relative gradient uses b = Q⁻¹v in
-    place of b = Q⁻ᵀv (Eq. 18) (simple groups only, as in PSGD-8)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class InverseNotTransposed(Newton):
+    """Mutant criterion: precondalg's `Newton` whose relative gradient uses b = Q⁻¹v in place of
+    b = Q⁻ᵀv (Eq. 18): fed v′ = QᵀQ⁻¹v, so that its b = Q⁻ᵀv′ is Q⁻¹v (any group the closed form covers,
+    Kronecker products included)."""
 
-    def meta_grad(self, ctx: BlockContext) -> RelativeGradient:
-        Q, h, v = ctx.phi, ctx.extras["h"], ctx.extras["v"]
-        return RelativeGradient(pa.lie_project_gram(Q, Q @ h, Q.solve(v)), scale=2.0)
+    def meta_grad(self, ctx: BlockContext):
+        Q, v = ctx.phi, ctx.extras["v"]
+        return super().meta_grad(dataclasses.replace(ctx, extras={**ctx.extras, "v": Q.T @ Q.solve(v)}))
 
 
 def _psgd8_run(
@@ -563,20 +569,21 @@ Preset = Callable[..., Preconditioned]
 
 
 @dataclasses.dataclass(frozen=True)
-class _NewtonWithGradient(Newton):
+class NewtonWithGradient(Newton):
     """Mutant criterion: precondalg's `Newton` fitting with the gradient g where Hv belongs."""
 
     def meta_grad(self, ctx: BlockContext):
         return super().meta_grad(dataclasses.replace(ctx, extras={**ctx.extras, "h": ctx.grad}))
 
 
-@dataclasses.dataclass(frozen=True)
-class _FisherWithoutDamping(Fisher):
-    """Mutant criterion: precondalg's `Fisher` fitting with h = g, ignoring λ (h = g + λv, Eq. 11)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class FisherWithoutDamping(Fisher):
+    """Mutant criterion: precondalg's `Fisher` fitting as if λ = 0, h = g (h = g + λv, Eq. 11): both its
+    meta-gradient (the relative gradient) and its statistics (the closed form, without λ²I)."""
 
     def meta_grad(self, ctx: BlockContext):
-        h = ctx.extras["h"] - self.damping * ctx.extras["v"]
-        return super().meta_grad(dataclasses.replace(ctx, extras={**ctx.extras, "h": h}))
+        g = ctx.extras["h"] - self.damping * ctx.extras["v"]
+        return Fisher().meta_grad(dataclasses.replace(ctx, extras={**ctx.extras, "h": g}))
 
 
 def _preset_with(criterion: str, objective: Callable[[float], Objective]) -> Preset:
@@ -664,13 +671,13 @@ def _preset_errors(preset: Preset, gen: torch.Generator) -> list[dict[str, Any]]
         "step μ = 1.5 (outside (0, 1))": {"fitter": _stepping_at(1.5), **_SHORT},
         "step μ = 1 (I − μE singular when E_ii = 1)": {"fitter": _stepping_at(1.0), **_SHORT},
         "triangular Lie projection tril(E), not triu(E)": {"rules": TRIL_RULES, **_SHORT},
-        "Lie step's normaliser ‖R‖ replaced by 1": {"fitter": _UnitNormalizerLieGroup, **_SHORT},
-        "relative gradient with b = Q⁻¹v (not Q⁻ᵀv)": {"objective": _InverseNotTransposed(), **_SHORT},
+        "Lie step's normaliser ‖R‖ replaced by 1": {"fitter": UnitNormalizerLieGroup, **_SHORT},
+        "relative gradient with b = Q⁻¹v (not Q⁻ᵀv)": {"objective": InverseNotTransposed(), **_SHORT},
         "PSGD preset: Newton fits with g where Hv belongs": {
-            "preset": _preset_with("newton", lambda _: _NewtonWithGradient()),
+            "preset": _preset_with("newton", lambda _: NewtonWithGradient()),
             **_SHORT,
         },
-        "PSGD preset: Fisher ignores λ": {"preset": _preset_with("fisher", _FisherWithoutDamping), **_SHORT},
+        "PSGD preset: Fisher ignores λ": {"preset": _preset_with("fisher", FisherWithoutDamping), **_SHORT},
     },
 )
 def psgd_8(
@@ -744,23 +751,40 @@ PSGD15_CASES = 120
 
 
 def _psgd_clipped_step(
-    theta: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, mu: float, omega: float
+    preset: Preset, theta: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, mu: float, omega: float
 ) -> None:
-    """One step of the `PSGD` preset on the parameter `theta` (gradient `g`), its triangular Q set to `Q`
-    and held there (lr_precond = 0), with clipping Ω."""
-    opt = PSGD([theta], mu, preconditioner="triangular", criterion="fisher", lr_precond=0.0, init_scale=1.0,
-               clip=omega)
+    """One step of ``preset`` (the `PSGD` preset) on the parameter `theta` (gradient `g`), its
+    triangular Q set to `Q` and held there (lr_precond = 0), with clipping Ω."""
+    opt = preset([theta], mu, preconditioner="triangular", criterion="fisher", lr_precond=0.0, init_scale=1.0,
+                 clip=omega)
     (leaf,) = opt.state[theta]["preconditioner"]["phi"]
     leaf.copy_(Q)
     theta.grad = g
     opt.step()
 
 
-def _clip_gradient_first(
-    theta: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, mu: float, omega: float
-) -> None:
-    """Mutant: clip ĝ to norm Ω BEFORE applying P (then PSGD without clipping)."""
-    _psgd_clipped_step(theta, Q, g / max(1.0, float(torch.linalg.vector_norm(g)) / omega), mu, math.inf)
+def _clipping_with(factor: Callable[[Preconditioned, list[list[torch.Tensor]]], torch.Tensor]) -> Preset:
+    """Mutant preset: the `PSGD` preset whose optimizer computes its clipping factor by ``factor(opt,
+    steps)`` in place of the library's min(1, Ω/‖s‖₂)."""
+
+    def make(params, lr, **kwargs) -> Preconditioned:
+        opt = PSGD(params, lr, **kwargs)
+        opt._clip_factor = functools.partial(factor, opt)
+        return opt
+
+    return make
+
+
+def _max_abs_clip_factor(opt: Preconditioned, steps: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Mutant clipping factor: min(1, Ω/‖s‖_max), the largest entry in place of the 2-norm."""
+    norm = torch.stack([s.abs().max() for block in steps for s in block]).max()
+    return torch.clamp(opt._clip / norm, max=1.0)
+
+
+def _uncapped_clip_factor(opt: Preconditioned, steps: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Mutant clipping factor: Ω/‖s‖₂ without the cap at 1 (every step rescaled to the norm Ω)."""
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for b in steps for s in b]))
+    return opt._clip / norm
 
 
 @check(
@@ -773,17 +797,19 @@ def _clip_gradient_first(
     ),
     tolerance="E: rel. error <= 1e-10; bound ‖Δθ‖/(μΩ) <= 1 + 1e-10",
     provenance="PAPER",
-    mutants={"clip ĝ before applying P": {"step": _clip_gradient_first}},
+    mutants={
+        "clipping factor from ‖Pĝ‖_max, not the 2-norm": {"preset": _clipping_with(_max_abs_clip_factor)},
+        "clipping factor not capped at 1": {"preset": _clipping_with(_uncapped_clip_factor)},
+    },
 )
-def psgd_15(
-    step: Callable[..., None] = _psgd_clipped_step, cases: int = PSGD15_CASES, seed: int = 15
-) -> Outcome:
+def psgd_15(preset: Preset = PSGD, cases: int = PSGD15_CASES, seed: int = 15) -> Outcome:
     """PSGD-15 (Li 2019, §4.4): θ_new = θ − μ·Pĝ/max(1, ‖Pĝ‖/Ω).
 
-    Proof of the bound: ‖μPĝ/max(1, ‖Pĝ‖/Ω)‖ = μ·min(‖Pĝ‖, Ω) ≤ μΩ.  `step` makes the step (default:
-    the `PSGD` preset with ``clip=Ω``, its Q fixed at a random triangular matrix whose scale is
+    Proof of the bound: ‖μPĝ/max(1, ‖Pĝ‖/Ω)‖ = μ·min(‖Pĝ‖, Ω) ≤ μΩ.  One step of `preset` (the `PSGD`
+    preset) with ``clip=Ω`` (`_psgd_clipped_step`), its Q fixed at a random triangular matrix whose scale is
     10^U(−3, 3), so P spans 12 orders of magnitude; ĝ has magnitudes 10^U(−6, 6); Ω ∈ 10^U(−3, 3),
-    μ = 0.5).  The expected step is computed densely from Q.
+    μ = 0.5.  The expected step is computed densely from Q.  The mutants are the preset with a wrong
+    clipping factor in its optimizer (the largest entry for the 2-norm; no cap at 1).
     """
     gen, out, n, mu = generator(seed), Measures(), 5, 0.5
     worst_ratio = worst_err = 0.0
@@ -794,7 +820,7 @@ def psgd_15(
         g = torch.randn(n, generator=gen) * log_uniform((n,), -6, 6, gen)
         omega = float(log_uniform((), -3, 3, gen))
         theta = torch.zeros(n, requires_grad=True)
-        step(theta, Q, g, mu, omega)
+        _psgd_clipped_step(preset, theta, Q, g, mu, omega)
         moved = -theta.detach()
         pg = Q.T @ (Q @ g)
         expected = mu * pg / max(1.0, float(torch.linalg.vector_norm(pg)) / omega)

@@ -4,14 +4,21 @@ PSGD-2 (noise damping, eigenvalues of PH in [−1, 1]), PSGD-3 (the scalar case,
 stationary points of the Newton criterion, §3.3), PSGD-7 (the relative gradient on the group, Eqs.
 17–18) and PSGD-13 (the diagonal closed forms of §6.1–6.2: RMSProp/Adam and equilibrated SGD).
 
-Every closed form is compared with precondalg's own criterion ``criterion(P, h, v) = Σ hᵀPh + vᵀP⁻¹v``
-(`precondalg.objectives.criterion`), evaluated on precondalg structures, and with an independent
-minimiser of it (L-BFGS over a Cholesky factor, BFGS over log p, random perturbations, its gradient and
-Hessian by `torch.func`).  Expectations over v ~ N(0, I) are taken exactly where a check says "exact
-expectation": the criterion is quadratic in v, so its mean over the 2n points v = ±√n·eᵢ (whose first
-and second moments are those of N(0, I)) is its expectation.  The Hessian-vector products of PSGD-4 come
-from the `Newton` objective itself; PSGD-3, PSGD-7 and PSGD-13 step with the `LieGroup` fitter on the
-`Newton` criterion's gradient, and PSGD-3 runs the `Preconditioned` optimizer.
+Every optimum under test comes from the library path a user takes: the `Newton` or `Fisher` objective's
+statistics set in closed form by the `ClosedForm` fitter (`closed_form_fit`, on the dense, Gram, triangular
+Gram, diagonal and scalar families), the `Preconditioned` optimizer with `Fisher` and `ClosedForm` on
+drawn gradients (`fisher_closed_form_run`), or the `LieGroup` fitter iterated on the objective's relative
+gradient.  Each is compared with an independent reference: matrix roots by scipy (`scipy.linalg.sqrtm`),
+dense eigendecompositions, an L-BFGS/BFGS minimiser of the expected criterion written densely in the
+check, random perturbations, the paper's closed forms, Monte Carlo averages.  Expectations over
+v ~ N(0, I) are exact where a check says so: the pairs (h, v) are columns whose means are the
+expectations ((1/k)Σ vvᵀ = I, (1/k)Σ hhᵀ = E[ĤvvᵀĤ] over every sign pattern of a Rademacher Hessian
+noise).  This is the closed form's convention: it sets P = ((1/k)Σ_k E_v[h_k h_kᵀ])^{-1/2} over the k
+pairs of a step (v integrated out, E[vvᵀ] = I), the criterion's minimiser (through `Preconditioned`, one
+column per step with the bias-corrected average of ClosedForm(β < 1)).  The mutants are library-side: a
+`Newton` that fits with the gradient g where Hv belongs and a `Fisher` that ignores λ
+(`theory_checks.psgd`'s), a `ClosedForm` fitter that takes the wrong matrix power, a criterion with its
+two terms swapped, wrong Hessian-vector products.
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
+import scipy.linalg
 import scipy.optimize
 import torch
 import torch.utils._pytree as pytree
 
 import precondalg as pa
-from precondalg.families import diagonal_gram
-from precondalg.fitters import LieGroup
+from precondalg import families
+from precondalg.families import Family, diagonal_gram
+from precondalg.fitters import ClosedForm, LieGroup
+from precondalg.fitters import _ClosedFormFit as ClosedFormFit
 from precondalg.objectives import (
     BlockContext,
     Evaluation,
@@ -37,11 +48,19 @@ from precondalg.objectives import (
     closed_form_relative_gradient,
     criterion,
 )
+from precondalg.objectives.statistics import Statistics
 from precondalg.optim import Preconditioned
 from precondalg.optim.base_rules import BASE_RULES
 from precondalg.placement import Flatten
 from theory_checks._numerics import E_ATOL, E_RTOL, E_TOL, generator, log_uniform, rel_err, sym_err
-from theory_checks.psgd import diag_kind, kron_kind, normalization_kind, triu_kind
+from theory_checks.psgd import (
+    FisherWithoutDamping,
+    NewtonWithGradient,
+    diag_kind,
+    kron_kind,
+    normalization_kind,
+    triu_kind,
+)
 from theory_checks.registry import Measures, Outcome, check
 
 S_RTOL = 1e-6
@@ -51,6 +70,11 @@ MC_SIGMAS = 5.0
 """Class MC: |estimate − truth| <= 5 standard errors."""
 NEWTON = Newton()
 """precondalg's Newton-type criterion (its `meta_grad` is ∂c/∂φ through P_φ = form(φ))."""
+CLOSED_FORM = ClosedForm()
+"""precondalg's closed-form fitter (β = 1, ε = 0, symmetric eigendecomposition)."""
+FAMILIES = (families.dense(), families.dense_gram(), families.triangular_gram())
+"""The structure families the dense closed forms are set on, in turn over the draws: P = φ (power 1),
+P = φᵀφ with φ symmetric, and P = RᵀR with R upper triangular (power 2, a Cholesky factor)."""
 
 
 # ----- random matrices (float64, seeded) -----
@@ -79,10 +103,16 @@ def spd(n: int, gen: torch.Generator, lo: float = -1.0, hi: float = 1.0) -> torc
     return _from_eigen(haar(n, gen), log_uniform((n,), lo, hi, gen))
 
 
-def psd_noise(n: int, gen: torch.Generator, scale: float) -> torch.Tensor:
-    """A random noise covariance Σ = GGᵀ with G n×n Gaussian of entries N(0, scale²/n)."""
-    G = torch.randn(n, n, generator=gen) * (scale / n**0.5)
-    return G @ G.mT
+def random_symmetric(n: int, gen: torch.Generator) -> torch.Tensor:
+    """A random symmetric matrix of spectral norm 1."""
+    E = torch.randn(n, n, generator=gen)
+    E = E + E.mT
+    return E / torch.linalg.matrix_norm(E, 2)
+
+
+def hessian_noise(n: int, gen: torch.Generator, scale: float) -> list[torch.Tensor]:
+    """Two symmetric directions S₁, S₂ of spectral norm `scale`: the Hessian noise Ĥ = H + ξ₁S₁ + ξ₂S₂."""
+    return [scale * random_symmetric(n, gen) for _ in range(2)]
 
 
 def matrix_function(M: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -98,68 +128,144 @@ def sigma_points(n: int) -> torch.Tensor:
     return torch.cat([e, -e], 1)
 
 
-def random_symmetric(n: int, gen: torch.Generator) -> torch.Tensor:
-    """A random symmetric matrix of spectral norm 1."""
-    E = torch.randn(n, n, generator=gen)
-    E = E + E.mT
-    return E / torch.linalg.matrix_norm(E, 2)
-
-
-# ----- the criterion on moments (PSGD-1, PSGD-2, PSGD-5) -----
-
-
-class Moments(NamedTuple):
-    """The second moments of the pairs (δθ, δĝ) in Eq. 7: A = E[δĝδĝᵀ], B = E[δθδθᵀ] and the cross
-    moment C = E[δθδĝᵀ]."""
-
-    A: torch.Tensor
-    B: torch.Tensor
-    C: torch.Tensor
-
-
-def linear_moments(H: torch.Tensor, B: torch.Tensor, Sigma: torch.Tensor) -> Moments:
-    """The moments for δĝ = Hδθ + ε (Eq. 6), ε zero-mean with covariance Σ and uncorrelated with δθ:
-    A = HBH + Σ, C = BH (H symmetric)."""
-    return Moments(H @ B @ H + Sigma, B, B @ H)
-
-
-def optimal_preconditioner(m: Moments) -> torch.Tensor:
-    """The positive definite solution of P A P = B (Eq. 8): P = A^{-1/2}(A^{1/2} B A^{1/2})^{1/2}A^{-1/2}
-    (the matrix geometric mean of A⁻¹ and B), with principal roots."""
-    root, inv_root = matrix_function(m.A, torch.sqrt), matrix_function(m.A, torch.rsqrt)
-    return inv_root @ matrix_function(root @ m.B @ root, torch.sqrt) @ inv_root
-
-
-def _secant_preconditioner(m: Moments) -> torch.Tensor:
-    """Mutant: the least-squares secant estimate P = E[δθδĝᵀ]E[δĝδĝᵀ]⁻¹ (H⁻¹ when noiseless: a
-    solution of PAP = B, but not positive definite for an indefinite H)."""
-    return torch.linalg.solve(m.A, m.C.mT).mT
-
-
-def _inverse_preconditioner(m: Moments) -> torch.Tensor:
-    """Mutant: P⁻¹ in place of P (the geometric mean of A and B⁻¹)."""
-    return torch.linalg.inv(optimal_preconditioner(m))
-
-
-def _commuting_preconditioner(m: Moments) -> torch.Tensor:
-    """Mutant: the commuting-case shortcut P = A^{-1/2}B^{1/2} (right only when A and B commute)."""
-    return matrix_function(m.A, torch.rsqrt) @ matrix_function(m.B, torch.sqrt)
-
-
-def _ignores_b(m: Moments) -> torch.Tensor:
-    """Mutant: P = A^{-1/2}, the optimum for B = I only (it ignores E[δθδθᵀ])."""
-    return matrix_function(m.A, torch.rsqrt)
-
-
 def _factor(M: torch.Tensor) -> torch.Tensor:
     """The Cholesky factor L of an SPD M (its columns satisfy Σ_k l_k l_kᵀ = M)."""
     return torch.linalg.cholesky((M + M.mT) / 2)
 
 
-def expected_criterion(P: torch.Tensor, m: Moments) -> torch.Tensor:
-    """c(P) = tr(PA) + tr(P⁻¹B) (Eq. 7 in expectation), evaluated by precondalg's criterion on the
-    structure Dense(P) with h and v the Cholesky factors of A and B."""
-    return criterion(pa.Dense(P), _factor(m.A), _factor(m.B))
+# ----- the library's closed form (PSGD-1, 2, 3, 5, 6, 13) -----
+
+
+class Pairs(NamedTuple):
+    """Columns (n, k) of the Newton criterion's pairs whose sums are exact expectations: h = Ĥv,
+    v with Σ vvᵀ = I, and the gradients Ĥθ at drawn θ (what a criterion that fits with g would read)."""
+
+    h: torch.Tensor
+    v: torch.Tensor
+    grad: torch.Tensor
+
+
+def hessian_pairs(H: torch.Tensor, noise: list[torch.Tensor], gen: torch.Generator) -> Pairs:
+    """For Ĥ = H + Σⱼ ξⱼSⱼ with Rademacher ξ and v ~ N(0, I): the k = n·2^m pairs v = √n·eᵢ, h = Ĥ_ξv over
+    every sign pattern ξ (m = len(noise)) and unit vector eᵢ, whose means are the expectations:
+    (1/k)Σ vvᵀ = E[vvᵀ] = I and (1/k)Σ hhᵀ = E[ĤvvᵀĤ] = H² + Σⱼ Sⱼ²; the gradients Ĥ_ξ·√n·θᵢ at
+    θ ~ N(0, I)."""
+    n = H.shape[0]
+    c = n**0.5
+    signs = itertools.product((1.0, -1.0), repeat=len(noise))
+    hats = [H + sum(x * S for x, S in zip(xi, noise)) for xi in signs]
+    theta = torch.randn(n, n, generator=gen)
+    return Pairs(torch.cat([c * M for M in hats], 1), c * torch.eye(n).repeat(1, len(hats)),
+                 torch.cat([c * M @ theta for M in hats], 1))
+
+
+def closed_form_fit(
+    pairs: Pairs, objective: Newton | Fisher = NEWTON, family: Family = FAMILIES[0],
+    fitter: ClosedForm = CLOSED_FORM,
+) -> torch.Tensor:
+    """The dense P = form(φ) that precondalg's closed-form path sets from the pairs: the objective's
+    `Statistics` for the block (n, k) (``BlockContext.statistics``, the family's power), proposed to the
+    `ClosedForm` fitter built on the family's φ₀ — what `Preconditioned` does with these objects at one
+    step.  For the PSGD criteria, P = ((1/k)Σ hhᵀ)^{-1/2} over the k pairs, v integrated out (E[vvᵀ] = I)."""
+    h = pairs.h
+    phi = family.init((h.shape[0],), h, None)
+    leaves, spec = pytree.tree_flatten(phi)
+    ctx = BlockContext(phi=phi, form=family.form, grad=pairs.grad, cache={}, extras={"h": h, "v": pairs.v},
+                       statistics=True, power=family.power)
+    new = fitter.build([x.clone() for x in leaves], spec).propose_statistics(objective.meta_grad(ctx))
+    return family.form(pytree.tree_unflatten(new, spec)).to_dense()
+
+
+def library_optimum(
+    H: torch.Tensor, noise: list[torch.Tensor], B: torch.Tensor, gen: torch.Generator,
+    objective: Newton = NEWTON, family: Family = FAMILIES[0], fitter: ClosedForm = CLOSED_FORM,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The library's Newton-type optimum for δθ of second moment B and the noisy Hessian Ĥ = H + Σξⱼ Sⱼ:
+    in the coordinates θ = Dθ′ (D the Cholesky factor of B) the steps δθ′ = v′ have E[v′v′ᵀ] = I and
+    the Hessian is DᵀĤD, where the closed form sets P′ (`closed_form_fit` on `hessian_pairs`); back in
+    θ the preconditioner is P = DP′Dᵀ.  Returns P and A = E[δĝδĝᵀ] = HBH + Σⱼ SⱼBSⱼ."""
+    D = _factor(B)
+    pairs = hessian_pairs(D.mT @ H @ D, [D.mT @ S @ D for S in noise], gen)
+    P = D @ closed_form_fit(pairs, objective, family, fitter) @ D.mT
+    return P, H @ B @ H + sum((S @ B @ S for S in noise), torch.zeros_like(B))
+
+
+def fisher_closed_form_run(
+    gs: torch.Tensor, lam: float, beta: float, family: Family, fisher: Callable[..., Fisher] = Fisher,
+    closed_form: Callable[..., ClosedForm] = ClosedForm, seed: int = 0,
+) -> torch.Tensor:
+    """`Preconditioned([θ], lr=0, structure=family, placement=Flatten(), objective=fisher(damping=λ),
+    fitter=closed_form(beta=β))` stepped once per column g_t of gs (n × T) set as θ's gradient: the
+    dense P it holds after the T steps (the bias-corrected average of the statistics)."""
+    theta = torch.zeros(gs.shape[0], requires_grad=True)
+    opt = Preconditioned([theta], 0.0, structure=family, placement=Flatten(), objective=fisher(damping=lam),
+                         fitter=closed_form(beta=beta), seed=seed)
+    for g in gs.mT:
+        theta.grad = g.clone()
+        opt.step()
+    ((_, P),) = opt.preconditioners()
+    return P.to_dense()
+
+
+def ema_weights(T: int, beta: float) -> torch.Tensor:
+    """The weights (1 − β)β^(T−t)/(1 − β^T), t = 1..T, of the bias-corrected exponential average: the
+    distribution of ĝ whose expectation the closed form reads after T steps."""
+    w = (1 - beta) * beta ** torch.arange(T - 1, -1, -1, dtype=torch.float64)
+    return w / (1 - beta**T)
+
+
+class _WrongPowerFit(ClosedFormFit):
+    """The `ClosedForm` fit with every exponent doubled (see `_WrongPowerClosedForm`)."""
+
+    def propose_statistics(self, statistics: Statistics) -> list[torch.Tensor] | None:
+        doubled = tuple(2 * e for e in statistics.exponents)
+        return super().propose_statistics(dataclasses.replace(statistics, exponents=doubled))
+
+
+@dataclasses.dataclass(frozen=True)
+class _WrongPowerClosedForm(ClosedForm):
+    """Mutant fitter: `ClosedForm` setting the part to (S + δI)^(2e) — P = (Σhhᵀ)⁻¹ for the PSGD
+    criteria, the wrong matrix power."""
+
+    def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> _WrongPowerFit:
+        super().build(leaves, spec)  # the library's validation
+        return _WrongPowerFit(self, leaves, spec)
+
+
+NEWTON_WITH_GRADIENT = NewtonWithGradient()
+"""Mutant objective: the `Newton` criterion fitting with the gradient g where Hv belongs."""
+WRONG_POWER = _WrongPowerClosedForm()
+"""Mutant fitter: the closed form with the wrong matrix power, (Σhhᵀ)⁻¹."""
+
+
+# ----- independent references -----
+
+
+def _np(M: torch.Tensor) -> np.ndarray:
+    return M.detach().numpy()
+
+
+def scipy_inverse_sqrt(M: torch.Tensor) -> torch.Tensor:
+    """M^{-1/2} of an SPD M by scipy (`scipy.linalg.sqrtm` and `scipy.linalg.inv`)."""
+    return torch.from_numpy(scipy.linalg.inv(np.real(scipy.linalg.sqrtm(_np(M)))))
+
+
+def geometric_mean(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """The positive definite solution of PAP = B (Eq. 8), A^{-1/2}(A^{1/2}BA^{1/2})^{1/2}A^{-1/2} (the
+    matrix geometric mean of A⁻¹ and B), by scipy's principal square roots."""
+    root = np.real(scipy.linalg.sqrtm(_np(A)))
+    inv_root = scipy.linalg.inv(root)
+    return torch.from_numpy(inv_root @ np.real(scipy.linalg.sqrtm(root @ _np(B) @ root)) @ inv_root)
+
+
+def inverse_abs(H: torch.Tensor) -> torch.Tensor:
+    """|H|⁻¹ = U diag(1/|λ|) Uᵀ from the eigendecomposition of the symmetric H."""
+    return matrix_function(H, lambda lam: 1 / lam.abs())
+
+
+def reference_criterion(P: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """The expected criterion c(P) = tr(PA) + tr(P⁻¹B) (Eq. 7), written densely."""
+    return torch.trace(P @ A) + torch.trace(torch.linalg.solve(P, B))
 
 
 def criterion_gradient(P: torch.Tensor, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -200,75 +306,97 @@ def lbfgs_minimiser(c: Callable[[torch.Tensor], torch.Tensor], n: int) -> torch.
     return T @ T.mT
 
 
+def bfgs_argmin_log(f: Callable[[torch.Tensor], torch.Tensor], n: int) -> torch.Tensor:
+    """exp(argmin_x f(exp x)) by scipy's BFGS from x = 0, with the gradient by autograd: an independent
+    minimiser over positive p (a vector of size n, or a scalar when n = 0)."""
+
+    def fun(x):
+        t = torch.tensor(x, dtype=torch.float64).reshape(n if n else ()).requires_grad_(True)
+        value = f(t.exp())
+        (grad,) = torch.autograd.grad(value, t)
+        return float(value.detach()), grad.reshape(-1).numpy()
+
+    res = scipy.optimize.minimize(fun, [0.0] * max(n, 1), jac=True, method="BFGS", options={"gtol": 1e-13})
+    return torch.tensor(res.x).reshape(n if n else ()).exp()
+
+
 def _lambda_range(P: torch.Tensor) -> tuple[float, float]:
     lam = torch.linalg.eigvalsh((P + P.mT) / 2)
     return float(lam[0]), float(lam[-1])
 
 
+def _noise_scale(gen: torch.Generator) -> float:
+    """The Hessian noise scale, U(0, 2)."""
+    return 2 * float(torch.rand((), generator=gen))
+
+
 # ----- PSGD-1 -----
 
 
-Optimal = Callable[[Moments], torch.Tensor]
-
-
 def _psgd1_noisy(
-    optimal: Optimal, gen: torch.Generator, cases: int, perturbed: int, solved: int
+    objective: Newton, fitter: ClosedForm, gen: torch.Generator, cases: int, perturbed: int, solved: int
 ) -> dict[str, float]:
-    """The noisy case over `cases` draws: worst Riccati residual, asymmetry, PD floor and ceiling
-    ratios, criterion gradient; perturbation gap and L-BFGS error on the first draws."""
-    worst = {"riccati": 0.0, "asym": 0.0, "floor": math.inf, "ceiling": 0.0, "grad": 0.0,
+    """The noisy case over `cases` draws: worst Riccati residual, error against scipy's geometric mean,
+    asymmetry, PD floor and ceiling ratios, precondalg's criterion gradient; perturbation gap and
+    L-BFGS error on the first draws."""
+    worst = {"riccati": 0.0, "scipy": 0.0, "asym": 0.0, "floor": math.inf, "ceiling": 0.0, "grad": 0.0,
              "gap": math.inf, "lbfgs": 0.0}
     for i in range(cases):
-        n = 2 + i % 5
+        n = 2 + int(torch.randint(5, (), generator=gen))
         H, B = sym_indefinite(n, gen), spd(n, gen)
-        m = linear_moments(H, B, psd_noise(n, gen, 2 * float(torch.rand((), generator=gen))))
-        P = optimal(m)
+        noise = hessian_noise(n, gen, _noise_scale(gen))
+        P, A = library_optimum(H, noise, B, gen, objective, FAMILIES[i % 3], fitter)
         lo, hi = _lambda_range(P)
-        a_lo, a_hi = _lambda_range(m.A)
-        b_lo, b_hi = _lambda_range(m.B)
-        worst["riccati"] = max(worst["riccati"], rel_err(P @ m.A @ P, m.B))
+        a_lo, a_hi = _lambda_range(A)
+        b_lo, b_hi = _lambda_range(B)
+        worst["riccati"] = max(worst["riccati"], rel_err(P @ A @ P, B))
+        worst["scipy"] = max(worst["scipy"], rel_err(P, geometric_mean(A, B)) / float(torch.linalg.cond(A)))
         worst["asym"] = max(worst["asym"], sym_err(P))
         worst["floor"] = min(worst["floor"], lo / math.sqrt(b_lo / a_hi))
         worst["ceiling"] = max(worst["ceiling"], hi / math.sqrt(b_hi / a_lo))
-        grad = criterion_gradient(P, _factor(m.A), _factor(m.B))
-        worst["grad"] = max(worst["grad"], float(grad.abs().max() / m.A.abs().max()))
+        grad = criterion_gradient(P, _factor(A), _factor(B))
+        worst["grad"] = max(worst["grad"], float(grad.abs().max() / A.abs().max()))
+        c = lambda X, A=A, B=B: reference_criterion(X, A, B)  # noqa: E731
         if i < perturbed:
-            gap = perturbation_gap(lambda X, m=m: expected_criterion(X, m), P, gen, draws=200, t=1e-3)
-            worst["gap"] = min(worst["gap"], gap)
+            worst["gap"] = min(worst["gap"], perturbation_gap(c, P, gen, draws=200, t=1e-3))
         if i < solved:
-            found = lbfgs_minimiser(lambda X, m=m: expected_criterion(X, m), n)
-            worst["lbfgs"] = max(worst["lbfgs"], rel_err(P, found))
+            worst["lbfgs"] = max(worst["lbfgs"], rel_err(P, lbfgs_minimiser(c, n)))
     return worst
 
 
-def _psgd1_noiseless(optimal: Optimal, gen: torch.Generator, cases: int) -> tuple[float, float, int]:
-    """B = I, Σ = 0: worst rel. error of P against |H|⁻¹, worst ||eig(PH)| − 1|, and the total
-    mismatch between the number of eigenvalues −1 of PH and of negative eigenvalues of H."""
+def _psgd1_noiseless(
+    objective: Newton, fitter: ClosedForm, gen: torch.Generator, cases: int
+) -> tuple[float, float, int]:
+    """B = I, no noise: worst rel. error of the library's P against |H|⁻¹, worst ||eig(PH)| − 1|, and
+    the total mismatch between the number of eigenvalues −1 of PH and of negative eigenvalues of H."""
     err, unit, mismatch = 0.0, 0.0, 0
     for i in range(cases):
-        n = 2 + i % 5
+        n = 2 + int(torch.randint(5, (), generator=gen))
         H = sym_indefinite(n, gen)
-        P = optimal(linear_moments(H, torch.eye(n), torch.zeros(n, n)))
-        err = max(err, rel_err(P, matrix_function(H, lambda lam: 1 / lam.abs())))
+        P, _ = library_optimum(H, [], torch.eye(n), gen, objective, FAMILIES[i % 3], fitter)
+        err = max(err, rel_err(P, inverse_abs(H)))
         eig = torch.linalg.eigvals(P @ H)
         unit = max(unit, float((eig.abs() - 1).abs().max()))
-        mismatch += abs(int((eig.real < 0).sum()) - int((torch.linalg.eigvalsh(H) < 0).sum()))
+        minus = int((eig.real < 0).sum())
+        mismatch += abs(minus - int((torch.linalg.eigvalsh(H) < 0).sum()))
     return err, unit, mismatch
 
 
-def _psgd1_covariance(optimal: Optimal, gen: torch.Generator, cases: int) -> float:
-    """θ′ = Dθ (δθ′ = Dδθ, δĝ′ = D⁻ᵀδĝ): worst rel. error of optimal(moments′) against DPDᵀ, divided
-    by cond(A′) (the closed form's matrix roots lose digits in proportion to it)."""
+def _psgd1_covariance(objective: Newton, fitter: ClosedForm, gen: torch.Generator, cases: int) -> float:
+    """θ′ = Dθ (D drawn near-diagonal, invertible): the library's optimum for the moved problem
+    (H′ = D⁻ᵀHD⁻¹, S′ⱼ = D⁻ᵀSⱼD⁻¹, B′ = DBDᵀ) against DPDᵀ, P the library's optimum for the original;
+    the worst rel. error divided by cond(A′)."""
     err = 0.0
     for i in range(cases):
-        n = 2 + i % 5
+        n = 2 + int(torch.randint(5, (), generator=gen))
         H, B = sym_indefinite(n, gen), spd(n, gen)
-        m = linear_moments(H, B, psd_noise(n, gen, 1.0))
+        noise = hessian_noise(n, gen, _noise_scale(gen))
         D = torch.randn(n, n, generator=gen) / (2 * n**0.5) + torch.diag(0.5 + torch.rand(n, generator=gen))
         Di = torch.linalg.inv(D)
-        moved = Moments(Di.mT @ m.A @ Di, D @ m.B @ D.mT, D @ m.C @ Di)
-        kappa = float(torch.linalg.cond(moved.A))
-        err = max(err, rel_err(optimal(moved), D @ optimal(m) @ D.mT) / kappa)
+        P, _ = library_optimum(H, noise, B, gen, objective, FAMILIES[i % 3], fitter)
+        moved, A = library_optimum(Di.mT @ H @ Di, [Di.mT @ S @ Di for S in noise], D @ B @ D.mT, gen,
+                                   objective, FAMILIES[(i + 1) % 3], fitter)
+        err = max(err, rel_err(moved, D @ P @ D.mT) / float(torch.linalg.cond(A)))
     return err
 
 
@@ -276,25 +404,27 @@ def _psgd1_covariance(optimal: Optimal, gen: torch.Generator, cases: int) -> flo
     id="PSGD-1",
     paper="PSGD Eqs. 7-8 (Li 2019)",
     statement=(
-        "Closed form: for A = E[δĝδĝᵀ] = HBH + Σ (H symmetric indefinite, B, Σ ≻ 0), "
-        "P = A^{-1/2}(A^{1/2}BA^{1/2})^{1/2}A^{-1/2} solves PAP = B (Eq. 8), is symmetric positive definite "
-        "with √(λ_min(B)/λ_max(A)) <= λ(P) <= √(λ_max(B)/λ_min(A)), and minimises precondalg's criterion "
-        "c(P) = tr(PA) + tr(P⁻¹B): zero gradient, no decrease under 200 random perturbations, equal to an "
-        "L-BFGS minimiser; noiseless (B = I): P = |H|⁻¹, eig(PH) = ±1 with as many −1 as H has negative "
-        "eigenvalues; covariance: θ′ = Dθ maps P to DPDᵀ."
+        "Closed form: the P that precondalg's Newton objective and ClosedForm fitter set (dense, Gram and "
+        "triangular Gram families; noisy Hessian Ĥ = H + ξ₁S₁ + ξ₂S₂, δθ of second moment B through the "
+        "coordinates θ = Dθ′, DDᵀ = B) solves PAP = B for A = E[δĝδĝᵀ] = HBH + ΣSⱼBSⱼ (Eq. 8), equals "
+        "scipy's geometric mean A^{-1/2}(A^{1/2}BA^{1/2})^{1/2}A^{-1/2}, is symmetric positive definite with "
+        "√(λ_min(B)/λ_max(A)) <= λ(P) <= √(λ_max(B)/λ_min(A)), and minimises c(P) = tr(PA) + tr(P⁻¹B): zero "
+        "gradient of precondalg's criterion, no decrease under 200 random perturbations, equal to an L-BFGS "
+        "minimiser; noiseless (B = I): P = |H|⁻¹, eig(PH) = ±1 with as many −1 as H has negative "
+        "eigenvalues; covariance: the library's optimum after θ′ = Dθ is DPDᵀ."
     ),
     tolerance=(
-        f"{E_TOL} (covariance: <= 1e-12·cond(A′)); {S_TOL} (L-BFGS); perturbation gap >= 0; exact: "
-        "sign-count mismatches == 0"
+        f"{E_TOL} (scipy: <= 1e-12·cond(A), covariance: <= 1e-12·cond(A′)); {S_TOL} (L-BFGS); perturbation "
+        "gap >= 0; exact: sign-count mismatches == 0"
     ),
     provenance="PAPER+DERIVED",
     mutants={
-        "secant estimate E[δθδĝᵀ]E[δĝδĝᵀ]⁻¹ (H⁻¹ when noiseless)": {"optimal": _secant_preconditioner},
-        "P⁻¹ in place of P": {"optimal": _inverse_preconditioner},
-        "commuting-case shortcut A^{-1/2}B^{1/2}": {"optimal": _commuting_preconditioner},
+        "Newton fits with g where Hv belongs": {"objective": NEWTON_WITH_GRADIENT},
+        "ClosedForm with the wrong matrix power, (Σhhᵀ)⁻¹": {"fitter": WRONG_POWER},
     },
 )
-def psgd_1(optimal: Optimal = optimal_preconditioner, cases: int = 20, seed: int = 1) -> Outcome:
+def psgd_1(objective: Newton = NEWTON, fitter: ClosedForm = CLOSED_FORM, cases: int = 20,
+           seed: int = 1) -> Outcome:
     """PSGD-1 (Li 2019, Eqs. 7–8): the optimal preconditioner and the noiseless case.
 
     Proof: c(P) = tr(PA) + tr(P⁻¹B) is convex on the positive definite cone (tr(P⁻¹B) is) with
@@ -303,20 +433,24 @@ def psgd_1(optimal: Optimal = optimal_preconditioner, cases: int = 20, seed: int
     principal root: P = A^{-1/2}(A^{1/2}BA^{1/2})^{1/2}A^{-1/2}, the geometric mean A⁻¹ # B.  The mean is
     monotone in each argument, so (1/λ_max(A))I # λ_min(B)I ⪯ P ⪯ (1/λ_min(A))I # λ_max(B)I, which are the
     eigenvalue bounds.  Noiseless, A = H² and B = I, so P = (H²)^{-1/2} = |H|⁻¹ and PH = sign(H), with
-    eigenvalues ±1 (one −1 per negative eigenvalue of H).  Under θ′ = Dθ, A′ = D⁻ᵀAD⁻¹ and B′ = DBDᵀ,
-    and DPDᵀ solves P′A′P′ = B′ and is positive definite, hence is the solution (the criterion is
-    covariant).
+    eigenvalues ±1 (one −1 per negative eigenvalue of H).  The library's closed form integrates v out with
+    E[vvᵀ] = I; for δθ = Dv′ the criterion is covariant (θ = Dθ′ maps the optimum P′ of A′ = DᵀAD, B′ = I
+    to DP′Dᵀ, which solves PAP = DDᵀ), so P = DP′Dᵀ.  Covariance for any invertible D: under θ′ = Dθ,
+    A′ = D⁻ᵀAD⁻¹ and B′ = DBDᵀ, and DPDᵀ solves P′A′P′ = B′ and is positive definite, hence is the
+    solution; the check moves H, the noise and B and compares the library's two optima.
 
-    `optimal` maps the moments (A, B, C) to P.  Draws: n = 2..6, H with eigenvalue magnitudes in
-    [0.1, 10], B with eigenvalues in [0.1, 10], Σ = GGᵀ with noise scale in [0, 2].  The criterion is
-    precondalg's, on Dense(P) with h, v the Cholesky factors of A and B; the perturbations E (5 draws ×
-    200) are symmetric of spectral norm λ_min(P), t = 1e-3; L-BFGS runs on 3 draws.
+    Draws: n = 2..6, H with eigenvalue magnitudes in [0.1, 10], B with eigenvalues in [0.1, 10], the
+    Hessian noise scale in [0, 2]; the families dense, dense Gram, triangular Gram in turn.  The references
+    are scipy's roots, the dense criterion (perturbations E: 5 draws × 200, symmetric of spectral norm
+    λ_min(P), t = 1e-3; L-BFGS on 3 draws) and the eigendecomposition of H; precondalg's criterion is
+    evaluated on Dense(P) with h, v the Cholesky factors of A and B.
     """
     gen, out = generator(seed), Measures()
-    worst = _psgd1_noisy(optimal, gen, cases, perturbed=5, solved=3)
-    err, unit, mismatch = _psgd1_noiseless(optimal, gen, cases=10)
-    cov = _psgd1_covariance(optimal, gen, cases=5)
+    worst = _psgd1_noisy(objective, fitter, gen, cases, perturbed=5, solved=3)
+    err, unit, mismatch = _psgd1_noiseless(objective, fitter, gen, cases=10)
+    cov = _psgd1_covariance(objective, fitter, gen, cases=5)
     out.at_most(f"max ‖PAP − B‖/‖B‖ (Eq. 8) over {cases} noisy draws", worst["riccati"], E_RTOL)
+    out.at_most("max rel. error/cond(A), P vs scipy's geometric mean", worst["scipy"], E_ATOL)
     out.at_most("max asymmetry of P", worst["asym"], E_RTOL)
     out.at_least("min λ_min(P)/√(λ_min(B)/λ_max(A)) (PD, monotonicity floor)", worst["floor"], 1 - E_RTOL)
     out.at_most("max λ_max(P)/√(λ_max(B)/λ_min(A)) (monotonicity ceiling)", worst["ceiling"], 1 + E_RTOL)
@@ -346,10 +480,10 @@ def _mc_psd_margin(dtheta: torch.Tensor, dg: torch.Tensor, H: torch.Tensor) -> t
 
 
 def _psgd2_independent(gen: torch.Generator, n: int, samples: int) -> float:
-    """(a), gradient noise independent of δθ: δθ ~ N(0, B), ε = Σ^{1/2}r with Rademacher r,
-    δĝ = Hδθ + ε.  Returns λ_min(M̂)/se."""
+    """(a), gradient noise independent of δθ: δθ ~ N(0, B), ε = Σ^{1/2}r with Rademacher r and
+    Σ^{1/2} a random SPD root, δĝ = Hδθ + ε.  Returns λ_min(M̂)/se."""
     H, B = sym_indefinite(n, gen), spd(n, gen)
-    root_sigma = matrix_function(psd_noise(n, gen, 1.0), torch.sqrt)
+    root_sigma = spd(n, gen)
     dtheta = torch.randn(samples, n, generator=gen) @ _factor(B).mT
     r = torch.where(torch.rand(samples, n, generator=gen) < 0.5, -1.0, 1.0)
     lam, se = _mc_psd_margin(dtheta, dtheta @ H + r @ root_sigma, H)
@@ -376,22 +510,21 @@ def _psgd2_engine(gen: torch.Generator, n: int, samples: int) -> float:
     return lam / se
 
 
-def _psgd2_eigen(optimal: Optimal, gen: torch.Generator, cases: int) -> dict[str, float]:
-    """(b) over `cases` draws (every fourth noiseless), each divided by κ = cond(A) (the closed form's
-    matrix roots lose digits in proportion to it): the worst (|eig(PH)| − 1)/κ, the worst error of the
-    identity ‖B^{-1/2}PHB^{1/2}‖₂² = 1 − λ_min(B^{-1/2}PΣPB^{-1/2}), the worst ||eig(PH)| − 1|/κ over the
-    noiseless draws; the worst criterion gradient at P; and the plain max |eig(PH)|."""
+def _psgd2_eigen(objective: Newton, fitter: ClosedForm, gen: torch.Generator, cases: int) -> dict[str, float]:
+    """(b) over `cases` draws (every fourth noiseless) of the library's P, each divided by κ = cond(A)
+    (the matrix roots lose digits in proportion to it): the worst (|eig(PH)| − 1)/κ, the worst error of
+    the identity ‖B^{-1/2}PHB^{1/2}‖₂² = 1 − λ_min(B^{-1/2}PΣPB^{-1/2}) (Σ = ΣⱼSⱼBSⱼ), the worst
+    ||eig(PH)| − 1|/κ over the noiseless draws; the worst criterion gradient at P; the plain max |eig(PH)|."""
     worst = {"eig": -math.inf, "identity": 0.0, "unit": 0.0, "grad": 0.0, "max |eig|": 0.0}
     for i in range(cases):
         n = 2 + i % 5
         H, B = sym_indefinite(n, gen), spd(n, gen)
         noiseless = i % 4 == 0
-        scale = 0.0 if noiseless else 2 * float(torch.rand((), generator=gen))
-        Sigma = psd_noise(n, gen, scale)
-        m = linear_moments(H, B, Sigma)
-        P = optimal(m)
+        noise = [] if noiseless else hessian_noise(n, gen, _noise_scale(gen))
+        P, A = library_optimum(H, noise, B, gen, objective, FAMILIES[i % 3], fitter)
+        Sigma = A - H @ B @ H
         eig = torch.linalg.eigvals(P @ H).abs()
-        kappa = float(torch.linalg.cond(m.A))
+        kappa = float(torch.linalg.cond(A))
         worst["max |eig|"] = max(worst["max |eig|"], float(eig.max()))
         worst["eig"] = max(worst["eig"], float(eig.max() - 1) / kappa)
         if noiseless:
@@ -400,20 +533,20 @@ def _psgd2_eigen(optimal: Optimal, gen: torch.Generator, cases: int) -> dict[str
         norm2 = float(torch.linalg.matrix_norm(b_inv_root @ P @ H @ b_root, 2)) ** 2
         damp = float(torch.linalg.eigvalsh(b_inv_root @ P @ Sigma @ P @ b_inv_root)[0])
         worst["identity"] = max(worst["identity"], abs(norm2 - (1 - damp)) / kappa)
-        grad = criterion_gradient(P, _factor(m.A), _factor(m.B))
-        worst["grad"] = max(worst["grad"], float(grad.abs().max() / m.A.abs().max()))
+        grad = criterion_gradient(P, _factor(A), _factor(B))
+        worst["grad"] = max(worst["grad"], float(grad.abs().max() / A.abs().max()))
     return worst
 
 
-def _psgd2_damping(optimal: Optimal, gen: torch.Generator, cases: int) -> float:
-    """(c) B = I: min λ_min(|H|⁻¹ − P)/‖|H|⁻¹‖₂ over `cases` noisy draws."""
+def _psgd2_damping(objective: Newton, fitter: ClosedForm, gen: torch.Generator, cases: int) -> float:
+    """(c) B = I: min λ_min(|H|⁻¹ − P)/‖|H|⁻¹‖₂ over `cases` noisy draws of the library's P."""
     worst = math.inf
     for i in range(cases):
         n = 2 + i % 5
         H = sym_indefinite(n, gen)
-        Sigma = psd_noise(n, gen, 2 * float(torch.rand((), generator=gen)))
-        P = optimal(linear_moments(H, torch.eye(n), Sigma))
-        inv_abs = matrix_function(H, lambda lam: 1 / lam.abs())
+        noise = hessian_noise(n, gen, _noise_scale(gen))
+        P, _ = library_optimum(H, noise, torch.eye(n), gen, objective, FAMILIES[i % 3], fitter)
+        inv_abs = inverse_abs(H)
         lam = torch.linalg.eigvalsh(inv_abs - (P + P.mT) / 2)
         worst = min(worst, float(lam[0] / torch.linalg.eigvalsh(inv_abs)[-1]))
     return worst
@@ -425,19 +558,23 @@ def _psgd2_damping(optimal: Optimal, gen: torch.Generator, cases: int) -> float:
     statement=(
         "Bounds: (a) H⁻¹E[δĝδĝᵀ]H⁻¹ ⪰ E[δθδθᵀ] for gradient noise uncorrelated with δθ (MC, 2·10⁵ samples: "
         "independent Rademacher noise, and precondalg's finite-difference δĝ of a noisy-Hessian quadratic); "
-        "(b) for the optimal P, every eigenvalue of PH has modulus <= 1, by the identity "
-        "‖B^{-1/2}PHB^{1/2}‖₂² = 1 − λ_min(B^{-1/2}PΣPB^{-1/2}) (equality iff Σ = 0), over 200 draws; "
-        "(c) with B = I, P = (H² + Σ)^{-1/2} ⪯ |H|⁻¹."
+        "(b) for the P that precondalg's Newton objective and ClosedForm fitter set (PSGD-1's draws), every "
+        "eigenvalue of PH has modulus <= 1, by the identity "
+        "‖B^{-1/2}PHB^{1/2}‖₂² = 1 − λ_min(B^{-1/2}PΣPB^{-1/2}) (= 1 iff Σ = 0), over 100 draws; (c) with "
+        "B = I, the library's P = (H² + Σ)^{-1/2} ⪯ |H|⁻¹."
     ),
     tolerance=(
         "MC: λ_min >= −5·se; E: |eig(PH)| − 1 and the norm identity's error <= 1e-12·cond(A), ∂c/∂P rel. "
         "<= 1e-10, λ_min(|H|⁻¹ − P) >= −1e-12"
     ),
     provenance="PAPER+DERIVED",
-    mutants={"P = A^{-1/2} (ignores E[δθδθᵀ])": {"optimal": _ignores_b}},
+    mutants={
+        "Newton fits with g where Hv belongs": {"objective": NEWTON_WITH_GRADIENT},
+        "ClosedForm with the wrong matrix power, (Σhhᵀ)⁻¹": {"fitter": WRONG_POWER},
+    },
 )
-def psgd_2(optimal: Optimal = optimal_preconditioner, cases: int = 200, samples: int = 200_000,
-           seed: int = 2) -> Outcome:
+def psgd_2(objective: Newton = NEWTON, fitter: ClosedForm = CLOSED_FORM, cases: int = 100,
+           samples: int = 200_000, seed: int = 2) -> Outcome:
     """PSGD-2 (Li 2019, §2.2 citing Li 2018, and §3.3): noise damping and eigenvalues of PH in [−1, 1].
 
     (a) With δĝ = Hδθ + ε and E[δθεᵀ] = 0, H⁻¹E[δĝδĝᵀ]H⁻¹ = E[δθδθᵀ] + H⁻¹E[εεᵀ]H⁻¹.  (b) For the
@@ -446,17 +583,17 @@ def psgd_2(optimal: Optimal = optimal_preconditioner, cases: int = 200, samples:
     and PH is similar to K, so |eig(PH)| <= ‖K‖₂ <= 1, with KKᵀ = I (all |eig| = 1) iff Σ = 0.  (c) With
     B = I, P = (H² + Σ)^{-1/2} and t ↦ t^{-1/2} is operator monotone decreasing, so P ⪯ (H²)^{-1/2} = |H|⁻¹.
 
-    `optimal` is the closed form under test; each draw also checks that precondalg's criterion has zero
+    P is the library's (`library_optimum`); each draw also checks that precondalg's criterion has zero
     gradient there.  (a) uses n = 4, two noise models, and the standard error of the per-sample values
-    along the eigenvector of λ_min.  The (b) identities are computed through the closed form's matrix
-    roots, which lose about cond(A)·eps (cond(A) reaches 10⁶ for these draws): their errors are compared
-    with 1e-12·cond(A).
+    along the eigenvector of λ_min.  The (b) identities go through matrix roots, which lose about
+    cond(A)·eps (cond(A) reaches 10⁶ for these draws): their errors are compared with 1e-12·cond(A).
+    100 draws for (b), the budget of PSGD-1/2.
     """
     gen, out = generator(seed), Measures()
     mc_independent = _psgd2_independent(gen, 4, samples)
     mc_engine = _psgd2_engine(gen, 4, samples)
-    worst = _psgd2_eigen(optimal, gen, cases)
-    damping = _psgd2_damping(optimal, gen, cases=50)
+    worst = _psgd2_eigen(objective, fitter, gen, cases)
+    damping = _psgd2_damping(objective, fitter, gen, cases=50)
     out.at_least("(a) λ_min(H⁻¹ÂH⁻¹ − B̂)/se, independent noise", mc_independent, -MC_SIGMAS)
     out.at_least("(a) λ_min(H⁻¹ÂH⁻¹ − B̂)/se, Newton finite-difference pairs", mc_engine, -MC_SIGMAS)
     out.at_most(f"(b) max (|eig(PH)| − 1)/cond(A) over {cases} draws", worst["eig"], E_ATOL)
@@ -473,60 +610,39 @@ def psgd_2(optimal: Optimal = optimal_preconditioner, cases: int = 200, samples:
 # ----- PSGD-3 -----
 
 
-ScalarOptimum = Callable[[float, float], float]
-
-
 def scalar_optimum(h: float, noise_var: float) -> float:
     """Eq. 15, the positive root: p = 1/√(h² + E[(ĥ − h)²])."""
     return 1 / math.sqrt(h * h + noise_var)
 
 
-def _scalar_wrong_power(h: float, noise_var: float) -> float:
-    """Mutant: p = 1/(h² + E[(ĥ − h)²]) (the wrong power)."""
-    return 1 / (h * h + noise_var)
+def scalar_pairs(h: float, s: float, gen: torch.Generator) -> Pairs:
+    """The exact expectation of the scalar criterion as a two-point mean: pairs (v, ĥv) = (1, h ± s), so
+    that the means are E[v²] = 1 and E[ĥ²v²] = h² + s² = E[ĥ²]E[v²] (ĥ − h independent of v); the
+    gradients ĥθ at θ ~ N(0, 1).  1 × 2 tensors."""
+    hv = torch.tensor([[h + s, h - s]])
+    return Pairs(hv, torch.ones(1, 2), hv * torch.randn(1, 2, generator=gen))
 
 
-def scalar_pairs(h: float, s: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact expectation of the scalar criterion as a two-point mean: columns (v, ĥv) = (1, h ± s),
-    so that mean v² = E[v²] = 1 and mean ĥ²v² = h² + s² = E[ĥ²]E[v²] (ĥ − h independent of v).
-    Returns (ĥv, v) as 1 × 2 tensors."""
-    return torch.tensor([[h + s, h - s]]), torch.ones(1, 2)
-
-
-def _scalar_criterion(p: torch.Tensor, hv: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """precondalg's criterion on the structure Scalar(p, 1), averaged over the columns."""
-    return criterion(pa.Scalar(p, 1), hv, v) / v.shape[1]
-
-
-def bfgs_argmin_log(f: Callable[[torch.Tensor], torch.Tensor], n: int) -> torch.Tensor:
-    """exp(argmin_x f(exp x)) by scipy's BFGS from x = 0, with the gradient by autograd: an independent
-    minimiser over positive p (a vector of size n, or a scalar when n = 0)."""
-
-    def fun(x):
-        t = torch.tensor(x, dtype=torch.float64).reshape(n if n else ()).requires_grad_(True)
-        value = f(t.exp())
-        (grad,) = torch.autograd.grad(value, t)
-        return float(value.detach()), grad.reshape(-1).numpy()
-
-    res = scipy.optimize.minimize(fun, [0.0] * max(n, 1), jac=True, method="BFGS", options={"gtol": 1e-13})
-    return torch.tensor(res.x).reshape(n if n else ()).exp()
-
-
-def _psgd3_exact(optimum: ScalarOptimum, gen: torch.Generator, draws: int) -> dict[str, float]:
-    """(a) BFGS on the exact expected criterion vs the formula; |ph| and the curvature at −p."""
-    worst = {"argmin": 0.0, "ph": 0.0, "unit": 0.0, "maxima": 0}
+def _psgd3_exact(
+    objective: Newton, fitter: ClosedForm, gen: torch.Generator, draws: int
+) -> dict[str, float]:
+    """(a) the library's scalar closed form against the BFGS argmin of the dense expected criterion and
+    against Eq. 15; |ph| and the curvature of precondalg's criterion at −p."""
+    worst = {"argmin": 0.0, "eq15": 0.0, "ph": 0.0, "unit": 0.0, "maxima": 0}
     for i in range(draws):
         h = float(log_uniform((), -1, 1, gen)) * (1 if i % 2 else -1)
         s = 0.0 if i % 4 == 0 else 5 * float(torch.rand((), generator=gen))
-        hv, v = scalar_pairs(h, s)
-        found = float(bfgs_argmin_log(lambda p, hv=hv, v=v: _scalar_criterion(p, hv, v), 0))
-        p = optimum(h, s * s)
-        worst["argmin"] = max(worst["argmin"], abs(found - p) / p)
+        pairs = scalar_pairs(h, s, gen)
+        p = float(closed_form_fit(pairs, objective, families.scalar(), fitter).squeeze())
+        found = float(bfgs_argmin_log(lambda q, h=h, s=s: q * (h * h + s * s) + 1 / q, 0))
+        worst["argmin"] = max(worst["argmin"], abs(p - found) / found)
+        worst["eq15"] = max(worst["eq15"], abs(p / scalar_optimum(h, s * s) - 1))
         worst["ph"] = max(worst["ph"], abs(p * h))
         if s == 0:
             worst["unit"] = max(worst["unit"], abs(abs(p * h) - 1))
-        curvature = torch.func.grad(torch.func.grad(lambda q, hv=hv, v=v: _scalar_criterion(q, hv, v)))
-        worst["maxima"] += int(curvature(torch.tensor(-found)) < 0)
+        curvature = torch.func.grad(torch.func.grad(
+            lambda q, pairs=pairs: criterion(pa.Scalar(q, 1), pairs.h, pairs.v)))
+        worst["maxima"] += int(curvature(torch.tensor(-p)) < 0)
     return worst
 
 
@@ -542,40 +658,40 @@ def _unit_variance(kind: str, N: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(N, generator=gen) / (chi2 / 5).sqrt() / (5 / 3) ** 0.5
 
 
-def _psgd3_mc(optimum: ScalarOptimum, gen: torch.Generator, samples: int) -> tuple[float, float]:
-    """(b) For ĥ = h + sξ and v of the six law pairs: the worst |p̂ − p|/se, with p̂ the minimiser of
-    the sample criterion (stationary for precondalg's relative gradient, whose worst residual is the
-    second value) and se by the delta method."""
-    worst, residual = 0.0, 0.0
+def _psgd3_mc(objective: Newton, fitter: ClosedForm, gen: torch.Generator, samples: int) -> float:
+    """(b) For ĥ = h + sξ and v of the six law pairs: the library's closed form p̂ = (mean ĥ²v²)^{-1/2}
+    from the N pairs (ĥv, v) (v integrated out, E[v²] = 1); the worst |p̂ − p|/se against Eq. 15,
+    se by the delta method."""
+    worst = 0.0
     for xi_law, v_law in itertools.product(("Gaussian", "Rademacher", "Student-t5"), ("Gaussian", "uniform")):
         h = float(log_uniform((), -1, 1, gen)) * (1 if torch.rand((), generator=gen) < 0.5 else -1)
         s = 5 * float(torch.rand((), generator=gen))
         v = _unit_variance(v_law, samples, gen)
         hv = (h + s * _unit_variance(xi_law, samples, gen)) * v
-        V, W = v * v, hv * hv
-        p_hat = float((V.mean() / W.mean()).sqrt())
-        R = closed_form_relative_gradient(pa.Scalar(torch.tensor(p_hat**0.5), 1), hv[None], v[None])
-        residual = max(residual, float(R.alpha.abs() / (2 * p_hat * W.sum())))
-        se = p_hat * 0.5 * float((V / V.mean() - W / W.mean()).std()) / samples**0.5
-        worst = max(worst, abs(p_hat - optimum(h, s * s)) / se)
-    return worst, residual
+        p_hat = float(closed_form_fit(Pairs(hv[None], v[None], hv[None]), objective,
+                                      families.scalar(), fitter).squeeze())
+        W = hv * hv
+        se = p_hat * 0.5 * float(W.std() / W.mean()) / samples**0.5
+        worst = max(worst, abs(p_hat - scalar_optimum(h, s * s)) / se)
+    return worst
 
 
 def fit_scalar(
-    hv: torch.Tensor, v: torch.Tensor, mu: float = 0.5, tol: float = 1e-10, steps: int = 400
+    pairs: Pairs, objective: Newton = NEWTON, mu: float = 0.5, tol: float = 1e-10, steps: int = 400
 ) -> float:
-    """Iterate PSGD's Lie-group step on the group of non-zero scalars: the `Newton` criterion's
-    gradient ∂c/∂q for P = q² and the pairs (ĥv, v), then the `LieGroup` fitter's step
-    q ← q(1 − μR/|R|) from q = 1, with μ halved whenever the step reverses direction (a bisection in
-    log q) until μ < tol.  Returns q²."""
+    """Iterate PSGD's Lie-group step on the group of non-zero scalars as `Preconditioned` does with
+    `LieGroup`: the objective's relative gradient R for P = q² and the pairs (``BlockContext.relative``),
+    then the fitter's step q ← q(1 − μR/|R|) from q = 1, with μ halved whenever the step reverses
+    direction (a bisection in log q) until μ < tol.  Returns q²."""
     leaves, spec = pytree.tree_flatten(pa.Scalar(torch.tensor(1.0), 1))
     leaves = [leaf.clone() for leaf in leaves]
     last = 0.0
     for _ in range(steps):
-        ctx = BlockContext(phi=pytree.tree_unflatten(leaves, spec), form=pa.gram, grad=hv, cache={},
-                           extras={"h": hv, "v": v})
+        ctx = BlockContext(phi=pytree.tree_unflatten(leaves, spec), form=pa.gram, grad=pairs.grad, cache={},
+                           extras={"h": pairs.h, "v": pairs.v}, relative=True)
         before = float(leaves[0])
-        LieGroup(lr=mu).build(leaves, spec).step(pytree.tree_leaves(NEWTON.meta_grad(ctx)))
+        answer = objective.meta_grad(ctx)
+        LieGroup(lr=mu).build(leaves, spec).step_relative(answer.R, answer.scale)
         direction = math.copysign(1.0, float(leaves[0]) - before) if float(leaves[0]) != before else 0.0
         if direction == 0.0:
             break
@@ -587,21 +703,25 @@ def fit_scalar(
     return float(leaves[0]) ** 2
 
 
-def _psgd3_fit(optimum: ScalarOptimum, cases: tuple[tuple[float, float], ...]) -> float:
-    """(c) worst |q²/p − 1| of the fitted fixed point against the formula."""
+def _psgd3_fit(objective: Newton, gen: torch.Generator, draws: int) -> float:
+    """(c) worst |q²/p − 1| of the LieGroup fixed point against Eq. 15, over drawn (h, s)."""
     worst = 0.0
-    for h, s in cases:
-        q2 = fit_scalar(*scalar_pairs(h, s))
-        worst = max(worst, abs(q2 / optimum(h, s * s) - 1))
+    for _ in range(draws):
+        h = float(log_uniform((), -1, 1, gen)) * (1 if torch.rand((), generator=gen) < 0.5 else -1)
+        s = 5 * float(torch.rand((), generator=gen))
+        q2 = fit_scalar(scalar_pairs(h, s, gen), objective)
+        worst = max(worst, abs(q2 / scalar_optimum(h, s * s) - 1))
     return worst
 
 
-def _psgd3_descent(h: float, mu: float, mu0: float, steps: int, burn: int) -> list[float]:
-    """(d) precondalg's `Preconditioned` optimizer (diagonal_gram, Newton, LieGroup(μ₀), lr μ) on
+def _psgd3_descent(
+    objective: Newton, h: float, mu: float, mu0: float, steps: int, burn: int, seed: int
+) -> list[float]:
+    """(d) precondalg's `Preconditioned` optimizer (diagonal_gram, the objective, LieGroup(μ₀), lr μ) on
     f(x) = ½hx² from x = 1: the per-step factors x_{k+1}/x_k after `burn` steps."""
     x = torch.ones(1, requires_grad=True)
-    opt = Preconditioned([x], lr=mu, structure=diagonal_gram(), placement=Flatten(), objective=Newton(),
-                         fitter=LieGroup(lr=mu0), seed=3)
+    opt = Preconditioned([x], lr=mu, structure=diagonal_gram(), placement=Flatten(), objective=objective,
+                         fitter=LieGroup(lr=mu0), seed=seed)
     xs = [1.0]
     for _ in range(steps):
         opt.step(lambda: 0.5 * h * (x * x).sum())
@@ -609,27 +729,28 @@ def _psgd3_descent(h: float, mu: float, mu0: float, steps: int, burn: int) -> li
     return [b / a for a, b in zip(xs[burn:-1], xs[burn + 1:])]
 
 
-PSGD3_FIT_CASES = ((2.0, 0.0), (-0.5, 1.5), (0.3, 3.0), (-7.0, 0.5))
-"""(h, s) of PSGD-3(c), h of both signs."""
-
-
 @check(
     id="PSGD-3",
     paper="PSGD Eqs. 15-16, §3.3 (Li 2019)",
     statement=(
-        "Closed form and dynamics of the scalar case: (a) the BFGS argmin of precondalg's exact expected "
-        "criterion p(h² + s²) + 1/p is p = 1/√(h² + s²) (Eq. 15), so |ph| <= 1 (Eq. 16, = 1 noiseless), "
-        "and the negative root is a local maximum; (b) MC, 2·10⁵ samples, ĥ = h + sξ for six noise/v "
-        "laws; (c) the LieGroup fitter on the Newton criterion's gradient converges to q² = p; (d) the "
-        "Preconditioned optimizer (diagonal_gram, Newton, LieGroup) on ½hx² contracts by a factor in "
-        "1 − μ[(1 − μ₀)², (1 + μ₀)²] per step when h > 0 and grows by at least 1 + μ(1 − μ₀)² when h < 0."
+        "The scalar case, from the library: (a) the p that precondalg's Newton objective and ClosedForm "
+        "fitter set (scalar family) from the exact expectation equals the BFGS argmin of p(h² + s²) + 1/p "
+        "and p = 1/√(h² + s²) (Eq. 15), so |ph| <= 1 (Eq. 16, = 1 noiseless), and −p is a local maximum of "
+        "precondalg's criterion; (b) MC, 2·10⁵ samples, ĥ = h + sξ for six noise/v laws: the closed form "
+        "from the samples is within 5 se of Eq. 15; (c) the LieGroup fitter on the Newton criterion's "
+        "gradient converges to q² = p; (d) the Preconditioned optimizer (diagonal_gram, Newton, LieGroup) "
+        "on ½hx² contracts by a factor in 1 − μ[(1 − μ₀)², (1 + μ₀)²] per step when h > 0 and grows by at "
+        "least 1 + μ(1 − μ₀)² when h < 0; h, s drawn."
     ),
-    tolerance=f"{S_TOL} (BFGS, fitter); MC: <= 5·se; {E_TOL}; exact: counts",
+    tolerance=f"{S_TOL} (BFGS, fitter); {E_TOL} (Eq. 15); MC: <= 5·se; exact: counts",
     provenance="PAPER+DERIVED",
-    mutants={"p = 1/(h² + s²) (the wrong power)": {"optimum": _scalar_wrong_power}},
+    mutants={
+        "Newton fits with g where Hv belongs": {"objective": NEWTON_WITH_GRADIENT},
+        "ClosedForm with the wrong matrix power, 1/(h² + s²)": {"fitter": WRONG_POWER},
+    },
 )
-def psgd_3(optimum: ScalarOptimum = scalar_optimum, draws: int = 12, samples: int = 200_000,
-           mu: float = 0.5, mu0: float = 0.1, seed: int = 3) -> Outcome:
+def psgd_3(objective: Newton = NEWTON, fitter: ClosedForm = CLOSED_FORM, draws: int = 12,
+           samples: int = 200_000, mu: float = 0.5, mu0: float = 0.1, seed: int = 3) -> Outcome:
     """PSGD-3 (Li 2019, Eqs. 15–16): the scalar Newton-type preconditioner.
 
     With ĥ − h independent of v, E[ĥ²v²] = (h² + s²)E[v²], so c(p) = p(h² + s²)E[v²] + E[v²]/p, whose
@@ -642,35 +763,35 @@ def psgd_3(optimum: ScalarOptimum = scalar_optimum, draws: int = 12, samples: in
     converges to q² = p.  (d) The fitter's band [q*(1 − μ₀), q*(1 + μ₀)] around q* = |h|^{-1/2} is
     invariant (a step from above multiplies by 1 − μ₀, from below by 1 + μ₀), so after it is entered
     P|h| = q²|h| ∈ [(1 − μ₀)², (1 + μ₀)²] and the parameter step x ← (1 − μPh)x contracts (h > 0, μ ∈
-    (0, 1)) or expands (h < 0: a maximum is repelled).
+    (0, 1)) or expands (h < 0: a maximum is repelled).  From q₀ = 1 the band is entered within
+    ½|ln h|/ln(1 + μ₀) <= 12 steps for |h| ∈ [0.1, 10].
 
     Draws: h = ±10^U(−1, 1), s = U(0, 5) (s = 0 for every fourth draw of (a)); (b) laws of ξ Gaussian,
-    Rademacher, Student-t₅ and of v Gaussian, uniform, all of unit variance; (d) h ∈ {4, −0.3} (q₀ = 1
-    above and below q*), μ = 0.5, μ₀ = 0.1, 40 steps, the factors of the last 25.
+    Rademacher, Student-t₅ and of v Gaussian, uniform, all of unit variance; (c) 4 draws; (d) h = 10^U(−1, 1)
+    and h = −10^U(−1, 1), μ = 0.5, μ₀ = 0.1, 40 steps, the factors of the last 25.
     """
     gen, out = generator(seed), Measures()
-    exact = _psgd3_exact(optimum, gen, draws)
-    mc, residual = _psgd3_mc(optimum, gen, samples)
-    fitted = _psgd3_fit(optimum, PSGD3_FIT_CASES)
-    factors = {h: _psgd3_descent(h, mu, mu0, steps=40, burn=15) for h in (4.0, -0.3)}
-    contract = max(abs(f) for h, fs in factors.items() if h > 0 for f in fs)
-    expand = min(f for h, fs in factors.items() if h < 0 for f in fs)
-    out.at_most(f"(a) max rel. error, BFGS argmin of the criterion vs p (Eq. 15), {draws} draws",
+    exact = _psgd3_exact(objective, fitter, gen, draws)
+    mc = _psgd3_mc(objective, fitter, gen, samples)
+    fitted = _psgd3_fit(objective, gen, draws=4)
+    hs = (float(log_uniform((), -1, 1, gen)), -float(log_uniform((), -1, 1, gen)))
+    factors = {h: _psgd3_descent(objective, h, mu, mu0, steps=40, burn=15, seed=seed) for h in hs}
+    contract = max(abs(f) for f in factors[hs[0]])
+    expand = min(factors[hs[1]])
+    out.at_most(f"(a) max rel. error, library p vs BFGS argmin of the criterion, {draws} draws",
                 exact["argmin"], S_RTOL)
+    out.at_most("(a) max rel. error, library p vs Eq. 15", exact["eq15"], E_RTOL)
     out.at_most("(a) max |ph| (Eq. 16)", exact["ph"], 1 + E_RTOL)
     out.at_most("(a) noiseless draws: max ||ph| − 1|", exact["unit"], E_RTOL)
-    out.equal("(a) negative roots with c″ < 0 (local maxima)", exact["maxima"], draws)
+    out.equal("(a) negative roots −p with c″ < 0 (local maxima)", exact["maxima"], draws)
     out.at_most("(b) max |p̂ − p|/se over 6 laws (MC)", mc, MC_SIGMAS)
-    out.at_most("(b) max |R(p̂)|/scale of precondalg's relative gradient", residual, E_RTOL)
-    out.at_most("(c) max |q²/p − 1| of the LieGroup fixed point", fitted, S_RTOL)
+    out.at_most("(c) max |q²/p − 1| of the LieGroup fixed point (4 draws)", fitted, S_RTOL)
     contraction_bound = max(abs(1 - mu * (1 - mu0) ** 2), abs(1 - mu * (1 + mu0) ** 2))
     out.at_most("(d) h > 0: max |x_{k+1}/x_k| (bound max|1 − μ(1 ∓ μ₀)²|)", contract,
                 contraction_bound * (1 + E_RTOL))
     out.at_least("(d) h < 0: min x_{k+1}/x_k (bound 1 + μ(1 − μ₀)²)", expand,
                  (1 + mu * (1 - mu0) ** 2) * (1 - E_RTOL))
-    out.details["(d) |x_40/x_15| for h = 4, −0.3"] = [
-        math.prod(fs) for fs in factors.values()
-    ]
+    out.details["(d) h and |x_40/x_15|"] = {h: math.prod(fs) for h, fs in factors.items()}
     return out.outcome()
 
 
@@ -708,20 +829,24 @@ def _rosenbrock(theta: torch.Tensor, _: Any) -> torch.Tensor:
 
 
 def hvp_problems(gen: torch.Generator) -> list[HvpProblem]:
-    """A quadratic ½θᵀAθ + bᵀθ (A symmetric indefinite, n = 5), the Rosenbrock function at the paper's
-    start (−1, 1), and a tanh MLP 3→5→2 with squared error on 8 samples (four parameter tensors)."""
-    A, b = sym_indefinite(5, gen), torch.randn(5, generator=gen)
-    quadratic = HvpProblem("quadratic", _Vector(torch.randn(5, generator=gen)),
+    """A drawn instance of each loss: a quadratic ½θᵀAθ + bᵀθ (A symmetric indefinite, n ∈ [2, 6]), the
+    Rosenbrock function at the paper's start (−1, 1) moved by N(0, 0.5²I), and a tanh MLP 3→w→2 (w ∈
+    [2, 6], four parameter tensors) with squared error on a batch of N ∈ [2, 16] samples."""
+    n = int(torch.randint(2, 7, (), generator=gen))
+    A, b = sym_indefinite(n, gen), torch.randn(n, generator=gen)
+    quadratic = HvpProblem(f"quadratic n={n}", _Vector(torch.randn(n, generator=gen)),
                            lambda t, _: 0.5 * t @ A @ t + b @ t, (torch.zeros(1), torch.zeros(1)))
-    rosenbrock = HvpProblem("Rosenbrock", _Vector(torch.tensor([-1.0, 1.0])), _rosenbrock,
-                            (torch.zeros(1), torch.zeros(1)))
+    start = torch.tensor([-1.0, 1.0]) + 0.5 * torch.randn(2, generator=gen)
+    rosenbrock = HvpProblem("Rosenbrock", _Vector(start), _rosenbrock, (torch.zeros(1), torch.zeros(1)))
+    width, N = int(torch.randint(2, 7, (), generator=gen)), int(torch.randint(2, 17, (), generator=gen))
     skip = torch.nn.utils.skip_init  # no draw from torch's global generator; the values come from `gen`
-    mlp = torch.nn.Sequential(skip(torch.nn.Linear, 3, 5), torch.nn.Tanh(), skip(torch.nn.Linear, 5, 2))
+    mlp = torch.nn.Sequential(skip(torch.nn.Linear, 3, width), torch.nn.Tanh(),
+                              skip(torch.nn.Linear, width, 2))
     with torch.no_grad():
         for p in mlp.parameters():
             p.copy_(torch.randn(p.shape, generator=gen))
-    batch = (torch.randn(8, 3, generator=gen), torch.randn(8, 2, generator=gen))
-    return [quadratic, rosenbrock, HvpProblem("tanh MLP", mlp, _mse, batch)]
+    batch = (torch.randn(N, 3, generator=gen), torch.randn(N, 2, generator=gen))
+    return [quadratic, rosenbrock, HvpProblem(f"tanh MLP w={width} N={N}", mlp, _mse, batch)]
 
 
 def newton_objective(hvp: str, problem: HvpProblem) -> Newton:
@@ -806,8 +931,9 @@ finite differences with δ = √eps (truncation O(δ), rounding O(eps/δ), both 
     paper="PSGD Eq. 9 (Li 2019)",
     statement=(
         "Identity: the h that precondalg's Newton objective returns with its own v equals Ĥv, Ĥ the full "
-        "Hessian (torch.autograd.functional.hessian), on a quadratic, the Rosenbrock function and a tanh "
-        "MLP (four parameter tensors), for hvp = \"autograd\" (double backward, Eq. 9), \"torch.func\" "
+        "Hessian (torch.autograd.functional.hessian), on drawn instances of a quadratic (n ∈ [2, 6]), the "
+        "Rosenbrock function (around the paper's start) and a tanh MLP 3→w→2 (four parameter tensors, "
+        "w ∈ [2, 6], batch N ∈ [2, 16]), for hvp = \"autograd\" (double backward, Eq. 9), \"torch.func\" "
         "(forward-over-reverse) and \"finite_difference\" (δθ = √eps·v, as psgd_np's demo)."
     ),
     tolerance=f"{E_TOL} (autograd, torch.func); finite differences: rel. error <= 1e-6",
@@ -817,39 +943,30 @@ finite differences with δ = √eps (truncation O(δ), rounding O(eps/δ), both 
         "v redrawn after h (pair broken)": {"newton": _redrawn_v},
     },
 )
-def psgd_4(newton: Callable[[str, HvpProblem], Newton] = newton_objective, seed: int = 4) -> Outcome:
+def psgd_4(newton: Callable[[str, HvpProblem], Newton] = newton_objective, draws: int = 1,
+           seed: int = 4) -> Outcome:
     """PSGD-4 (Li 2019, Eq. 9): ∂/∂θ[(∂f̂/∂θ)ᵀv] = Ĥv, since v does not depend on θ.
 
-    `newton(hvp, problem)` builds the objective under test; each problem is evaluated once per hvp
-    with a seeded generator, and h is compared with the explicit Hessian times the v it returned.
+    `newton(hvp, problem)` builds the objective under test; each of the `draws` drawn instances of the
+    three problems is evaluated once per hvp with a seeded generator, and h is compared with the
+    explicit Hessian times the v it returned.
     """
     gen, out = generator(seed), Measures()
-    problems = hvp_problems(gen)
-    errors = {}
+    problems = [p for _ in range(draws) for p in hvp_problems(gen)]
+    errors: dict[str, dict[str, float]] = {}
     for hvp in ("autograd", "torch.func", "finite_difference"):
-        errors[hvp] = {p.name: hvp_error(newton(hvp, p), p, gen) for p in problems}
+        errors[hvp] = {}
+        for p in problems:
+            errors[hvp][p.name] = max(errors[hvp].get(p.name, 0.0), hvp_error(newton(hvp, p), p, gen))
     for hvp, bound in HVP_TOLERANCES.items():
-        out.at_most(f"max rel. error, Newton(hvp={hvp!r}) h vs Ĥv (3 problems)", max(errors[hvp].values()),
-                    bound)
+        out.at_most(f"max rel. error, Newton(hvp={hvp!r}) h vs Ĥv ({len(problems)} problems)",
+                    max(errors[hvp].values()), bound)
     out.details["rel. errors"] = errors
     return out.outcome()
 
 
+
 # ----- PSGD-5 -----
-
-
-FisherOptimum = Callable[[torch.Tensor, float], torch.Tensor]
-SecondMoment = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-
-
-def fisher_optimum(G: torch.Tensor, lam: float) -> torch.Tensor:
-    """Eq. 13: P = (E[ĝĝᵀ] + λ²I)^{-1/2}, G = E[ĝĝᵀ]."""
-    return matrix_function(G + lam**2 * torch.eye(G.shape[0]), torch.rsqrt)
-
-
-def _fisher_wrong_power(G: torch.Tensor, lam: float) -> torch.Tensor:
-    """Mutant: (E[ĝĝᵀ] + λ²I)⁻¹ (the wrong power)."""
-    return torch.linalg.inv(G + lam**2 * torch.eye(G.shape[0]))
 
 
 def batch_second_moment(F: torch.Tensor, g: torch.Tensor, B: int) -> torch.Tensor:
@@ -858,27 +975,24 @@ def batch_second_moment(F: torch.Tensor, g: torch.Tensor, B: int) -> torch.Tenso
     return F / B + (B - 1) * torch.outer(g, g) / B
 
 
-def _missing_factor(F: torch.Tensor, g: torch.Tensor, B: int) -> torch.Tensor:
-    """Mutant: F/B + ggᵀ (the factor (B − 1)/B missing)."""
-    return F / B + torch.outer(g, g)
-
-
-def fisher_map_error(lam: float, gen: torch.Generator) -> float:
+def fisher_map_error(fisher: Callable[..., Fisher], lam: float, gen: torch.Generator) -> float:
     """precondalg's `Fisher(damping=λ)` pairs its own v with h = g + λv (Eq. 11): the normwise error of
     its h against g + λv, for a linear loss gᵀθ (gradient g)."""
     g = torch.randn(4, generator=gen)
     theta = torch.randn(4, generator=gen).requires_grad_(True)
-    ev = Fisher(damping=lam).evaluate([theta], lambda: (g * theta).sum(), gen)
+    ev = fisher(damping=lam).evaluate([theta], lambda: (g * theta).sum(), gen)
     return rel_err(ev.per_param["h"][theta], g + lam * ev.per_param["v"][theta])
 
 
-def fisher_columns(gs: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pairs (h, v) = (g_j + λv_i, v_i) for every gradient sample g_j (columns of gs) and every
-    sigma point v_i: the mean of the criterion over them is its exact expectation (Eq. 12) for ĝ
-    uniform over the samples and v ~ N(0, I) independent of ĝ.  Returns (h, v), n × (m·2n)."""
+def fisher_columns(gs: torch.Tensor, lam: float, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs (h, v) = (g_t + λv_i, v_i)·√(w_t/2n) for every gradient sample g_t (columns of gs, of
+    weight w_t) and every sigma point v_i: the sum of the criterion over them is its exact expectation
+    (Eq. 12) for ĝ = g_t with probability w_t and v ~ N(0, I) independent of ĝ.  Returns (h, v),
+    n × (T·2n)."""
     V = sigma_points(gs.shape[0])
-    h = torch.cat([g[:, None] + lam * V for g in gs.mT], 1)
-    return h, V.repeat(1, gs.shape[1])
+    c = (w / V.shape[1]).sqrt()
+    h = torch.cat([(g[:, None] + lam * V) * ct for g, ct in zip(gs.mT, c)], 1)
+    return h, torch.cat([V * ct for ct in c], 1)
 
 
 def relative_residual(Q: pa.Structure, h: torch.Tensor, v: torch.Tensor) -> float:
@@ -889,25 +1003,39 @@ def relative_residual(Q: pa.Structure, h: torch.Tensor, v: torch.Tensor) -> floa
     return float(R.to_dense().abs().max() / (2 * (a @ a.mT).abs().max()))
 
 
-def _psgd5_closed_form(optimum: FisherOptimum, gen: torch.Generator) -> dict[str, float]:
-    """(a) for (n, λ) in ((3, 0), (4, 0.3), (5, 1)): Eq. 12 at a random P, the relative gradient at the
-    closed form (Q its Cholesky factor, triangular), the perturbation gap and the L-BFGS argmin."""
-    worst = {"map": 0.0, "eq12": 0.0, "residual": 0.0, "gap": math.inf, "lbfgs": 0.0}
-    for n, lam in ((3, 0.0), (4, 0.3), (5, 1.0)):
-        worst["map"] = max(worst["map"], fisher_map_error(lam, gen))
-        gs = torch.randn(n, 2 * n, generator=gen) + torch.randn(n, 1, generator=gen)
-        G, I = gs @ gs.mT / gs.shape[1], torch.eye(n)
-        h, v = fisher_columns(gs, lam)
+def _fisher_draw(gen: torch.Generator) -> tuple[torch.Tensor, float, float, torch.Tensor]:
+    """A Fisher instance: n ∈ [2, 6], T ∈ [n + 1, 16] gradients (n × T, so that E[ĝĝᵀ] is non-singular)
+    with a common non-zero mean, λ ∈ U(0.1, 1), the averaging β ∈ U(0.5, 0.95) and its weights w."""
+    n = int(torch.randint(2, 7, (), generator=gen))
+    T = int(torch.randint(n + 1, 17, (), generator=gen))
+    gs = torch.randn(n, T, generator=gen) + torch.randn(n, 1, generator=gen)
+    lam = 0.1 + 0.9 * float(torch.rand((), generator=gen))
+    beta = 0.5 + 0.45 * float(torch.rand((), generator=gen))
+    return gs, lam, beta, ema_weights(T, beta)
 
-        def c(P: torch.Tensor, h: torch.Tensor = h, v: torch.Tensor = v) -> torch.Tensor:
-            return criterion(pa.Dense(P), h, v) / v.shape[1]
 
+def _psgd5_closed_form(
+    fisher: Callable[..., Fisher], closed_form: Callable[..., ClosedForm], gen: torch.Generator, draws: int
+) -> dict[str, float]:
+    """(a) over `draws` Fisher instances: Fisher's pairs (Eq. 11), precondalg's criterion against Eq. 12
+    at a random P, and the P the `Preconditioned` optimizer sets (Fisher, ClosedForm(β)) against scipy's
+    (E[ĝĝᵀ] + λ²I)^{-1/2}, the relative gradient there (Q its Cholesky factor, triangular), the
+    perturbation gap and the L-BFGS argmin of the dense expected criterion."""
+    worst = {"map": 0.0, "eq12": 0.0, "scipy": 0.0, "residual": 0.0, "gap": math.inf, "lbfgs": 0.0}
+    for i in range(draws):
+        gs, lam, beta, w = _fisher_draw(gen)
+        n = gs.shape[0]
+        worst["map"] = max(worst["map"], fisher_map_error(fisher, lam, gen))
+        M = (gs * w) @ gs.mT + lam**2 * torch.eye(n)
+        h, v = fisher_columns(gs, lam, w)
         X = spd(n, gen)
-        eq12 = torch.trace(X @ (G + lam**2 * I)) + torch.trace(torch.linalg.inv(X))
-        worst["eq12"] = max(worst["eq12"], rel_err(c(X), eq12))
-        P = optimum(G, lam)
+        expected = reference_criterion(X, M, torch.eye(n))
+        worst["eq12"] = max(worst["eq12"], rel_err(criterion(pa.Dense(X), h, v), expected))
+        P = fisher_closed_form_run(gs, lam, beta, FAMILIES[i % 3], fisher, closed_form, seed=i)
+        worst["scipy"] = max(worst["scipy"], rel_err(P, scipy_inverse_sqrt(M)))
         Q = pa.Triangular(_factor(P).mT)  # P = QᵀQ, Q upper triangular (PSGD's group)
         worst["residual"] = max(worst["residual"], relative_residual(Q, h, v))
+        c = lambda X, M=M: reference_criterion(X, M, torch.eye(M.shape[0]))  # noqa: E731
         worst["gap"] = min(worst["gap"], perturbation_gap(c, P, gen, draws=200, t=1e-3))
         worst["lbfgs"] = max(worst["lbfgs"], rel_err(P, lbfgs_minimiser(c, n)))
     return worst
@@ -924,13 +1052,26 @@ def _batch_means(g: torch.Tensor, L: torch.Tensor, B: int, N: int, gen: torch.Ge
     return torch.cat(chunks)
 
 
-def _z_scores(rows: torch.Tensor, truth: torch.Tensor, scale: float = 1.0) -> float:
-    """max over entries i <= j of |scale·mean(x_i x_j) − truth_ij| / (scale·se)."""
+def library_second_moment(
+    rows: torch.Tensor, fisher: Callable[..., Fisher], closed_form: Callable[..., ClosedForm]
+) -> torch.Tensor:
+    """The second moment that precondalg's closed form reads from the N gradient rows (N × n), as
+    P⁻² for the P that `Fisher(λ = 0)` and the closed-form fitter set from the N columns rows (their mean
+    second moment)."""
+    columns = rows.mT
+    P = closed_form_fit(Pairs(columns, torch.zeros_like(columns), columns), fisher(damping=0.0),
+                        FAMILIES[0], closed_form())
+    return torch.linalg.inv(P @ P)
+
+
+def _z_scores(estimate: torch.Tensor, rows: torch.Tensor, truth: torch.Tensor, scale: float = 1.0) -> float:
+    """max over entries i <= j of |scale·estimate_ij − truth_ij| / (scale·se), se that of the sample mean
+    of x_i x_j over the rows."""
     n, N = rows.shape[1], rows.shape[0]
     worst = 0.0
     for i, j in itertools.combinations_with_replacement(range(n), 2):
-        x = scale * rows[:, i] * rows[:, j]
-        worst = max(worst, float((x.mean() - truth[i, j]).abs() / (x.std() / N**0.5)))
+        se = scale * float((rows[:, i] * rows[:, j]).std()) / N**0.5
+        worst = max(worst, float((scale * estimate[i, j] - truth[i, j]).abs()) / se)
     return worst
 
 
@@ -938,22 +1079,24 @@ def _z_scores(rows: torch.Tensor, truth: torch.Tensor, scale: float = 1.0) -> fl
     id="PSGD-5",
     paper="PSGD Eqs. 11-14 (Li 2019)",
     statement=(
-        "Closed form and MC: (a) precondalg's Fisher objective pairs h = g + λv; the criterion's exact "
-        "expectation is tr{P(E[ĝĝᵀ] + λ²I) + P⁻¹} (Eq. 12), minimised at P = (E[ĝĝᵀ] + λ²I)^{-1/2} (Eq. 13): "
-        "zero relative gradient on the triangular group, no decrease under 200 perturbations, equal to an "
-        "L-BFGS minimiser; (b) E[ĝĝᵀ] = F/B + (B − 1)ggᵀ/B for a batch mean (Eq. 14); (c) with ĝ − g + "
-        "g/√B, B·E[(·)(·)ᵀ] = F and P²/B = F⁻¹ (λ = 0).  MC: 4·10⁵ skewed per-sample gradients in batches of "
-        "B = 2 and B = 16."
+        "Closed form and MC, from the library: (a) precondalg's Fisher objective pairs h = g + λv; its "
+        "criterion's exact expectation is tr{P(E[ĝĝᵀ] + λ²I) + P⁻¹} (Eq. 12); the P that the Preconditioned "
+        "optimizer sets with Fisher(λ) and ClosedForm(β) on drawn gradients equals scipy's "
+        "(E[ĝĝᵀ] + λ²I)^{-1/2} (Eq. 13, E the bias-corrected average), has zero relative gradient on the "
+        "triangular group, no decrease under 200 perturbations and equals an L-BFGS minimiser; (b) the "
+        "second moment the closed form reads from batch means is F/B + (B − 1)ggᵀ/B (Eq. 14); (c) from "
+        "ĝ − g + g/√B it is F/B (λ = 0: P²/B estimates F⁻¹).  MC: 4·10⁵ skewed per-sample gradients in "
+        "batches of B = 2 and B = 16."
     ),
     tolerance=f"{E_TOL}; {S_TOL} (L-BFGS); perturbation gap >= 0; MC: <= 5·se",
     provenance="PAPER",
     mutants={
-        "P = (E[ĝĝᵀ] + λ²I)⁻¹ (the wrong power)": {"optimum": _fisher_wrong_power},
-        "E[ĝĝᵀ] = F/B + ggᵀ (missing (B − 1)/B)": {"second_moment": _missing_factor},
+        "Fisher ignores λ (fits with h = g, statistics without λ²I)": {"fisher": FisherWithoutDamping},
+        "ClosedForm with the wrong matrix power, (E[ĝĝᵀ] + λ²I)⁻¹": {"closed_form": _WrongPowerClosedForm},
     },
 )
-def psgd_5(optimum: FisherOptimum = fisher_optimum, second_moment: SecondMoment = batch_second_moment,
-           per_sample: int = 400_000, seed: int = 5) -> Outcome:
+def psgd_5(fisher: Callable[..., Fisher] = Fisher, closed_form: Callable[..., ClosedForm] = ClosedForm,
+           draws: int = 3, per_sample: int = 400_000, seed: int = 5) -> Outcome:
     """PSGD-5 (Li 2019, Eqs. 11–14): the Fisher-type criterion and its closed form.
 
     (a) With v ~ N(0, I) independent of ĝ, E[(ĝ + λv)ᵀP(ĝ + λv)] = tr(PE[ĝĝᵀ]) + λ²tr(P) (the cross term
@@ -963,61 +1106,57 @@ def psgd_5(optimum: FisherOptimum = fisher_optimum, second_moment: SecondMoment 
     E[(ĝ − g + g/√B)(·)ᵀ] = Cov(ĝ) + ggᵀ/B = (F − ggᵀ)/B + ggᵀ/B = F/B, so the Eq. 13 optimum with λ = 0
     is P = (F/B)^{-1/2} and P²/B = F⁻¹.
 
-    The expectation over v is exact (sigma points) and the one over ĝ is the mean over 2n samples with
-    a common non-zero mean; the criterion is precondalg's on Dense(P), and its relative gradient is
-    that of the triangular Q with QᵀQ = P.  (b), (c): n = 3, per-sample gradients g + Lz with skewed z,
-    4·10⁵ of them for each B (2·10⁵ batches of 2, 2.5·10⁴ batches of 16).
+    (a) draws n ∈ [2, 6], T ∈ [2, 16] gradients with a common non-zero mean set as θ's gradient one per
+    step, λ ∈ U(0.1, 1), β ∈ U(0.5, 0.95) (ĝ = g_t with the bias-corrected weight (1 − β)β^(T−t)/(1 − β^T)),
+    the dense, Gram and triangular Gram families in turn; the expectation over v is exact (sigma points).
+    (b), (c): n = 3, per-sample gradients g + Lz with skewed z, 4·10⁵ of them for each B (2·10⁵ batches of
+    2, 2.5·10⁴ batches of 16); the closed form reads the mean of ĝĝᵀ over the batches.
     """
     gen, out = generator(seed), Measures()
-    worst = _psgd5_closed_form(optimum, gen)
+    worst = _psgd5_closed_form(fisher, closed_form, gen, draws)
     n = 3
     g, L = torch.randn(n, generator=gen), torch.randn(n, n, generator=gen) / n**0.5 + torch.eye(n)
     F = torch.outer(g, g) + L @ L.mT
-    z14, zshift, inverse = 0.0, 0.0, 0.0
+    z14, zshift = 0.0, 0.0
     for B in (2, 16):
         rows = _batch_means(g, L, B, per_sample // B, gen)
-        z14 = max(z14, _z_scores(rows, second_moment(F, g, B)))
-        zshift = max(zshift, _z_scores(rows - g + g / B**0.5, F, scale=B))
-        shifted = second_moment(F, g, B) - (1 - 1 / B) * torch.outer(g, g)
-        P = optimum(shifted, 0.0)
-        inverse = max(inverse, rel_err(P @ P / B, torch.linalg.inv(F)))
+        z14 = max(z14, _z_scores(library_second_moment(rows, fisher, closed_form), rows,
+                                 batch_second_moment(F, g, B)))
+        shifted = rows - g + g / B**0.5
+        moment = library_second_moment(shifted, fisher, closed_form)
+        zshift = max(zshift, _z_scores(moment, shifted, F, scale=B))
     out.at_most("(a) max rel. error, Fisher's h vs g + λv (Eq. 11)", worst["map"], E_RTOL)
-    out.at_most("(a) max rel. error, expected criterion vs tr{P(E[ĝĝᵀ] + λ²I) + P⁻¹} (Eq. 12)",
+    out.at_most("(a) max rel. error, precondalg's expected criterion vs tr{P(E[ĝĝᵀ] + λ²I) + P⁻¹} (Eq. 12)",
                 worst["eq12"], E_RTOL)
-    out.at_most("(a) max |R|/scale of the relative gradient at the closed form (Eq. 13)", worst["residual"],
+    out.at_most("(a) max rel. error, Preconditioned(Fisher, ClosedForm) P vs scipy (E[ĝĝᵀ] + λ²I)^{-1/2}",
+                worst["scipy"], E_RTOL)
+    out.at_most("(a) max |R|/scale of the relative gradient at the library's P (Eq. 13)", worst["residual"],
                 E_RTOL)
-    out.at_least("(a) min (c(P + tE) − c(P))/c(P), 3 draws × 200 symmetric E, t = 1e-3", worst["gap"], 0.0)
+    out.at_least(f"(a) min (c(P + tE) − c(P))/c(P), {draws} draws × 200 symmetric E, t = 1e-3", worst["gap"],
+                 0.0)
     out.at_most("(a) max rel. error, P vs L-BFGS argmin over P = LLᵀ", worst["lbfgs"], S_RTOL)
-    out.at_most("(b) max |Ê[ĝĝᵀ] − (F/B + (B−1)ggᵀ/B)|/se (Eq. 14), B = 2, 16", z14, MC_SIGMAS)
-    out.at_most("(c) max |B·Ê[(ĝ − g + g/√B)(·)ᵀ] − F|/se", zshift, MC_SIGMAS)
-    out.at_most("(c) max rel. error, P²/B vs F⁻¹ (λ = 0)", inverse, E_RTOL)
+    out.at_most("(b) max |P⁻² − (F/B + (B−1)ggᵀ/B)|/se (Eq. 14), B = 2, 16", z14, MC_SIGMAS)
+    out.at_most("(c) max |B·P⁻² − F|/se, P from ĝ − g + g/√B", zshift, MC_SIGMAS)
     return out.outcome()
 
 
 # ----- PSGD-6 -----
 
 
-StationaryPoints = Callable[[torch.Tensor], list[torch.Tensor]]
+Criterion = Callable[[pa.Structure, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def stationary_points(A: torch.Tensor) -> list[torch.Tensor]:
-    """All P = U diag(±a^{-1/2}) Uᵀ for A = U diag(a) Uᵀ: the 2ⁿ symmetric solutions of P⁻² = A."""
+def _swapped_criterion(P: pa.Structure, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Mutant criterion: Σ vᵀPv + hᵀP⁻¹h (the roles of h and v swapped; its stationary points are
+    P² = A, not P⁻² = A)."""
+    return criterion(P, v, h)
+
+
+def sign_points(A: torch.Tensor) -> list[torch.Tensor]:
+    """All P = U diag(±a^{-1/2}) Uᵀ for A = U diag(a) Uᵀ (torch.linalg.eigh): the 2ⁿ symmetric solutions
+    of P⁻² = A, the all-plus one first."""
     a, U = torch.linalg.eigh(A)
     return [_from_eigen(U, torch.tensor(signs) * a.rsqrt())
-            for signs in itertools.product((1.0, -1.0), repeat=A.shape[0])]
-
-
-def _points_wrong_power(A: torch.Tensor) -> list[torch.Tensor]:
-    """Mutant: U diag(±a⁻¹) Uᵀ."""
-    a, U = torch.linalg.eigh(A)
-    return [_from_eigen(U, torch.tensor(signs) / a)
-            for signs in itertools.product((1.0, -1.0), repeat=A.shape[0])]
-
-
-def _points_misordered(A: torch.Tensor) -> list[torch.Tensor]:
-    """Mutant: the eigenvalues paired with the eigenvectors in reverse order."""
-    a, U = torch.linalg.eigh(A)
-    return [_from_eigen(U.flip(1), torch.tensor(signs) * a.rsqrt())
             for signs in itertools.product((1.0, -1.0), repeat=A.shape[0])]
 
 
@@ -1046,22 +1185,22 @@ def derived_negative_count(d: torch.Tensor) -> int:
     id="PSGD-6",
     paper="PSGD §3.3 (Li 2019)",
     statement=(
-        "Stationary points of the Newton criterion c(P) = tr(PA) + tr(P⁻¹), A = E[ĤvvᵀĤ] with distinct "
-        "eigenvalues, n = 3 and 5: all 2ⁿ points U diag(±a^{-1/2})Uᵀ are stationary for precondalg's "
-        "criterion; exactly one is positive definite, and it is the only local minimum (Hessian by "
-        "torch.func); the negative definite one is the only local maximum, the others are saddles, with "
-        "the derived number of negative curvature directions."
+        "Stationary points of the Newton criterion c(P) = tr(PA) + tr(P⁻¹), A = E[ĤvvᵀĤ] = H² + S₁² + S₂² "
+        "with distinct eigenvalues, 2 drawn n ∈ [2, 5]: the P that precondalg's Newton objective and "
+        "ClosedForm fitter set is the positive definite point U diag(a^{-1/2})Uᵀ (eigh of A); all 2ⁿ points "
+        "U diag(±a^{-1/2})Uᵀ are stationary for precondalg's criterion; exactly one is positive definite, "
+        "and it is the only local minimum (Hessian by torch.func); the negative definite one is the only "
+        "local maximum, the others are saddles, with the derived number of negative curvature directions."
     ),
     tolerance=f"{E_TOL}; exact: counts",
     provenance="PAPER+DERIVED",
     mutants={
-        "U diag(±a⁻¹) Uᵀ (the wrong power)": {"points": _points_wrong_power},
-        "eigenvalues paired with reversed eigenvectors": {"points": _points_misordered},
+        "ClosedForm with the wrong matrix power, A⁻¹": {"fitter": WRONG_POWER},
+        "criterion with h and v swapped, Σ vᵀPv + hᵀP⁻¹h": {"crit": _swapped_criterion},
     },
 )
-def psgd_6(
-    points: StationaryPoints = stationary_points, sizes: tuple[int, ...] = (3, 5), seed: int = 6
-) -> Outcome:
+def psgd_6(objective: Newton = NEWTON, fitter: ClosedForm = CLOSED_FORM, crit: Criterion = criterion,
+           draws: int = 2, seed: int = 6) -> Outcome:
     """PSGD-6 (Li 2019, §3.3): "(10) determines a unique positive definite preconditioner ...  Other
     minimum solutions of criterion (10) are either indefinite or negative definite".
 
@@ -1073,29 +1212,37 @@ def psgd_6(
     negative definite one a local maximum, and every other point a saddle: the paper's "other minimum
     solutions" are stationary points, not minima (c is unbounded below on the non-PD points).
 
-    A = H² + S₁² + S₂² (Ĥ = H + ξ₁S₁ + ξ₂S₂, ξ zero-mean unit-variance), H symmetric indefinite.  The
-    criterion is precondalg's on Dense(P) with h the Cholesky factor of A and v = I; curvature signs are
-    counted with a threshold of 1e-8 relative to the largest |eigenvalue| of the Hessian.
+    Ĥ = H + ξ₁S₁ + ξ₂S₂ (ξ Rademacher, S of spectral norm U(0.5, 1.5)), H symmetric indefinite; the closed
+    form is set from the pairs `hessian_pairs` (means (1/k)Σhhᵀ = A, (1/k)Σvvᵀ = I; the dense, Gram and
+    triangular Gram families in turn); precondalg's criterion is evaluated on Dense(P) with h the
+    Cholesky factor of A and v = I (its exact expectation); curvature signs are counted with a threshold
+    of 1e-8 relative to the largest |eigenvalue| of the Hessian.
     """
     gen, out = generator(seed), Measures()
     total = stationary = pd_miss = min_miss = max_miss = inertia_miss = 0
-    residual, grad, gap = 0.0, 0.0, math.inf
-    for n in sizes:
+    residual, grad, library, gap, sizes = 0.0, 0.0, 0.0, math.inf, []
+    for i in range(draws):
+        n = int(torch.randint(2, 6, (), generator=gen))
+        sizes.append(n)
         H = sym_indefinite(n, gen)
-        A = H @ H + sum(S @ S for S in (random_symmetric(n, gen), random_symmetric(n, gen)))
+        noise = hessian_noise(n, gen, 0.5 + float(torch.rand((), generator=gen)))
+        pairs = hessian_pairs(H, noise, gen)
+        A = H @ H + sum(S @ S for S in noise)
         a = torch.linalg.eigvalsh(A)
         gap = min(gap, float((a[1:] - a[:-1]).min() / a[-1]))
+
         h, v = _factor(A), torch.eye(n)
 
         def c(P: torch.Tensor, h: torch.Tensor = h, v: torch.Tensor = v) -> torch.Tensor:
-            return criterion(pa.Dense(P), h, v)
+            return crit(pa.Dense(P), h, v)
 
-        found = points(A)
+        found = sign_points(A)
+        library = max(library, rel_err(closed_form_fit(pairs, objective, FAMILIES[i % 3], fitter), found[0]))
         total += len(found)
         pd = minima = maxima = 0
         for P in found:
             res = rel_err(torch.linalg.inv(P @ P), A)
-            g = float(criterion_gradient(P, h, v).abs().max() / A.abs().max())
+            g = float(torch.func.grad(c)(P).abs().max() / A.abs().max())
             residual, grad = max(residual, res), max(grad, g)
             stationary += int(max(res, g) <= E_RTOL)
             lam = torch.linalg.eigvalsh((P + P.mT) / 2)
@@ -1110,11 +1257,12 @@ def psgd_6(
             inertia_miss += int(int((curv < -tiny).sum()) != derived_negative_count(torch.linalg.eigvalsh(
                 torch.linalg.inv((P + P.mT) / 2))))
         pd_miss += abs(pd - 1) + abs(minima - 1) + abs(maxima - 1)
+    out.at_most("max rel. error, the library's closed-form P vs the positive definite point", library, E_RTOL)
     out.equal(f"points found, n = {sizes}", total, sum(2**n for n in sizes))
     out.equal("points that are stationary (both residuals <= 1e-10)", stationary, total)
     out.at_most("max ‖P⁻² − A‖/‖A‖", residual, E_RTOL)
     out.at_most("max |∂c/∂P|/max|A| of precondalg's criterion", grad, E_RTOL)
-    out.equal("|#PD − 1| + |#local minima − 1| + |#local maxima − 1|, summed over n", pd_miss, 0)
+    out.equal("|#PD − 1| + |#local minima − 1| + |#local maxima − 1|, summed over the draws", pd_miss, 0)
     out.equal("points where (local minimum) != (PD) or (local maximum) != (ND)", min_miss + max_miss, 0)
     out.equal("points whose Hessian inertia differs from the derived count", inertia_miss, 0)
     out.details["min relative eigenvalue gap of A"] = gap
@@ -1270,11 +1418,14 @@ def psgd_7(relgrad: RelGrad = closed_form_relative_gradient, draws: int = 3, see
     return out.outcome()
 
 
+
+
 # ----- PSGD-13 -----
 
 
-Equilibration = Callable[[torch.Tensor], torch.Tensor]
-FisherDiagonal = Callable[[torch.Tensor, float], torch.Tensor]
+DIAGONAL_FAMILIES = (diagonal_gram(), families.diagonal())
+"""The diagonal families the closed forms are set on, in turn over the draws: P = diag(q)ᵀdiag(q) (power
+2, PSGD's diagonal group) and P = diag(d) (power 1)."""
 
 
 def equilibration(H: torch.Tensor) -> torch.Tensor:
@@ -1283,33 +1434,30 @@ def equilibration(H: torch.Tensor) -> torch.Tensor:
     return 1 / torch.linalg.vector_norm(H, dim=1)
 
 
-def _l1_equilibration(H: torch.Tensor) -> torch.Tensor:
-    """Mutant: 1/Σⱼ|Hᵢⱼ| (an L1 row norm)."""
-    return 1 / H.abs().sum(1)
-
-
 def fisher_diagonal(second_moment: torch.Tensor, lam: float) -> torch.Tensor:
     """§6.1: the Fisher-type diagonal optimum 1 ⊘ √(E[ĝ⊙ĝ] + λ²): an RMSProp/Adam denominator with
     ε = λ² inside the root."""
     return (second_moment + lam**2).rsqrt()
 
 
-def _eps_outside_root(second_moment: torch.Tensor, lam: float) -> torch.Tensor:
-    """Mutant: 1 ⊘ (√E[ĝ⊙ĝ] + λ²), torch.optim's RMSprop/Adam convention √v + ε."""
-    return 1 / (second_moment.sqrt() + lam**2)
+def diagonal_criterion(p: torch.Tensor, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The criterion on P = diag(p), Σ_k Σᵢ pᵢh_ik² + v_ik²/pᵢ, written densely."""
+    return (p[:, None] * h * h + v * v / p[:, None]).sum()
 
 
-def fit_diagonal(h: torch.Tensor, v: torch.Tensor, steps: int = 100, mu: float = 0.5,
-                 decay: float = 0.85) -> torch.Tensor:
-    """Iterate PSGD's Lie-group step on the diagonal group: the `Newton` criterion's gradient ∂c/∂q for
-    P = diag(q²) and the pairs (h, v), then `LieGroup(lr=μ_k)`'s step q ← (I − μ_k R/‖R‖_max)q from
-    q = 1, with μ_k = μ·decay^k.  Returns q²."""
+def fit_diagonal(h: torch.Tensor, v: torch.Tensor, objective: Newton | Fisher = NEWTON, steps: int = 100,
+                 mu: float = 0.5, decay: float = 0.85) -> torch.Tensor:
+    """Iterate PSGD's Lie-group step on the diagonal group as `Preconditioned` does with `LieGroup`: the
+    objective's relative gradient R for P = diag(q²) and the pairs (h, v) (``BlockContext.relative``,
+    the closed form of Eq. 18), then `LieGroup(lr=μ_k)`'s step q ← (I − μ_k R/‖R‖_max)q from q = 1, with
+    μ_k = μ·decay^k.  Returns q²."""
     leaves, spec = pytree.tree_flatten(pa.Diagonal(torch.ones(h.shape[0])))
     leaves = [x.clone() for x in leaves]
     for k in range(steps):
         ctx = BlockContext(phi=pytree.tree_unflatten(leaves, spec), form=pa.gram, grad=h, cache={},
-                           extras={"h": h, "v": v})
-        LieGroup(lr=mu * decay**k).build(leaves, spec).step(pytree.tree_leaves(NEWTON.meta_grad(ctx)))
+                           extras={"h": h, "v": v}, relative=True)
+        answer = objective.meta_grad(ctx)
+        LieGroup(lr=mu * decay**k).build(leaves, spec).step_relative(answer.R, answer.scale)
     return leaves[0] ** 2
 
 
@@ -1325,22 +1473,24 @@ def rmsprop_denominator(second_moment: torch.Tensor, eps: float) -> torch.Tensor
     id="PSGD-13",
     paper="PSGD §6.1-6.2 (Li 2019)",
     statement=(
-        "Closed forms on the diagonal group, against precondalg's criterion with exact expectations: the "
-        "Fisher type P = diag(1 ⊘ √(E[ĝ⊙ĝ] + λ²)) (RMSProp/Adam) and the Newton type "
-        "P = diag(√(E[v⊙v] ⊘ E[Hv⊙Hv])) = diag(1/‖H_{i,:}‖₂) (equilibrated SGD) are (a) the BFGS argmin "
-        "over log p, (b) the fixed point of the LieGroup fitter on the criterion's gradient, and (c) exact "
-        "zeros of the relative gradient: the diagonal Fisher preconditioner is 1/√(v + ε) with ε = λ² "
-        "inside the root (not torch's 1/(√v + ε))."
+        "Diagonal closed forms from the library, on drawn n ∈ [2, 6]: the P that precondalg's Newton "
+        "objective and ClosedForm fitter set from the exact expectation (diagonal Gram and diagonal "
+        "families) is diag(√(E[v⊙v] ⊘ E[Hv⊙Hv])) = diag(1/‖H_{i,:}‖₂) (equilibrated SGD); the P that the "
+        "Preconditioned optimizer sets with Fisher(λ) and ClosedForm(β) on T ∈ [2, 16] drawn gradients is "
+        "diag(1 ⊘ √(E[ĝ⊙ĝ] + λ²)) (RMSProp/Adam with ε = λ² inside the root, not torch's 1/(√v + ε)); both "
+        "are (a) the BFGS argmin over log p of the dense expected criterion, (b) the fixed point of the "
+        "LieGroup fitter on the criterion's gradient, and (c) exact zeros of precondalg's relative gradient."
     ),
     tolerance=f"{S_TOL} (BFGS, fitter); {E_TOL}",
     provenance="PAPER+DERIVED",
     mutants={
-        "equilibration with the L1 row norm 1/Σⱼ|Hᵢⱼ|": {"newton_form": _l1_equilibration},
-        "Fisher with ε outside the root, 1/(√v + λ²)": {"fisher_form": _eps_outside_root},
+        "Newton fits with g where Hv belongs": {"objective": NEWTON_WITH_GRADIENT},
+        "Fisher ignores λ (fits with h = g, statistics without λ²I)": {"fisher": FisherWithoutDamping},
+        "ClosedForm with the wrong matrix power": {"closed_form": _WrongPowerClosedForm},
     },
 )
-def psgd_13(newton_form: Equilibration = equilibration, fisher_form: FisherDiagonal = fisher_diagonal,
-            n: int = 5, lam: float = 0.5, seed: int = 13) -> Outcome:
+def psgd_13(objective: Newton = NEWTON, fisher: Callable[..., Fisher] = Fisher,
+            closed_form: Callable[..., ClosedForm] = ClosedForm, draws: int = 3, seed: int = 13) -> Outcome:
     """PSGD-13 (Li 2019, §6.1–6.2): diagonal closed forms.
 
     On the diagonal group c(p) = Σᵢ pᵢE[hᵢ²] + E[vᵢ²]/pᵢ separates, with minimiser pᵢ = √(E[vᵢ²]/E[hᵢ²]).
@@ -1348,33 +1498,46 @@ def psgd_13(newton_form: Equilibration = equilibration, fisher_form: FisherDiago
     RMSProp/Adam denominator with the exact second moment in place of its moving average and ε = λ²
     inside the root.  Newton type, h = Hv with v ~ N(0, I): E[hᵢ²] = (H²)ᵢᵢ = ‖H_{i,:}‖², so
     p = 1/‖H_{i,:}‖₂ (Dauphin et al. 2015).  The relative gradient on the diagonal group at P = diag(q²) is
-    R = 2 diag(q²E[h²] − E[v²]/q²)·(2n or m·2n columns), zero exactly at the closed form.
+    R = 2 diag(q²E[h²] − E[v²]/q²), zero exactly at the closed form.
 
-    H symmetric indefinite (n = 5); the Fisher samples: six gradients ĝ with a common mean, λ = 0.5.
-    Expectations over v are exact (sigma points); (b) iterates 100 steps with μ_k = 0.5·0.85^k.  The
-    details compare with precondalg's "rmsprop" base rule (torch.optim's √v + ε), which matches the
-    PSGD form only approximately.
+    Per draw: H symmetric indefinite with the pairs √n(He_i, e_i) (means H² and I); the Fisher instance
+    as PSGD-5's (T gradients with a common mean, λ ∈ U(0.1, 1), β ∈ U(0.5, 0.95), ĝ = g_t with the
+    bias-corrected weights), whose expectation over v is exact with the weighted sigma points.  (b)
+    iterates 100 steps with μ_k = 0.5·0.85^k.  The details compare with precondalg's "rmsprop" base rule
+    (torch.optim's √v + ε), which matches the PSGD form only approximately.
     """
     gen, out = generator(seed), Measures()
-    H = sym_indefinite(n, gen)
-    V = sigma_points(n)
-    gs = torch.randn(n, 6, generator=gen) + torch.randn(n, 1, generator=gen)
-    m = (gs * gs).mean(1)
-    cases = {"Newton": (newton_form(H), H @ V, V), "Fisher": (fisher_form(m, lam), *fisher_columns(gs, lam))}
-    argmin, fitted, residual = {}, {}, {}
-    for name, (p, h, v) in cases.items():
-        found = bfgs_argmin_log(lambda p_, h=h, v=v: criterion(pa.Diagonal(p_), h, v) / v.shape[1], n)
-        argmin[name] = rel_err(found, p)
-        fitted[name] = rel_err(fit_diagonal(h, v), p)
-        residual[name] = relative_residual(pa.Diagonal(p.sqrt()), h, v)
-    out.at_most("(a) max rel. error, BFGS argmin over log p vs closed form (Newton, Fisher)",
-                max(argmin.values()), S_RTOL)
-    out.at_most("(b) max rel. error, LieGroup fixed point q² vs closed form", max(fitted.values()), S_RTOL)
-    out.at_most("(c) max |R|/scale of the relative gradient at the closed forms", max(residual.values()),
-                E_RTOL)
-    rms = rmsprop_denominator(m, lam**2)
-    out.details["errors"] = {"BFGS": argmin, "LieGroup": fitted, "relative gradient": residual}
-    psgd = fisher_diagonal(m, lam)
-    gap = float(((rms - psgd) / psgd).abs().max())
-    out.details["max rel. gap, 1/√(v + λ²) vs the rmsprop rule's 1/(√v + λ²)"] = gap
+    argmin: dict[str, float] = {"Newton": 0.0, "Fisher": 0.0}
+    closed, fitted, residual = dict(argmin), dict(argmin), dict(argmin)
+    gap = 0.0
+    for i in range(draws):
+        family = DIAGONAL_FAMILIES[i % 2]
+        n = int(torch.randint(2, 7, (), generator=gen))
+        H = sym_indefinite(n, gen)
+        pairs = hessian_pairs(H, [], gen)
+        newton_p = torch.diagonal(closed_form_fit(pairs, objective, family, closed_form()))
+        gs, lam, beta, w = _fisher_draw(gen)
+        second_moment = (gs * gs * w).sum(1)
+        fisher_p = torch.diagonal(fisher_closed_form_run(gs, lam, beta, family, fisher, closed_form, seed=i))
+        cases = {
+            "Newton": (newton_p, equilibration(H), pairs.h, pairs.v),
+            "Fisher": (fisher_p, fisher_diagonal(second_moment, lam), *fisher_columns(gs, lam, w)),
+        }
+        for name, (p, reference, h, v) in cases.items():
+            closed[name] = max(closed[name], rel_err(p, reference))
+            found = bfgs_argmin_log(lambda p_, h=h, v=v: diagonal_criterion(p_, h, v), p.shape[0])
+            argmin[name] = max(argmin[name], rel_err(p, found))
+            fitted[name] = max(fitted[name], rel_err(fit_diagonal(h, v, objective), p))
+            residual[name] = max(residual[name], relative_residual(pa.Diagonal(p.sqrt()), h, v))
+        rms = rmsprop_denominator(second_moment, lam**2)
+        gap = max(gap, float(((rms - fisher_p) / fisher_p).abs().max()))
+    out.at_most("max rel. error, library P vs diag(1/‖H_{i,:}‖₂) and diag(1 ⊘ √(E[ĝ⊙ĝ] + λ²))",
+                max(closed.values()), E_RTOL)
+    out.at_most("(a) max rel. error, library P vs BFGS argmin over log p", max(argmin.values()), S_RTOL)
+    out.at_most("(b) max rel. error, LieGroup fixed point q² vs library P", max(fitted.values()), S_RTOL)
+    out.at_most("(c) max |R|/scale of precondalg's relative gradient at the library P",
+                max(residual.values()), E_RTOL)
+    out.details["errors"] = {"closed form": closed, "BFGS": argmin, "LieGroup": fitted,
+                             "relative gradient": residual}
+    out.details["max rel. gap, library 1/√(v + λ²) vs the rmsprop rule's 1/(√v + λ²)"] = gap
     return out.outcome()
