@@ -9,6 +9,7 @@ two threads contending made whole files 5–20× slower without changing a singl
 """
 
 import os
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -22,7 +23,14 @@ settings.register_profile("default", deadline=None, suppress_health_check=[Healt
 settings.register_profile(
     "ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
-settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+def profile_name(environ: Mapping[str, str]) -> str:
+    """The hypothesis profile an environment selects: "ci" when ``CI`` is set (non-empty), else "default"."""
+    return "ci" if environ.get("CI") else "default"
+
+
+settings.load_profile(profile_name(os.environ))
 
 
 @pytest.fixture(scope="session")

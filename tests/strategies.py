@@ -81,6 +81,31 @@ def spd(n: int, log_lo: float = -3.0, log_hi: float = 3.0) -> st.SearchStrategy[
     return st.builds(build, seeds(), st.floats(log_lo, 0.0), st.floats(0.0, log_hi))
 
 
+def pl_problem(n_lo: int = 2, n_hi: int = 8) -> st.SearchStrategy[Any]:
+    """Drawn instances of the `pl_problem()` families of THEORY.md §1.4, built by FOP-1's own builders.
+
+    The families are those of `theory_checks.fop_convergence.FAMILIES` (spd_quadratic,
+    rank_deficient_lsq, x2_plus_3sin2), each built in float64 from a seed; THEORY.md's fourth family,
+    l2_logistic, is not among them (its f* has no closed form, and FOP-1's ratios take f* = 0).
+
+    Args:
+        n_lo: the smallest dimension.
+        n_hi: the largest dimension.
+
+    Returns:
+        A strategy of `theory_checks.fop_convergence.Problem` (f, L, μ, θ₀; f* = 0), the family drawn with
+        `st.sampled_from`, the dimension with `dims(n_lo, n_hi)` and the instance from `seeds()`.
+    """
+    from theory_checks import fop_convergence
+    from theory_checks.runner import check_environment
+
+    def build(family: str, n: int, seed: int) -> Any:
+        with check_environment():
+            return fop_convergence.FAMILIES[family](n, fop_convergence.generator(seed))
+
+    return st.builds(build, st.sampled_from(sorted(fop_convergence.FAMILIES)), dims(n_lo, n_hi), seeds())
+
+
 def haar_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
     """A Haar-distributed n×n orthogonal matrix (QR of a Gaussian with the sign fix).
 

@@ -2,13 +2,18 @@
 check) makes the check fail, and FOP-8 compares with torch.optim bit for bit.
 
 Each bug is patched into the library object the check reaches through `Preconditioned` or the `FOP`
-preset, so a check that tested a copy of the formula written inside it would still pass here.
+preset, so a check that tested a copy of the formula written inside it would still pass here.  FOP-3
+also runs on one drawn layout at a time (THEORY.md §6; the sizes and ranks are drawn from the seed).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import seeds
+from theory_helpers import assert_discriminates
 
 import precondalg.families as families
 import precondalg.optim.fop as fop_preset
@@ -16,6 +21,7 @@ from precondalg import Dense
 from precondalg.optim import Preconditioned
 from precondalg.optim import preconditioned as engine
 from theory_checks import REGISTRY
+from theory_checks.fop import LAYOUTS
 from theory_checks.runner import _call
 
 
@@ -70,3 +76,10 @@ def test_fop8_is_bit_for_bit_once_the_step_is_rounded_like_torch(monkeypatch):
     monkeypatch.setattr(engine.Preconditioned, "_propose", _rounded_like_torch)
     out = _outcome("FOP-8")
     assert out.passed, [(p.name, p.measured) for p in out.parts if not p.passed]
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=seeds(), layout=st.sampled_from(LAYOUTS))
+def test_fop3_passes_and_its_mutants_fail_on_one_drawn_layout(seed, layout):
+    """Each mutant is caught on every layout alone (the Mᵀ(…) mutant on the square layouts it sets)."""
+    assert_discriminates(REGISTRY["FOP-3"], seed=seed, layouts=(layout,))

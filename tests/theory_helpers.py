@@ -1,9 +1,13 @@
-"""Helpers shared by the theory-check test files: a record's named part and named mutant result."""
+"""Helpers shared by the theory-check test files: a record's named part and named mutant result, and a
+check run (real run and mutants) with drawn keyword arguments."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from theory_checks.registry import Check
+from theory_checks.runner import check_environment
 
 
 def part(record: Any, prefix: str) -> dict:
@@ -33,3 +37,24 @@ def assert_registered_in_paper_order(registry: Any, prefix: str, ids: tuple[str,
     """`ids` are registered checks, and the paper's numbered ids come in numeric order."""
     numbered = [id for id in registry.ids() if id.startswith(prefix) and id[len(prefix):].isdigit()]
     assert numbered == sorted(numbered, key=lambda id: int(id[len(prefix):])) and set(ids) <= set(numbered)
+
+
+def assert_discriminates(chk: Check, **overrides: Any) -> None:
+    """The check PASSES with `overrides` (e.g. a drawn ``seed``) and FAILS on each of its mutants with the
+    same overrides, as the runner requires of the report's run (THEORY.md §1.3).
+
+    Every run is made as the runner makes it: in `check_environment` (float64, one thread), the real run
+    first.  A mutant's own overrides take precedence over `overrides`; a run that raises propagates (a
+    raising mutant is not caught by a measurement).
+
+    Args:
+        chk: the registered check.
+        **overrides: keyword arguments of the check, given to the real run and to every mutant.
+    """
+    with check_environment():
+        real = chk.fn(**overrides)
+        mutants = {name: chk.fn(**{**overrides, **ov}) for name, ov in chk.mutants.items()}
+    failed = [(p.name, p.measured, p.relation, p.bound) for p in real.parts if not p.passed]
+    assert real.passed, f"{chk.id} with {overrides}: the real run FAILS on {failed}"
+    escaped = [name for name, out in mutants.items() if out.passed]
+    assert not escaped, f"{chk.id} with {overrides}: these mutants PASS: {escaped}"
