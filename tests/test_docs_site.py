@@ -8,13 +8,18 @@
   others) are compared with the code: the structures, the algebra's rule tables, the Lie groups, the
   base rules, the placements, objectives and fitters, the families of the supported-combinations table,
   the theory-check ids the pages cite, and the tolerance classes.
+- The theory pages: every registered id has its claim in notation (converted to MathML, rendered, no
+  script and no CDN) and an anchor on its paper's page, with the last measured values; a report that no
+  longer matches the registry fails the build; method pages link to their checks and back.
 """
 
 from __future__ import annotations
 
 import html
 import importlib
+import importlib.util
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -27,7 +32,9 @@ import torch
 import precondalg as pa
 import theory_checks
 from precondalg.optim.base_rules import BASE_RULES
+from theory_checks import Check
 from theory_checks.cli import TOLERANCE_CLASSES
+from theory_checks.notation import CLAIMS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -309,3 +316,143 @@ def test_tolerance_classes_are_explained() -> None:
     rows = _table_after("theory_checks.md", "## Tolerance classes")
     listed = {row[0].strip("*").split("*")[0] for row in rows}
     assert listed == set(TOLERANCE_CLASSES)
+
+
+# ------------------------------------------------------------------------------------ theory pages
+
+
+def _hook():
+    """docs/hooks/generated.py, imported as mkdocs imports it."""
+    spec = importlib.util.spec_from_file_location("docs_generated_hook", DOCS / "hooks" / "generated.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_registered_claim_has_its_notation_and_no_other():
+    assert sorted(CLAIMS) == sorted(theory_checks.REGISTRY.ids())
+    assert all(1 <= len(formulas) <= 2 for formulas in CLAIMS.values())
+
+
+@pytest.mark.parametrize("id", sorted(CLAIMS))
+def test_every_formula_converts_to_mathml(id: str) -> None:
+    """latex2mathml keeps an unknown command as text (<mi>\\foo</mi>) and an alignment & as an <mi>: both
+    would render as garbage, so neither may appear."""
+    from latex2mathml.converter import convert
+
+    for latex in CLAIMS[id]:
+        mathml = convert(latex, display="block")
+        assert mathml.startswith("<math") and "<mrow>" in mathml, latex
+        assert "\\" not in mathml and "<mi>&amp;</mi>" not in mathml and "<mi>&</mi>" not in mathml, latex
+
+
+def _stale_report(tmp_path: Path, change) -> Path:
+    data = json.loads((DOCS / "theory" / "report.json").read_text(encoding="utf-8"))
+    change(data["records"])
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def _rename_first_mutant(records: list[dict]) -> None:
+    records[0]["mutants"][0]["name"] += " (renamed)"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda records: records.pop(), "missing: ['APO-ROBUST']"),
+        (lambda records: records.append(dict(records[0], id="FOP-99")), "not registered: ['FOP-99']"),
+        (lambda records: records[0].update(statement="an older statement"), "FOP-1 (statement)"),
+        (lambda records: records[1].update(tolerance="E: 1e-3"), "FOP-2 (tolerance)"),
+        (_rename_first_mutant, "FOP-1 (mutants)"),
+    ],
+)
+def test_a_stale_report_fails_the_build(tmp_path: Path, change, message: str) -> None:
+    """The committed report matches the registry; one that does not (an id missing or extra, a statement,
+    tolerance or mutant changed since it ran) stops the build with the command that regenerates it."""
+    hook = _hook()
+    run, records = hook.load_report()
+    assert list(records) == theory_checks.REGISTRY.ids() and run["summary"]
+    with pytest.raises(RuntimeError) as error:
+        hook.load_report(_stale_report(tmp_path, change))
+    assert message in str(error.value) and hook.REPORT_COMMAND in str(error.value)
+    with pytest.raises(RuntimeError, match="is missing: regenerate it with `python -m theory_checks --json"):
+        hook.load_report(tmp_path / "absent.json")
+
+
+def test_mutation_score_generator(tmp_path: Path) -> None:
+    """The table of library mutants, their catchers and the survivors' explanations; a missing file fails
+    the build with the command that writes it."""
+    hook = _hook()
+    mutants = [
+        {"id": "lie-project-tril", "area": "structures", "file": "precondalg/structures/lie.py",
+         "description": "tril for triu", "report": ["PSGD-8"], "tests": ["tests/test_x.py::test_y[a]"],
+         "killed": True, "explanation": None},
+        {"id": "no-op", "area": "engine", "file": "precondalg/optim/engine.py", "description": "a | b",
+         "report": [], "tests": [], "killed": False, "explanation": "equivalent: nothing observable"},
+    ]
+    path = tmp_path / "mutation_score.json"
+    path.write_text(json.dumps({"date": "2026-12-02", "machine": "a CPU", "commit": "abc1234",
+                                "command": "python scripts/mutation_score.py", "seconds": 12.0,
+                                "kill_rate": 0.5, "killed": 1, "total": 2, "mutants": mutants}))
+    text = hook.mutation_score(path)
+    assert "Kill rate **50.0%** (1 of 2 library mutants caught)" in text and "`abc1234`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == 2 and "[`PSGD-8`](theory/psgd.md#psgd-8)" in rows[0]
+    assert "`tests/test_x.py::test_y[a]`" in rows[0] and "a \\| b" in rows[1] and rows[1].endswith("**no** |")
+    assert "- `no-op`: equivalent: nothing observable" in text
+    with pytest.raises(RuntimeError, match="run `python scripts/mutation_score.py`"):
+        hook.mutation_score(tmp_path / "absent.json")
+
+
+def test_overview_page_has_the_generated_sections() -> None:
+    page = (DOCS / "theory_checks.md").read_text()
+    for marker in ("theory-run", "theory-certified", "mutation-score"):
+        assert f"<!-- generated: {marker} -->" in page
+    for paper in ("fop", "psgd", "lodo", "apo"):
+        assert f"(theory/{paper}.md)" in page
+        assert f"<!-- generated: theory-{paper} -->" in (DOCS / "theory" / f"{paper}.md").read_text()
+
+
+METHOD_PAGES = {"FOP": "presets", "PSGD": "psgd", "LODO": "lodo", "APO": "apo"}
+
+
+@pytest.mark.parametrize("paper", sorted(METHOD_PAGES))
+def test_theory_page_renders_each_claim_with_its_values(site: Path, paper: str) -> None:
+    """Each claim of the paper: its anchor, its formulas as MathML, and for a check its last measured
+    parts with margins; no script loaded from anywhere but the site itself."""
+    page = (site / "theory" / paper.lower() / "index.html").read_text()
+    ids = [i for i in theory_checks.REGISTRY.ids() if i.split("-")[0] == paper]
+    for id in ids:
+        start = page.index(f'id="{id.lower()}"')
+        end = min([page.index(f'id="{j.lower()}"') for j in ids if page.index(f'id="{j.lower()}"') > start]
+                  or [len(page)])
+        section = page[start:end]
+        assert section.count('<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">') == len(
+            CLAIMS[id]), id
+        if isinstance(theory_checks.REGISTRY[id], Check):
+            assert "Last measured:" in section and "<th>margin</th>" in section, id
+    assert not re.findall(r'<script[^>]+src="(?:https?:)?//', page)
+    assert "mathjax" not in page.lower() and "katex" not in page.lower()
+
+
+@pytest.mark.parametrize("paper", sorted(METHOD_PAGES))
+def test_method_pages_and_theory_pages_link_both_ways(site: Path, paper: str) -> None:
+    method = _text_links(site / METHOD_PAGES[paper] / "index.html")
+    theory = _text_links(site / "theory" / paper.lower() / "index.html")
+    checks = [i for i in theory_checks.REGISTRY.ids()
+              if i.split("-")[0] == paper and isinstance(theory_checks.REGISTRY[i], Check)]
+    missing = [i for i in checks if f"../theory/{paper.lower()}/#{i.lower()}" not in method]
+    assert not missing, f"{METHOD_PAGES[paper]}.md does not link to {missing}"
+    assert any(link.startswith(f"../../{METHOD_PAGES[paper]}/") for link in theory)
+    classical = _text_links(site / "classical" / "index.html")
+    hook = _hook()
+    for id in hook.CLASSICAL:
+        assert f"../theory/{id.split('-')[0].lower()}/#{id.lower()}" in classical
+
+
+def _text_links(path: Path) -> set[str]:
+    """The href of every link in a page's article."""
+    page = path.read_text()
+    return set(re.findall(r'href="([^"]+)"', page[page.find("<article") : page.find("</article>")]))

@@ -18,9 +18,9 @@ import torch
 
 import theory_checks
 from theory_checks import REGISTRY, Check, Measures, Registry, run, run_check
-from theory_checks.cli import format_report, main
+from theory_checks.cli import format_markdown, format_report, main
 from theory_checks.psgd import MU0, PSGD8_N
-from theory_checks.runner import json_safe
+from theory_checks.runner import json_safe, margin
 
 SIX = ("PSGD-11", "PSGD-8", "LODO-1", "LODO-2", "FOP-4", "APO-7")
 FOP = ("FOP-1", "FOP-2", "FOP-3", "FOP-4", "FOP-5", "FOP-6", "FOP-7", "FOP-8", "FOP-9")
@@ -177,21 +177,27 @@ def test_json_safe_converts_non_finite_floats_and_tensors():
 
 
 def test_module_entry_point_writes_json(tmp_path):
-    path = tmp_path / "records.json"
-    command = [sys.executable, "-m", "theory_checks", "--json", str(path)]
+    """The module entry point on a few checks and a not-tested claim (the whole run is the `records`
+    fixture's, and `.ci/run`'s last command)."""
+    path, checks, untested = tmp_path / "records.json", ("APO-7", "PSGD-11", "LODO-2"), ("APO-ROBUST",)
+    only = ",".join(checks + untested)
+    command = [sys.executable, "-m", "theory_checks", "--only", only, "--json", str(path)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)  # a guard, not a timing
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    n = sum(isinstance(entry, Check) for entry in REGISTRY)
-    assert f"{n} checks: {n} PASS, 0 FAIL" in proc.stdout
-    records = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    by_id = {r["id"]: r for r in records}
-    assert set(CHECKS) <= set(by_id)
-    for id in CHECKS:
+    assert "3 checks: 3 PASS, 0 FAIL" in proc.stdout
+    report = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert set(report["run"]) == {"date", "machine", "commit", "torch", "python", "command", "summary"}
+    assert report["run"]["command"] == f"python -m theory_checks --only {only} --json {path}"
+    assert report["run"]["torch"] == torch.__version__ and report["run"]["summary"] in proc.stdout
+    by_id = {r["id"]: r for r in report["records"]}
+    assert set(by_id) == set(checks + untested)
+    for id in checks:
         r = by_id[id]
         assert r["status"] == "PASS"
         assert set(REPORT_FIELDS) <= set(r)
         assert all(m["failed"] for m in r["mutants"])
-    assert all(by_id[i]["status"] == "NOT TESTED" and by_id[i]["reason"] for i in NOT_TESTED)
+        assert all("margin" in p for p in r["parts"]) and "margin" in r
+    assert all(by_id[i]["status"] == "NOT TESTED" and by_id[i]["reason"] for i in untested)
 
 
 def test_only_accepts_repeated_and_comma_separated_ids(capsys):
@@ -263,7 +269,92 @@ def test_exit_status_is_nonzero_when_a_check_fails(capsys, tmp_path):
     assert "X-1: FAILED x" in out and "non-discriminating" in out
     assert main(["--only", "X-3"], registry=reg) == 0
     assert main(["--only", "X-2"], registry=reg) == 1
-    assert [r["status"] for r in json.loads(path.read_text())] == ["FAIL", "FAIL", "PASS"]
+    assert [r["status"] for r in json.loads(path.read_text())["records"]] == ["FAIL", "FAIL", "PASS"]
+
+
+# ----- margins -----
+
+
+@pytest.mark.parametrize(
+    "measured, relation, bound, expected",
+    [
+        (1e-12, "<=", 1e-10, 0.99),  # an error using 1% of its tolerance
+        (0.99, "<=", 1.0, 0.01),  # a rate within 1% of its bound
+        (1.5, "<=", 1.0, -0.5),  # broken by half the bound
+        (-2.0, ">=", -5.0, 0.6),  # a z-score floor of −5
+        (0.5, ">=", 1.0, -0.5),
+        (1.0, ">=", 1 - 1e-10, 1e-10),  # a floor attained
+        (3.0, "<=", 0.0, -3.0),  # bound 0: the absolute room
+        (2.0, ">", 0.0, 2.0),
+        (4.0, "==", 4.0, None),
+    ],
+)
+def test_margin_is_the_room_left_as_a_fraction_of_the_bound(measured, relation, bound, expected):
+    got = margin(measured, relation, bound)
+    assert got == expected if expected is None else got == pytest.approx(expected, rel=1e-6, abs=1e-20)
+
+
+def test_margin_nan_is_nan():
+    assert math.isnan(margin(float("nan"), "<=", 1.0))
+
+
+def _margin_registry() -> Registry:
+    """M-1 passes with margins 0.8 (x = 0.1 <= 0.5), 0.5 (y = 1.5 >= 1) and an exact count; its mutant
+    fails with x = 2 (margin −3)."""
+    reg = Registry()
+
+    def fn(x: float = 0.1):
+        out = Measures()
+        out.at_most("x", x, 0.5)
+        out.at_least("y", 1.5, 1.0)
+        out.equal("count", 3, 3)
+        return out.outcome()
+
+    reg.check(id="M-1", paper="test", statement="margins", tolerance="E: x; exact: count",
+              provenance="DERIVED", mutants={"x = 2": {"x": 2.0}})(fn)
+    reg.check(id="M-2", paper="test", statement="a failing check", tolerance="E: x", provenance="DERIVED",
+              mutants={"x = 3": {"x": 3.0}})(lambda x=1.0: fn(x))
+    return reg
+
+
+def test_records_carry_margins_and_the_report_prints_them(tmp_path, capsys):
+    """The margin is a column of the table, of --markdown's parts and of --json's records and parts; a
+    failing part shows a negative margin."""
+    reg = _margin_registry()
+    ok, bad = run(reg)
+    assert ok.margin == pytest.approx(0.8) and [p["margin"] for p in ok.parts] == [
+        pytest.approx(0.8), pytest.approx(0.5), None]
+    assert bad.status == "FAIL" and bad.margin == pytest.approx(-1.0)  # x = 1 against 0.5
+    table = format_report([ok, bad]).splitlines()
+    header = [c.strip() for c in table[0].split("|")]
+    assert header[5] == "margin"
+    assert [c.strip() for c in table[2].split("|")][5] == "0.8"
+    assert [c.strip() for c in table[3].split("|")][5] == "-1"
+    markdown = format_markdown([ok, bad])
+    assert "| part | measured | bound | margin | passed |" in markdown
+    assert "| x | 0.1 | <= 0.5 | 0.8 | yes |" in markdown and "| count | 3 | == 3 | exact | yes |" in markdown
+    assert "| x | 1 | <= 0.5 | -1 | **no** |" in markdown
+    assert "Margin: the room a measurement leaves" in markdown
+    path = tmp_path / "r.json"
+    assert main(["--json", str(path), "--quiet"], registry=reg) == 1
+    records = json.loads(path.read_text())["records"]
+    assert [r["margin"] for r in records] == [pytest.approx(0.8), pytest.approx(-1.0)]
+    assert [p["margin"] for p in records[0]["parts"]] == [pytest.approx(0.8), pytest.approx(0.5), None]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "Margin: the room a measurement leaves" in capsys.readouterr().out
+
+
+def test_every_real_part_has_its_margin(records):
+    """Each part of the real runs carries the margin of its own measured value and bound."""
+    for id in CHECKS:
+        r = records[id]
+        assert r.margin == margin(r.measured, r.relation, r.bound)
+        for p in r.parts:
+            expected = margin(p["measured"], p["relation"], p["bound"])
+            assert p["margin"] == expected or math.isnan(expected)
+            assert p["margin"] is None or (p["margin"] >= 0) == p["passed"] or p["relation"] in ("<", ">")
 
 
 # ----- the report claims no more than is checked -----

@@ -1,10 +1,14 @@
 """Command line: ``python -m theory_checks [--only ID ...] [--tier fast|all] [--json PATH]
 [--markdown PATH] [--list] [--quiet]``.
 
-Prints one row per check (id, paper reference, statement, measured value, bound, tolerance class,
+Prints one row per check (id, paper reference, statement, measured value, bound, margin, tolerance class,
 result, mutants failed, seconds), notes on failures and on the claims not tested, and a summary line;
 while it runs, one progress line per check on stderr (``--quiet``: none).  ``--markdown`` also writes
-the report grouped by paper, every part with its measured value and bound.
+the report grouped by paper, every part with its measured value, bound and margin; ``--json`` writes the
+run (date, machine, commit, torch) and every record.
+
+The margin (`MARGIN_HELP`) is the room a measurement leaves before it would fail, as a fraction of its
+bound: 1 uses none of the bound, 0.01 is within 1% of it, a negative margin breaks it.
 Exit status: 0 when every check passes and every mutant fails, 1 otherwise, 2 for a usage error such as
 an unknown id.
 """
@@ -12,16 +16,32 @@ an unknown id.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import re
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from theory_checks.registry import REGISTRY, Registry
 from theory_checks.runner import Record, run
 
-COLUMNS = ("id", "paper ref", "statement", "measured", "bound", "tol", "result", "mutants failed", "s")
-WIDTHS = (13, 36, 44, 10, 11, 7, 10, 14, 5)
+COLUMNS = ("id", "paper ref", "statement", "measured", "bound", "margin", "tol", "result", "mutants failed",
+           "s")
+WIDTHS = (13, 36, 44, 10, 11, 8, 7, 10, 14, 5)
+MARGIN_HELP = (
+    "Margin: the room a measurement leaves before it would fail, as a fraction of its bound: "
+    "(bound - measured)/|bound| for an upper bound, (measured - bound)/|bound| for a lower bound "
+    "(the absolute difference where the bound is 0); 1 uses none of the bound, 0.01 is within 1% of it, "
+    "negative breaks it; 'exact' for an equality (counts, bit-exact zeros)"
+)
+"""The margin column, as the help explains it (`theory_checks.runner.margin` computes it)."""
 TOLERANCE_CLASSES = ("E", "S", "MC", "D", "exact")
 """The tolerance classes: E (exact identity, rel. 1e-10), S (solved by an optimizer, rel. 1e-6), MC (Monte
 Carlo, within 5 standard errors), D (stochastic dynamics), plus "exact" for counts and bit-exact zeros."""
@@ -34,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
             "Run precondalg's theory checks (numerical checks of identities, invariants, closed forms, "
             "bounds and cost counts from the FOP, PSGD, LODO and APO papers) with their mutation self-tests."
         ),
+        epilog=MARGIN_HELP + ".",
     )
     parser.add_argument(
         "--only",
@@ -42,7 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="run only this check id (repeatable; comma-separated lists accepted)",
     )
-    parser.add_argument("--json", metavar="PATH", help="write all records to PATH as a JSON list")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the run to PATH as JSON: {'run': date, machine, commit, torch, command, summary; "
+        "'records': every record, each part with its margin}",
+    )
     parser.add_argument(
         "--markdown", metavar="PATH", help="write the report to PATH as Markdown, grouped by paper"
     )
@@ -76,13 +102,26 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def format_margin(margin: float | None, relation: str | None, passed: bool | None) -> str:
+    """A margin as printed: 3 significant digits, "exact" for a passing equality, "-" where there is none.
+
+    Examples:
+        >>> format_margin(0.99, "<=", True), format_margin(None, "==", True)
+        ('0.99', 'exact')
+    """
+    if relation == "==":
+        return "exact" if passed else "unequal"
+    return _fmt(margin)
+
+
 def _row(r: Record) -> tuple[str, ...]:
     if r.status == "NOT TESTED":
-        return (r.id, r.paper, r.statement, "-", "-", "-", r.status, "-", "-")
+        return (r.id, r.paper, r.statement, "-", "-", "-", "-", r.status, "-", "-")
     bound = "-" if r.bound is None else f"{r.relation} {_fmt(r.bound)}"
     mutants = f"{r.mutants_failed}/{len(r.mutants)}"
-    return (r.id, r.paper, r.statement, _fmt(r.measured), bound, tolerance_classes(r.tolerance), r.status,
-            mutants, f"{r.seconds:.2f}")
+    margin = format_margin(r.margin, r.relation, r.passed)  # the headline passes iff every part does
+    return (r.id, r.paper, r.statement, _fmt(r.measured), bound, margin, tolerance_classes(r.tolerance),
+            r.status, mutants, f"{r.seconds:.2f}")
 
 
 def tolerance_classes(tolerance: str) -> str:
@@ -147,7 +186,7 @@ def _cell(text: str) -> str:
 def format_markdown(records: list[Record]) -> str:
     """The report as Markdown: per paper, each check's statement, result, mutants caught, seconds and a
     table of every measured part against its bound; then the claims not tested and the summary line."""
-    lines = ["# Theory-check report", ""]
+    lines = ["# Theory-check report", "", MARGIN_HELP + ".", ""]
     for paper in dict.fromkeys(r.id.split("-")[0] for r in records):
         lines += [f"## {paper}", ""]
         for r in (r for r in records if r.id.split("-")[0] == paper and r.status != "NOT TESTED"):
@@ -159,11 +198,12 @@ def format_markdown(records: list[Record]) -> str:
                 f"Tolerance: {r.tolerance}. Mutants failed as required: {r.mutants_failed}/{len(r.mutants)}. "
                 f"{r.seconds:.2f} s.",
                 "",
-                "| part | measured | bound | passed |",
-                "| --- | ---: | --- | --- |",
+                "| part | measured | bound | margin | passed |",
+                "| --- | ---: | --- | ---: | --- |",
                 *(
                     f"| {_cell(p['name'])} | {_fmt(p['measured'])} | {p['relation']} "
-                    f"{_fmt(p['bound'])} | {'yes' if p['passed'] else '**no**'} |"
+                    f"{_fmt(p['bound'])} | {format_margin(p['margin'], p['relation'], p['passed'])} | "
+                    f"{'yes' if p['passed'] else '**no**'} |"
                     for p in r.parts
                 ),
                 "",
@@ -173,6 +213,42 @@ def format_markdown(records: list[Record]) -> str:
         lines += ["## Not tested", ""] + [f"- **{r.id}** ({r.paper}): {r.reason}" for r in untested] + [""]
     lines.append(summary(records))
     return "\n".join(lines) + "\n"
+
+
+def environment(command: str) -> dict[str, Any]:
+    """Where and when the report ran: UTC date, machine (lscpu's model name, logical cores), the
+    checkout's commit ("with uncommitted changes" where git lists any), torch, Python and the command.
+
+    Git is only read (``rev-parse``, ``status``); without git the commit is "unknown".
+    """
+    root = Path(__file__).resolve().parent.parent
+
+    def output(*command: str) -> str | None:
+        try:
+            done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    lscpu = output("lscpu") or ""
+    models = [line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")]
+    cpu = models[0] if models else platform.processor() or "unknown"
+    head = output("git", "rev-parse", "--short", "HEAD")
+    dirty = output("git", "status", "--porcelain")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{cpu}, {os.cpu_count()} logical cores",
+        "commit": "unknown" if head is None else head + (" with uncommitted changes" if dirty else ""),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": command,
+    }
+
+
+def report_json(records: list[Record], command: str) -> dict[str, Any]:
+    """What ``--json`` writes: ``{"run": environment(command) and the summary line, "records": [...]}``."""
+    run_info = environment(command) | {"summary": summary(records)}
+    return {"run": run_info, "records": [r.to_json() for r in records]}
 
 
 def _list(registry: Registry, ids: list[str] | None) -> str:
@@ -205,8 +281,10 @@ def main(argv: Sequence[str] | None = None, registry: Registry = REGISTRY) -> in
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write(format_markdown(records))
     if args.json:
+        command = " ".join(["python -m theory_checks", *(sys.argv[1:] if argv is None else argv)])
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump([r.to_json() for r in records], f, indent=2, ensure_ascii=False, allow_nan=False)
+            json.dump(report_json(records, command), f, indent=2, ensure_ascii=False, allow_nan=False)
+            f.write("\n")
     return 1 if any(r.counts_as_failure for r in records) else 0
 
 

@@ -20,7 +20,7 @@ import torch
 
 from theory_checks.registry import REGISTRY, Check, NotTested, Outcome, Registry
 
-__all__ = ["MutantResult", "Record", "check_environment", "json_safe", "run", "run_check"]
+__all__ = ["MutantResult", "Record", "check_environment", "json_safe", "margin", "run", "run_check"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +50,17 @@ class Record:
 
     `status` is "PASS", "FAIL" or "NOT TESTED".  A check FAILs when its real run fails, raises, or any
     mutant does not fail.  "NOT TESTED" rows carry a `reason` and are never counted as failures.
-    `quantity`, `measured`, `bound` and `relation` describe the headline part (the first failing part,
-    else the first); `parts` holds every part, `passed` the real run's verdict alone, and `seconds`
-    the wall time of the real run plus all its mutant runs.
+    `quantity`, `measured`, `bound`, `relation` and `margin` describe the headline part (the first failing
+    part, else the first); `parts` holds every part, each with its `margin` (see `margin`), `passed` the
+    real run's verdict alone, and `seconds` the wall time of the real run plus all its mutant runs.
+
+    The **margin** of a part is the room left before it would fail, as a fraction of its bound:
+    (bound − measured)/|bound| for an upper bound (<=, <) and (measured − bound)/|bound| for a lower bound
+    (>=, >); where the bound is 0, the absolute room bound − measured or measured − bound.  A passing part
+    has margin >= 0 (> 0 for a strict relation): 1 means the measurement uses none of its bound (an error
+    of 1e-16 against a tolerance of 1e-10), 0.01 that it is within 1% of it (a theorem's rate nearly
+    attained); a failing part has a negative margin, the fraction by which it breaks its bound.  An
+    equality (==, counts and bit-exact zeros) has no margin (None; the report prints "exact").
     """
 
     id: str
@@ -72,6 +80,7 @@ class Record:
     seconds: float = 0.0
     reason: str | None = None
     error: str | None = None
+    margin: float | None = None
 
     @property
     def mutants_failed(self) -> int:
@@ -118,6 +127,30 @@ def json_safe(x: Any) -> Any:
         return json_safe(x.tolist())
     value = float(x)
     return value if math.isfinite(value) else str(value)
+
+
+def margin(measured: float, relation: str, bound: float) -> float | None:
+    """The margin of one part (see `Record`): the room left before `measured relation bound` fails.
+
+    Args:
+        measured: the measured value (NaN gives NaN).
+        relation: one of <=, <, >=, >, ==.
+        bound: the bound.
+
+    Returns:
+        (bound − measured)/|bound| for <= and <, (measured − bound)/|bound| for >= and >, the absolute
+        difference where the bound is 0; None for ==.
+
+    Examples:
+        >>> margin(1e-12, "<=", 1e-10)
+        0.99
+        >>> margin(0.5, ">=", 1.0)
+        -0.5
+    """
+    if relation == "==":
+        return None
+    room = bound - measured if relation in ("<=", "<") else measured - bound
+    return room / abs(bound) if bound != 0 else room
 
 
 def _call(chk: Check, overrides: dict[str, Any]) -> Outcome:
@@ -167,9 +200,12 @@ def run_check(entry: Check | NotTested) -> Record:
         relation=head.relation,
         passed=out.passed,
         mutants=mutants,
-        parts=tuple(dataclasses.asdict(p) for p in out.parts),
+        parts=tuple(
+            dataclasses.asdict(p) | {"margin": margin(p.measured, p.relation, p.bound)} for p in out.parts
+        ),
         details=out.details,
         seconds=time.perf_counter() - start,
+        margin=margin(head.measured, head.relation, head.bound),
     )
 
 

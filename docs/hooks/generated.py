@@ -4,13 +4,27 @@ A page writes a marker, ``<!-- generated: NAME -->``, on a line of its own (a ta
 a line (a short inline list); the build replaces it with what `GENERATORS[NAME]` returns, read from the
 code (the checkout's packages).  An unknown NAME, or a generator that fails, fails the build.  Markdown
 outside markers is left alone.  Each row of the theory-check tables carries an anchor, the id in lower
-case, so that pages can link to one check: ``theory_checks.md#psgd-8``.
+case, so that pages can link to one check: ``theory_checks.md#psgd-8``; each claim of a paper's theory
+page has the same anchor there: ``theory/psgd.md#psgd-8``.
+
+The theory pages combine three sources, so that they cannot drift from the code: the registry (statement,
+tolerance, mutants, tier), `theory_checks.notation.CLAIMS` (each claim in LaTeX, converted to MathML here
+with latex2mathml: no script and no CDN, browsers render MathML), and the committed report
+``docs/theory/report.json`` (the last measured values, with date, machine and commit).  The build fails
+when the notation or the report does not match the registry: an id missing or extra, or a record whose
+paper, statement, provenance, tolerance, reason or mutant names differ from the registry's (a stale
+report); the message names the command that regenerates it (`REPORT_COMMAND`).
 
 | NAME | what | read from |
 | --- | --- | --- |
-| ``theory-checks`` | table: id, paper, statement, tolerance, mutants | ``theory_checks.REGISTRY`` |
+| ``theory-checks`` | table: id, paper, statement, tolerance, mutants, last result | registry, report |
 | ``theory-not-tested`` | table: id, paper, claim, reason | ``theory_checks.REGISTRY`` |
 | ``theory-counts`` | "N checks and M claims" | ``theory_checks.REGISTRY`` |
+| ``theory-run`` | when, where and at which commit the report ran, its summary | the report |
+| ``theory-certified`` | inline: the checks that certify a worst case with PEPit | registry, report |
+| ``theory-fop``, ``-psgd``, ``-lodo``, ``-apo`` | a paper's claims | registry, notation, report |
+| ``checked-by-fop``, ``-psgd``, ``-lodo``, ``-apo``, ``-classical`` | a method page's checks | registry |
+| ``mutation-score`` | the library's mutation score | ``benchmarks/results/mutation_score.json`` |
 | ``families`` | inline: the family constructors | ``precondalg.families.__all__`` |
 | ``families-table`` | table: constructor, summary | ``precondalg.families.__all__`` |
 | ``placements`` | inline: the placement classes | ``precondalg.placement.__all__`` |
@@ -22,8 +36,11 @@ case, so that pages can link to one check: ``theory_checks.md#psgd-8``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -31,6 +48,26 @@ from pathlib import Path
 from typing import Any
 
 MARKER = re.compile(r"<!--\s*generated:\s*([\w-]+)\s*-->")
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository (this file is docs/hooks/generated.py)."""
+REPORT = ROOT / "docs" / "theory" / "report.json"
+REPORT_COMMAND = "python -m theory_checks --json docs/theory/report.json"
+"""The command that writes `REPORT` (the whole registry, every check and its mutants: 2 min)."""
+MUTATION_SCORE = Path(
+    os.environ.get("PRECONDALG_MUTATION_SCORE", ROOT / "benchmarks" / "results" / "mutation_score.json")
+)
+"""The mutation score's results (the environment variable PRECONDALG_MUTATION_SCORE names another file)."""
+MUTATION_SCORE_COMMAND = "python scripts/mutation_score.py"
+PAPERS = {
+    "FOP": ("Moskovitz et al. 2019, First-Order Preconditioning via Hypergradient Descent", "presets.md#fop",
+            "FOP in Presets"),
+    "PSGD": ("Xi-Lin Li, Preconditioner on Matrix Lie Group for SGD, ICLR 2019", "psgd.md", "PSGD"),
+    "LODO": ("Liao et al., Learning to Optimize Quasi-Newton Methods, TMLR 2023", "lodo.md", "LODO"),
+    "APO": ("Bae et al. 2022, Amortized Proximal Optimization", "apo.md", "APO"),
+}
+"""paper prefix -> (paper, its method page, the link text of the method page)."""
+CLASSICAL = ("PSGD-16", "APO-6")
+"""Checks that also check the classical rows (K-FAC's Kronecker inverse and its factored damping)."""
 
 
 def on_config(config: Any, **kwargs: Any) -> Any:
@@ -64,6 +101,11 @@ def cell(text: str) -> str:
     for char in "\\`*_|[]":
         text = text.replace(char, "\\" + char)
     return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def code(text: str) -> str:
+    """Text as one inline code span (backticks inside become quotes; escapes would show literally)."""
+    return "`" + " ".join(str(text).split()).replace("`", "'") + "`"
 
 
 def markdown_cell(text: str) -> str:
@@ -132,15 +174,93 @@ def _registry() -> tuple[list[Any], list[Any]]:
     return [e for e in entries if isinstance(e, Check)], [e for e in entries if not isinstance(e, Check)]
 
 
+def _paper(id: str) -> str:
+    return id.split("-")[0]
+
+
+def _link(id: str) -> str:
+    """A Markdown link, from a page in docs/ itself, to a claim on its paper's theory page."""
+    return f"[`{id}`](theory/{_paper(id).lower()}.md#{id.lower()})"
+
+
 def _entry(e: Any) -> list[str]:
-    """The first cells of a registry row: the id (with its anchor), paper and provenance, statement."""
-    return [f'<span id="{e.id.lower()}"></span>`{e.id}`', f"{cell(e.paper)} {cell(e.tag)}", cell(e.statement)]
+    """The first cells of a registry row: the id (its anchor, linked to its paper's page), paper and
+    provenance, statement."""
+    anchor = f'<span id="{e.id.lower()}"></span>'
+    return [anchor + _link(e.id), f"{cell(e.paper)} {cell(e.tag)}", cell(e.statement)]
+
+
+def load_report(path: Path = REPORT) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The committed report: its run (date, machine, commit, torch, summary) and id -> record.
+
+    Raises:
+        RuntimeError: the report is missing or not in the ``--json`` format, or it does not match the
+            registry (ids missing or extra, or a paper, statement, provenance, tolerance, reason or
+            mutant names that differ: a stale report); the message names `REPORT_COMMAND`.
+    """
+    regenerate = f"regenerate it with `{REPORT_COMMAND}`"
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RuntimeError(f"{name} is missing: {regenerate}") from None
+    if not isinstance(data, dict) or set(data) != {"run", "records"}:
+        raise RuntimeError(f"{name} is not a `--json` report of this version: {regenerate}")
+    from theory_checks import REGISTRY, Check
+
+    records = {r["id"]: r for r in data["records"]}
+    missing = [i for i in REGISTRY.ids() if i not in records]
+    extra = [i for i in records if i not in REGISTRY.ids()]
+    stale = []
+    for e in REGISTRY:
+        r = records.get(e.id)
+        if r is None:
+            continue
+        fields = {"paper": e.paper, "statement": e.statement, "provenance": e.tag}
+        if isinstance(e, Check):
+            fields |= {"tolerance": e.tolerance, "mutants": list(e.mutants)}
+        else:
+            fields["reason"] = e.reason
+        found = {k: [m["name"] for m in r["mutants"]] if k == "mutants" else r.get(k) for k in fields}
+        stale += [f"{e.id} ({k})" for k in fields if found[k] != fields[k]]
+    if missing or extra or stale:
+        raise RuntimeError(
+            f"{name} does not match the registry (missing: {missing or 'none'}; not "
+            f"registered: {extra or 'none'}; changed since the report ran: {stale or 'none'}): {regenerate}"
+        )
+    return data["run"], records
+
+
+def _number(x: Any) -> str:
+    """A measured value as the report prints it (3 significant digits; JSON's "nan"/"inf" as is)."""
+    return "-" if x is None else x if isinstance(x, str) else f"{x:.3g}"
+
+
+def _margin(item: dict[str, Any]) -> str:
+    """The margin of a part (or of a record's headline) as the report prints it."""
+    from theory_checks.cli import format_margin
+
+    if isinstance(item["margin"], str):  # JSON's "nan", "inf"
+        return item["margin"]
+    return format_margin(item["margin"], item["relation"], item["passed"])
+
+
+def _result(r: dict[str, Any]) -> str:
+    """A record's result, mutants caught and seconds, e.g. "**PASS**, mutants caught 3/3, 0.12 s"."""
+    caught = sum(m["failed"] for m in r["mutants"])
+    return f"**{r['status']}**, mutants caught {caught}/{len(r['mutants'])}, {r['seconds']:.2f} s"
 
 
 def theory_checks() -> str:
     checks, _ = _registry()
-    rows = [[*_entry(c), cell(c.tolerance), "; ".join(cell(name) for name in c.mutants)] for c in checks]
-    return table(["id", "paper [provenance]", "statement", "tolerance", "mutants (each must FAIL)"], rows)
+    _, records = load_report()
+    rows = []
+    for c in checks:
+        r = records[c.id]
+        rows.append([*_entry(c), cell(c.tolerance), "; ".join(cell(name) for name in c.mutants),
+                     f"{_result(r)}; margin {_margin(r)}"])
+    header = ["id", "paper [provenance]", "statement", "tolerance", "mutants (each must FAIL)", "last run"]
+    return table(header, rows)
 
 
 def theory_not_tested() -> str:
@@ -152,6 +272,160 @@ def theory_not_tested() -> str:
 def theory_counts() -> str:
     checks, claims = _registry()
     return f"{len(checks)} checks and {len(claims)} claims listed as not tested"
+
+
+def theory_run() -> str:
+    run, _ = load_report()
+    return (
+        f"The values on these pages were measured on {run['date']} on {cell(run['machine'])}, at commit "
+        f"`{run['commit']}`, torch {run['torch']}, Python {run['python']}, by `{run['command']}`: "
+        f"{cell(run['summary'])}. The raw records are in [report.json](theory/report.json)."
+    )
+
+
+def certified(e: Any, record: dict[str, Any]) -> bool:
+    """Whether a check certifies a worst case with PEPit (its tolerance or a measured part names it)."""
+    return "PEPit" in e.tolerance or any("PEPit" in p["name"] for p in record["parts"])
+
+
+def theory_certified() -> str:
+    checks, _ = _registry()
+    _, records = load_report()
+    return ", ".join(_link(c.id) for c in checks if certified(c, records[c.id]))
+
+
+def _math(latex: str) -> str:
+    from latex2mathml.converter import convert
+
+    return convert(latex, display="block")
+
+
+def _claim(e: Any, record: dict[str, Any]) -> list[str]:
+    """A claim's section on its paper's page: heading (anchor), reference, formulas, what is checked and
+    how, and the last measured values."""
+    from theory_checks import Check
+    from theory_checks.cli import tolerance_classes
+    from theory_checks.notation import CLAIMS
+
+    _, method, method_name = PAPERS[_paper(e.id)]
+    methods = f"[{method_name}](../{method})"
+    if e.id in CLASSICAL:
+        methods += ", [Classical](../classical.md)"
+    lines = [
+        f"## {e.id} {{ #{e.id.lower()} }}",
+        "",
+        f"{cell(e.paper)} · provenance `{e.tag}` · method: {methods}",
+        "",
+        '<div class="theory-claim">',
+        *(_math(latex) for latex in CLAIMS[e.id]),
+        "</div>",
+        "",
+    ]
+    if not isinstance(e, Check):
+        return [*lines, f"**Not tested.** {cell(e.statement)} {cell(e.reason)}", ""]
+    seed = inspect.signature(e.fn).parameters.get("seed")
+    draws = (
+        f"seeded draws (keyword `seed`, default {seed.default}): the report is deterministic"
+        if seed is not None
+        else "fixed instances (no `seed` keyword)"
+    )
+    how = [
+        ["family and draws", draws],
+        ["tolerance", f"class {tolerance_classes(e.tolerance)}: {cell(e.tolerance)}"],
+        ["mutants (each must FAIL)", "; ".join(cell(name) for name in e.mutants)],
+        ["worst case", "certified by PEPit, and sampled" if certified(e, record) else "sampled"],
+        ["tier", e.tier],
+    ]
+    parts = [
+        [cell(p["name"]), _number(p["measured"]), f"{cell(p['relation'])} {_number(p['bound'])}", _margin(p),
+         "yes" if p["passed"] else "**no**"]
+        for p in record["parts"]
+    ]
+    return [
+        *lines,
+        f"**Checked:** {cell(e.statement)}",
+        "",
+        table(["how", ""], how),
+        "",
+        f"**Last measured:** {_result(record)}.",
+        "",
+        table(["part", "measured", "bound", "margin", "passed"], parts),
+        "",
+    ]
+
+
+def theory_paper(paper: str) -> str:
+    """The theory page of one paper: its claims (checks, then those not tested) in report order."""
+    from theory_checks import REGISTRY
+    from theory_checks.notation import CLAIMS
+
+    missing = [i for i in REGISTRY.ids() if i not in CLAIMS]
+    extra = [i for i in CLAIMS if i not in REGISTRY.ids()]
+    if missing or extra:
+        raise RuntimeError(
+            f"theory_checks/notation.py does not match the registry: ids without a formula {missing}, "
+            f"formulas of unregistered ids {extra}"
+        )
+    run, records = load_report()
+    name, method, method_name = PAPERS[paper]
+    lines = [
+        f"Paper: *{cell(name)}*. Method page: [{method_name}](../{method}). Measured on {run['date']} on "
+        f"{cell(run['machine'])} at commit `{run['commit']}` (torch {run['torch']}); margins as defined on "
+        "the [overview](../theory_checks.md#margins).",
+        "",
+    ]
+    for e in REGISTRY:
+        if _paper(e.id) == paper:
+            lines += _claim(e, records[e.id])
+    return "\n".join(lines)
+
+
+def checked_by(ids: list[str]) -> str:
+    """A method page's list of checks, each linked to its paper's theory page."""
+    from theory_checks import REGISTRY
+
+    return "\n".join(f"- {_link(i)}: {cell(REGISTRY[i].paper)}" for i in ids)
+
+
+def _checked_by_paper(paper: str) -> str:
+    checks, _ = _registry()
+    return checked_by([c.id for c in checks if _paper(c.id) == paper])
+
+
+def mutation_score(path: Path = MUTATION_SCORE) -> str:
+    """The library's mutation score: kill rate, run, every mutant and the survivors' explanations.
+
+    Raises:
+        RuntimeError: the file does not exist; the message names `MUTATION_SCORE_COMMAND`.
+    """
+    if not path.exists():
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        raise RuntimeError(f"{name} is missing: run `{MUTATION_SCORE_COMMAND}` to write it")
+    from theory_checks import REGISTRY
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = [
+        [code(m["id"]), cell(m["area"]), code(m["file"]), cell(m["description"]),
+         ", ".join(_link(i) if i in REGISTRY.ids() else code(i) for i in m["report"]) or "-",  # or "timeout"
+         ", ".join(code(t) for t in m["tests"]) or "-", "yes" if m["killed"] else "**no**"]
+        for m in data["mutants"]
+    ]
+    survivors = [f"- {code(m['id'])}: {cell(m['explanation'] or 'no explanation recorded')}"
+                 for m in data["mutants"] if not m["killed"]]
+    lines = [
+        f"Kill rate **{data['kill_rate']:.1%}** ({data['killed']} of {data['total']} library mutants "
+        "caught), "
+        f"measured on {cell(data['date'])} on {cell(data['machine'])} at commit {code(data['commit'])} by "
+        f"{code(data['command'])} in {data['seconds']:.0f} s.",
+        "",
+        table(["mutant", "area", "file", "the bug", "caught by the report", "first failing test", "killed"],
+              rows),
+        "",
+        "Survivors:" if survivors else "No mutant survived.",
+        "",
+        *survivors,
+    ]
+    return "\n".join(lines).rstrip()
 
 
 def _families() -> list[Callable[..., Any]]:
@@ -248,6 +522,12 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "theory-checks": theory_checks,
     "theory-not-tested": theory_not_tested,
     "theory-counts": theory_counts,
+    "theory-run": theory_run,
+    "theory-certified": theory_certified,
+    **{f"theory-{paper.lower()}": functools.partial(theory_paper, paper) for paper in PAPERS},
+    **{f"checked-by-{paper.lower()}": functools.partial(_checked_by_paper, paper) for paper in PAPERS},
+    "checked-by-classical": functools.partial(checked_by, list(CLASSICAL)),
+    "mutation-score": mutation_score,
     "families": families,
     "families-table": families_table,
     "placements": placements,
