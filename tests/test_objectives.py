@@ -42,6 +42,7 @@ def _group(kind: str, gen: torch.Generator) -> pa.Structure:
         "triangular": lambda: pa.Triangular(eye_plus(4)),
         "dense": lambda: pa.Dense(eye_plus(3)),
         "diagonal": lambda: pa.Diagonal(positive(5)),
+        "scalar": lambda: pa.Scalar(positive(1)[0], 5),
         "normalization": lambda: pa.Normalization(positive(4), torch.randn(3, generator=gen, dtype=F64)),
         "kronecker": lambda: pa.Kronecker(
             pa.Triangular(eye_plus(2)),
@@ -51,7 +52,7 @@ def _group(kind: str, gen: torch.Generator) -> pa.Structure:
     }[kind]()
 
 
-KINDS = ["triangular", "dense", "diagonal", "normalization", "kronecker"]
+KINDS = ["triangular", "dense", "diagonal", "scalar", "normalization", "kronecker"]
 
 
 def _c(Q: pa.Structure, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,7 @@ def test_closed_form_relative_gradient_equals_autograd(kind, seed, k):
 def test_relative_gradient_is_the_derivative_along_the_algebra():
     """⟨R, E⟩_F equals d/dt c((I + tE)Q) at t = 0, for random algebra elements E (central differences)."""
     gen = torch.Generator().manual_seed(0)
-    for kind in ["triangular", "diagonal", "normalization", "dense"]:
+    for kind in ["triangular", "diagonal", "scalar", "normalization", "dense"]:
         Q = _group(kind, gen)
         n = Q.shape[0]
         h, v = torch.randn(n, 2, generator=gen, dtype=F64), torch.randn(n, 2, generator=gen, dtype=F64)
@@ -280,6 +281,15 @@ def test_lie_fitter_lipschitz_normaliser():
     assert torch.equal(fit.state_dict()["lipschitz"], ell.reshape(1))  # max(0.9·0 + 0.1ℓ, ℓ) = ℓ
     expected = pa.lie_step(Q, R / ell, 0.5)
     assert torch.allclose(leaves[0], expected.R, rtol=1e-14, atol=0)
+    # A second step with a smaller relative gradient: the running estimate max(βℓ₁ + (1 − β)ℓ₂, ℓ₂).
+    Q1 = pa.Triangular(leaves[0].clone())
+    R2 = pa.relative_gradient(Q1, pa.scale(G, 0.1))
+    ell2 = torch.linalg.matrix_norm(R2.to_dense(), ord=2)
+    running = torch.maximum(0.9 * ell + 0.1 * ell2, ell2)
+    assert ell2 < ell and running > ell2
+    fit.step(torch.utils._pytree.tree_leaves(pa.scale(G, 0.1)))
+    torch.testing.assert_close(fit.state_dict()["lipschitz"], running.reshape(1), rtol=1e-14, atol=0)
+    torch.testing.assert_close(leaves[0], pa.lie_step(Q1, R2 / running, 0.5).R, rtol=1e-14, atol=0)
 
 
 MAX_ABS_LR = r"LieGroup: 'lr' must be a real number >= 0 and < 1"
