@@ -277,13 +277,16 @@ def main(argv: Sequence[str] | None = None, registry: Registry = REGISTRY) -> in
         return 0
     records = run(registry, ids, None if args.quiet else _progress)
     print(format_report(records))
+    # The checkout's state is read before any output file is written (a report written over a tracked
+    # file would otherwise record its own write as an uncommitted change).
+    command = " ".join(["python -m theory_checks", *(sys.argv[1:] if argv is None else argv)])
+    payload = report_json(records, command) if args.json else None
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write(format_markdown(records))
     if args.json:
-        command = " ".join(["python -m theory_checks", *(sys.argv[1:] if argv is None else argv)])
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report_json(records, command), f, indent=2, ensure_ascii=False, allow_nan=False)
+            json.dump(payload, f, indent=2, ensure_ascii=False, allow_nan=False)
             f.write("\n")
     return 1 if any(r.counts_as_failure for r in records) else 0
 
