@@ -472,3 +472,21 @@ def test_strengthened_bounds_of_other_checks(records):
     psgd11 = [p for p in records["PSGD-11"].parts if "det" in p["name"]]
     assert [(p["relation"], p["bound"]) for p in psgd11] == [("<=", E_RTOL)]
     assert not any("cond" in p["name"] for p in records["PSGD-11"].parts)
+
+
+def test_the_checkout_is_read_before_any_output_is_written(tmp_path, monkeypatch):
+    """`--json` reads the checkout's state (`environment`: its commit and whether it has changes) before
+    it writes the report or the markdown: a report regenerated over its committed copy must not record
+    its own write as an uncommitted change."""
+    import theory_checks.cli as cli
+
+    report, markdown = tmp_path / "report.json", tmp_path / "report.md"
+    report.write_text("committed\n")
+    markdown.write_text("committed\n")
+    seen = []
+    real = cli.environment
+    monkeypatch.setattr(cli, "environment", lambda command: seen.append(
+        (report.read_text(), markdown.read_text())) or real(command))
+    assert main(["--only", "APO-7", "--quiet", "--json", str(report), "--markdown", str(markdown)]) == 0
+    assert seen == [("committed\n", "committed\n")]
+    assert json.loads(report.read_text())["records"][0]["id"] == "APO-7"
