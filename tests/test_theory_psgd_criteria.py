@@ -13,7 +13,11 @@ from hypothesis import strategies as st
 from strategies import seeds
 
 import precondalg as pa
+from precondalg import families
+from precondalg.fitters import ClosedForm
 from precondalg.objectives import Fisher
+from precondalg.optim import Preconditioned
+from precondalg.placement import InputSide
 from theory_checks import REGISTRY, Check, run_check
 from theory_checks import psgd_criteria as pc
 from theory_checks.runner import check_environment
@@ -116,6 +120,24 @@ def test_library_closed_form_is_the_inverse_absolute_hessian(family, float64):
     wrong = pc.closed_form_fit(pairs, family=family, fitter=pc.WRONG_POWER)
     torch.testing.assert_close(wrong, expected @ expected, rtol=1e-14, atol=1e-14)  # (H²)⁻¹
     assert pc.rel_err(pc.closed_form_fit(pairs, pc.NEWTON_WITH_GRADIENT, family), expected) > 1e-3
+
+
+def test_closed_form_fit_is_what_preconditioned_sets(float64):
+    """`closed_form_fit` drives the objective and the `ClosedForm` fitter with prescribed pairs (the
+    optimizer draws v itself); on the same block it sets what one `Preconditioned` step sets: Fisher(λ)
+    on a 4×6 weight placed by `InputSide` (k = 4 columns g_j, h_j = g_j + λv_j for any v)."""
+    gen = torch.Generator().manual_seed(2)
+    W = torch.nn.Parameter(torch.zeros(4, 6))
+    opt = Preconditioned([W], 0.0, structure=families.dense(), placement=InputSide(),
+                         objective=Fisher(damping=0.5), fitter=ClosedForm())
+    W.grad = torch.randn(4, 6, generator=gen)
+    opt.step()
+    ((_, P),) = opt.preconditioners()
+    X = InputSide().view([W.grad])
+    V = torch.randn(X.shape, generator=gen)
+    pairs = pc.Pairs(X + 0.5 * V, V, X)
+    fitted = pc.closed_form_fit(pairs, Fisher(damping=0.5), families.dense(), ClosedForm())
+    torch.testing.assert_close(fitted, P.to_dense(), rtol=1e-12, atol=1e-14)
 
 
 def test_hessian_pairs_average_to_the_expected_moments(float64):

@@ -137,8 +137,8 @@ def _factor(M: torch.Tensor) -> torch.Tensor:
 
 
 class Pairs(NamedTuple):
-    """Columns (n, k) of the Newton criterion's pairs whose sums are exact expectations: h = Ĥv,
-    v with Σ vvᵀ = I, and the gradients Ĥθ at drawn θ (what a criterion that fits with g would read)."""
+    """Columns (n, k) of the criterion's pairs whose means are exact expectations: h = Ĥv, v with
+    (1/k)Σ vvᵀ = I, and the gradients Ĥθ at drawn θ (what a criterion that fits with g would read)."""
 
     h: torch.Tensor
     v: torch.Tensor
