@@ -61,6 +61,14 @@ def test_pepit_values_match_closed_forms(float64):
         value, gap, status = fc.pep_one_step("sc", mu, gamma)
         assert status == "optimal" and abs(gap) < 1e-9
         assert value == pytest.approx((1 - gamma * mu) ** 2, abs=fc.PEP_TOL)
+    # Near rate 1 (found by a drawn seed): posed at f(x₀) − f* ≤ μ, the value is the closed form to 1e-9;
+    # posed at f(x₀) − f* ≤ 1 it was 2.4e-6 below it, under an instance that attains it.
+    mu, gamma = 2.778e-4, 0.0171
+    value, _, status = fc.pep_one_step("sc", mu, gamma)
+    assert status == "optimal" and value == pytest.approx((1 - gamma * mu) ** 2, abs=1e-9)
+    # Beyond 2/(L + μ) the worst case is the fast mode, (1 − γL)² (the step-ignores-λ_max mutant's regime).
+    value, _, status = fc.pep_one_step("sc", 5.7e-4, 7.8)
+    assert status == "optimal" and value == pytest.approx((1 - 7.8) ** 2, rel=1e-6)
     # The Łojasiewicz relaxation lies below the PL rate 1 − μγ(2 − Lγ) (PEPit's documented 0.683267).
     value, _, status = fc.pep_one_step("pl", 0.2, 1.0)
     assert status == "optimal" and value == pytest.approx(0.683267, abs=1e-5) and value < 0.8
@@ -83,3 +91,18 @@ def test_rates_hold_on_drawn_pl_problems(problem, data):
     assert tally.ref <= E_RTOL, tally
     assert tally.sampled_vs_pep <= fc.PEP_TOL and tally.rate_minus_pep >= -fc.PEP_TOL, tally
     assert tally.failed_solves == 0 and tally.gap <= fc.PEP_TOL / 1000, tally
+
+
+def test_a_solver_failure_is_a_failed_certificate_not_an_exception(monkeypatch):
+    """`_pep.solve` turns the solver giving up (cvxpy's SolverError) into status "solver_error" and NaN
+    values, which FOP-1's tally counts as a failed solve (a failing part), instead of ending the check."""
+    from cvxpy.error import SolverError
+    from PEPit import PEP
+
+    def give_up(self, **kwargs):
+        raise SolverError("CLARABEL failed")
+
+    monkeypatch.setattr(PEP, "solve", give_up)
+    tally = fc._Tally()
+    value = tally.pep("sc", 0.1234, 0.5678)  # an instance no other test solves (`pep_one_step` caches)
+    assert value != value and tally.failed_solves == 1  # NaN: no bound, and the solve counts as failed

@@ -9,7 +9,7 @@ medians) is marked slow.  Checks whose instances are a fixed specification are l
 the reason, and a test keeps that list equal to the checks without a ``seed`` keyword, so that a new
 check cannot escape the draws silently.
 
-One seed per check and run (`FAST_EXAMPLES`), so the simplest example, which hypothesis always tries
+One seed per check and run (`EXAMPLES`), so the simplest example, which hypothesis always tries
 first (seed 0), is set aside: it would otherwise be the only seed ever tested.  No shrinking: a seed has
 no structure to shrink towards, and each re-run costs a whole check with its mutants; a failure reports
 the drawn seed as it is (the ``ci`` profile derandomizes the draws).
@@ -34,18 +34,21 @@ FIXED = {
     "2·10⁴ steps, whose late means are compared with closed forms at 3%",
 }
 """Checks run only at their fixed instances (the report's run, `tests/test_theory_checks.py`), and why."""
-FAST_EXAMPLES, DYNAMICS_EXAMPLES = 1, 1
+EXAMPLES = 1
 """Drawn seeds per check and run (besides the simplest example, set aside).  One drawn seed of every fast
 check, with its mutants, costs about 75 s of one core (2 would cost 150 s); each run of the default
 profile draws new ones, the ci profile fixed ones."""
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
-def _checks(tier: str) -> list:
-    """The registered checks of `tier` that take a ``seed`` keyword, in report order, as pytest parameters
-    named by id."""
-    ids = [e.id for e in REGISTRY if isinstance(e, Check) and e.tier == tier and _takes_seed(e)]
-    return [pytest.param(id, id=id) for id in ids]
+def _checks() -> list:
+    """The registered checks that take a ``seed`` keyword, in report order, as pytest parameters named by
+    id; those of the "dynamics" tier (training runs) are marked slow."""
+    return [
+        pytest.param(e.id, id=e.id, marks=[pytest.mark.slow] if e.tier == "dynamics" else [])
+        for e in REGISTRY
+        if isinstance(e, Check) and _takes_seed(e)
+    ]
 
 
 def _takes_seed(chk: Check) -> bool:
@@ -57,7 +60,8 @@ def test_the_fixed_checks_are_exactly_those_without_a_seed():
     assert without == set(FIXED), (
         f"checks without a seed keyword: {sorted(without)}; listed as fixed: {sorted(FIXED)}"
     )
-    assert _checks("fast") and _checks("dynamics")
+    tiers = {e.tier for e in REGISTRY if isinstance(e, Check) and _takes_seed(e)}
+    assert tiers == {"fast", "dynamics"}, tiers
 
 
 def test_ci_selects_the_derandomized_profile():
@@ -69,18 +73,9 @@ def test_ci_selects_the_derandomized_profile():
         assert settings.default.derandomize
 
 
-@pytest.mark.parametrize("id", _checks("fast"))
-@settings(max_examples=FAST_EXAMPLES, deadline=None, phases=NO_SHRINK)
+@pytest.mark.parametrize("id", _checks())
+@settings(max_examples=EXAMPLES, deadline=None, phases=NO_SHRINK)
 @given(seed=seeds())
-def test_fast_check_passes_and_its_mutants_fail_on_drawn_seeds(id, seed):
-    assume(seed != 0)
-    assert_discriminates(REGISTRY[id], seed=seed)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("id", _checks("dynamics"))
-@settings(max_examples=DYNAMICS_EXAMPLES, deadline=None, phases=NO_SHRINK)
-@given(seed=seeds())
-def test_dynamics_check_passes_and_its_mutants_fail_on_a_drawn_seed(id, seed):
+def test_check_passes_and_its_mutants_fail_on_a_drawn_seed(id, seed):
     assume(seed != 0)
     assert_discriminates(REGISTRY[id], seed=seed)

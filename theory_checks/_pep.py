@@ -11,8 +11,10 @@ not "optimal" is a failed certificate, never a pass: the checks count such solve
 
 from __future__ import annotations
 
+import math
 import warnings
 
+from cvxpy.error import SolverError
 from PEPit import PEP
 
 __all__ = ["PEP_TOL", "SOLVER", "SOLVER_TOL", "solve"]
@@ -31,7 +33,10 @@ closed form (1 − γμ)² where that rate is within 1e-4 of 1, although its dua
 def solve(problem: PEP, tol: float = SOLVER_TOL) -> tuple[float, float, str]:
     """Solve `problem` with CLARABEL at `tol` (gap and feasibility) through PEPit's cvxpy wrapper; a
     solve that ends "optimal_inaccurate" is solved once more with `EQUILIBRATE_ITERATIONS` rounds of
-    equilibration (the status of that second solve is what is returned and judged).
+    equilibration (the status of that second solve is what is returned and judged).  A solve the solver
+    gives up on (cvxpy's SolverError, e.g. CLARABEL on a one-step PEP at γL = 398, whose worst ratio is
+    1.6e5) returns (nan, nan, "solver_error"): a failed certificate, which the checks count, not an
+    exception that would end the check.
 
     Returns:
         (dual value = the certified bound, duality gap dual − primal, the solver's status string).
@@ -39,8 +44,11 @@ def solve(problem: PEP, tol: float = SOLVER_TOL) -> tuple[float, float, str]:
     options = dict(wrapper="cvxpy", solver=SOLVER, verbose=0, tol_gap_abs=tol, tol_gap_rel=tol, tol_feas=tol)
     with warnings.catch_warnings():  # cvxpy's "inaccurate" warning: the status returned is judged instead
         warnings.simplefilter("ignore", UserWarning)
-        dual = problem.solve(**options)
-        if problem.wrapper.prob.status == "optimal_inaccurate":
-            dual = problem.solve(**options, equilibrate_max_iter=EQUILIBRATE_ITERATIONS)
+        try:
+            dual = problem.solve(**options)
+            if problem.wrapper.prob.status == "optimal_inaccurate":
+                dual = problem.solve(**options, equilibrate_max_iter=EQUILIBRATE_ITERATIONS)
+        except SolverError:
+            return math.nan, math.nan, "solver_error"
     prob = problem.wrapper.prob
     return float(dual), float(dual - prob.value), str(prob.status)
