@@ -52,12 +52,9 @@ import argparse
 import copy
 import cProfile
 import csv
-import datetime
 import itertools
 import json
 import math
-import os
-import platform
 import pstats
 import random
 import statistics
@@ -72,7 +69,9 @@ from typing import Any
 import torch
 from torch import nn
 
-import precondalg
+from precondalg.experiments.machine import describe_machine, machine_info  # noqa: F401 (used by scripts)
+from precondalg.experiments.memory import state_bytes, storage_bytes, tensors_in  # noqa: F401
+from precondalg.experiments.tasks import digits_cnn_model
 from precondalg.families import dense_gram, low_rank_gram
 from precondalg.fitters import TorchOptimizer
 from precondalg.objectives import Hypergradient
@@ -106,85 +105,6 @@ KFAC_DAMPING = 1e-3
 # mode) trained finitely on both models at meta_every 1, 10 and 100 (320 steps).
 APO_LR = 0.05
 APO_EVERY = (1, 10, 100)
-
-
-# ----------------------------------------------------------------------------------------- machine
-def machine_info(device: torch.device, *, git: bool = True) -> dict[str, Any]:
-    """The machine, in words and numbers: CPU model (/proc/cpuinfo), cores, torch, threads, GPU, and
-    with git the commit of the checkout precondalg is imported from (git_commit, git_dirty_precondalg;
-    None without git, or where git fails or it is not a checkout)."""
-    cpu_model, family, model = platform.processor() or "unknown", None, None
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            key, value = key.strip(), value.strip()
-            if key == "model name" and cpu_model in ("unknown", platform.processor()):
-                cpu_model = value
-            elif key == "cpu family" and family is None:
-                family = value
-            elif key == "model" and model is None:
-                model = value
-    except OSError:
-        pass
-    info = {
-        "cpu_model": cpu_model,
-        "cpu_family": family,
-        "cpu_model_number": model,
-        "logical_cores": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "precondalg": getattr(precondalg, "__version__", "unknown"),
-        "precondalg_path": str(Path(precondalg.__file__).resolve().parent),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    info["git_consulted"], info["git_commit"], info["git_dirty_precondalg"] = git, None, None
-    if git:
-        root = Path(precondalg.__file__).resolve().parent.parent  # the checkout precondalg is imported from
-
-        def run_git(*a: str) -> str:
-            run = subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)
-            return run.stdout.strip()
-
-        try:
-            info["git_commit"] = run_git("rev-parse", "--short", "HEAD") or None
-            if info["git_commit"]:
-                info["git_dirty_precondalg"] = bool(run_git("status", "--porcelain", "--", "precondalg"))
-        except (OSError, subprocess.SubprocessError):
-            info["git_commit"], info["git_dirty_precondalg"] = None, None
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:
-        info["load_average"] = None
-    return info
-
-
-def describe_machine(info: dict[str, Any]) -> str:
-    cpu = info["cpu_model"]
-    if info["cpu_family"] is not None:
-        cpu += f" (family {info['cpu_family']}, model {info['cpu_model_number']})"
-    line = (
-        f"CPU {cpu}, {info['cores_available']} of {info['logical_cores']} logical cores available; "
-        f"torch {info['torch']} with {info['torch_threads']} intra-op thread(s); Python {info['python']}; "
-        f"device {info['device']}"
-    )
-    if info["gpu"]:
-        line += f" ({info['gpu']})"
-    if info.get("git_commit"):
-        line += f"; precondalg at {info['git_commit']}" + (
-            " (+ uncommitted changes)" if info["git_dirty_precondalg"] else ""
-        )
-    else:
-        why = "git not run" if info.get("git_consulted") is False else "not a git checkout"
-        line += f"; precondalg from {info['precondalg_path']} ({why})"
-    if info["load_average"]:
-        line += "; load average at start " + ", ".join(f"{x:.2f}" for x in info["load_average"])
-    return line
 
 
 @dataclass
@@ -363,18 +283,9 @@ def make_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
 
 
-def make_cnn() -> nn.Module:
-    # 1×8×8 → conv3×3 16 → pool → 16×4×4 → conv3×3 32 → pool → 32×2×2 → linear 128 → 10.
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(128, 10),
-    )
+make_cnn = digits_cnn_model
+"""1×8×8 → conv3×3 16 → pool → 16×4×4 → conv3×3 32 → pool → 32×2×2 → linear 128 → 10 (the digits CNN of
+`precondalg.experiments.tasks`)."""
 
 
 # --------------------------------------------------------------------------------------- optimizers
@@ -527,83 +438,6 @@ METHODS: dict[str, dict[str, Maker]] = {
         **APO_METHODS,
     },
 }
-
-
-# --------------------------------------------------------------------------------------------- memory
-def tensors_in(obj: Any) -> list[torch.Tensor]:
-    """Every tensor in obj, a tensor or dicts, lists and tuples nested to any depth (other values are
-    passed over), in order."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in tensors_in(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in tensors_in(v)]
-    return []
-
-
-def storage_bytes(tensors: list[torch.Tensor], seen: set) -> int:
-    """Bytes of the tensors (numel × element size) not yet in seen, which it updates: a tensor that
-    views the same storage at the same offset, size and dtype as one counted before (in this call or an
-    earlier one with the same seen) is counted once."""
-    total = 0
-    for t in tensors:
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
-        if key in seen and t.numel() > 0:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
-
-
-STATISTICS_KEYS = ("statistics", "weight")
-"""Keys of a fitter's state that hold running statistics (the ClosedForm fitter of Shampoo and K-FAC:
-the statistics S and the weight of their bias correction), not a meta-optimizer's state; its counter
-"fits" goes to "other"."""
-
-
-def state_bytes(opt: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes of every tensor in opt.state_dict(), split into base-rule state ("base": momentum buffer,
-    Adam's moments), the grafting method's state ("graft", keys graft_*), φ ("phi": M, rates, or
-    Shampoo's roots and K-FAC's inverses), the fitter's running statistics ("statistics"), the
-    meta-optimizer's state ("meta_optimizer"), the cache and the rest (skip counters); each storage
-    counted once.  pytorch_optimizer's Shampoo keeps its statistics as pre_cond_i and its roots as
-    inv_pre_cond_i: those go to "statistics" and "phi"."""
-    sd = opt.state_dict()
-    seen: set = set()
-    parts = dict.fromkeys(
-        ("base", "graft", "phi", "statistics", "meta_optimizer", "cache", "other", "top_level"), 0
-    )
-    for st in sd["state"].values():
-        for key, value in st.items():
-            if key == "preconditioner":
-                parts["phi"] += storage_bytes(tensors_in(value.get("phi", [])), seen)
-                fitter = value.get("fitter", {})
-                fitter = fitter if isinstance(fitter, dict) else {"state": fitter}
-                stats = {k: v for k, v in fitter.items() if k in STATISTICS_KEYS}
-                meta = {k: v for k, v in fitter.items() if k not in (*STATISTICS_KEYS, "fits")}
-                parts["statistics"] += storage_bytes(tensors_in(stats), seen)
-                parts["meta_optimizer"] += storage_bytes(tensors_in(meta), seen)
-                parts["other"] += storage_bytes(tensors_in(fitter.get("fits")), seen)
-                parts["cache"] += storage_bytes(tensors_in(value.get("cache", {})), seen)
-                rest = {k: v for k, v in value.items() if k not in ("phi", "fitter", "cache")}
-                parts["other"] += storage_bytes(tensors_in(rest), seen)
-            elif isinstance(key, str) and key.startswith("graft_"):
-                parts["graft"] += storage_bytes(tensors_in(value), seen)
-            elif isinstance(key, str) and key.startswith("inv_pre_cond_"):
-                parts["phi"] += storage_bytes(tensors_in(value), seen)
-            elif isinstance(key, str) and key.startswith("pre_cond_"):
-                parts["statistics"] += storage_bytes(tensors_in(value), seen)
-            else:
-                parts["base"] += storage_bytes(tensors_in(value), seen)
-    parts["other"] += storage_bytes(tensors_in(sd["param_groups"]), seen)
-    # Keys beside "state" and "param_groups" (Preconditioned's "generator": the RNG state, a fixed
-    # ~5 KB per optimizer, not per parameter).
-    parts["top_level"] += storage_bytes(
-        tensors_in({k: v for k, v in sd.items() if k not in ("state", "param_groups")}), seen
-    )
-    parts["total"] = sum(parts.values())
-    return parts
 
 
 # --------------------------------------------------------------------------------------------- timing
