@@ -45,13 +45,16 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 def test_ci_runs_everything_after_the_test_command_in_its_venv() -> None:
     """The activation in the test command persists (it runs in the script's own shell, with `set -e`):
-    the lines after it (linter, docs build, report) run in `.venv`, and the script checks that."""
+    the lines after it (slow tests, linter, docs build, report, the experiments' quick run, the browser
+    check) run in `.venv`, and the script checks that."""
     lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and line[0] != "#"]
     assert "set -euo pipefail" in lines
     after = lines[lines.index(_quick_start_commands()[1]) + 1 :]
     assert after and after[0].startswith('test "$VIRTUAL_ENV" -ef .venv'), after
     for command in ("python -m pytest -m slow", "ruff check .", "mkdocs build --strict",
-                    "python -m theory_checks"):
+                    "python -m theory_checks",
+                    "python -m precondalg.experiments run all --quick --out build/experiments --no-progress",
+                    "PRECONDALG_BROWSER=required python -m pytest -m browser"):
         assert command in after, command
     assert not any(line.startswith(("(", "bash ", "sh ", "deactivate")) for line in after), after
 

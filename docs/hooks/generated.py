@@ -32,6 +32,13 @@ report); the message names the command that regenerates it (`REPORT_COMMAND`).
 | ``fitters`` | inline: the fitter classes | ``precondalg.fitters.__all__`` |
 | ``base-rules`` | inline: the base-rule names | ``precondalg.optim.base_rules.BASE_RULES`` |
 | ``structure-costs`` | table: worked costs of example instances | each instance's ``cost()`` |
+| ``experiments-list`` | table: every experiment, its paper, figure, minutes | the experiments' registry |
+| ``experiment-fop-e1``, … | an experiment's command, tables, figures, run | ``docs/experiments/results/`` |
+| ``comparison-TASK`` | the harness's table and curves on a built-in task | ``docs/comparison/TASK`` |
+
+The experiment and comparison blocks read the committed results of `RESULTS_COMMAND`; the build fails
+when a registered experiment or a built-in task has none, or when they were made by a run whose
+experiment settings differ from the registry's (name, paper, figure).
 """
 
 from __future__ import annotations
@@ -58,6 +65,11 @@ MUTATION_SCORE = Path(
 )
 """The mutation score's results (the environment variable PRECONDALG_MUTATION_SCORE names another file)."""
 MUTATION_SCORE_COMMAND = "python scripts/mutation_score.py"
+EXPERIMENT_RESULTS = ROOT / "docs" / "experiments" / "results"
+COMPARISON_RESULTS = ROOT / "docs" / "comparison"
+RESULTS_COMMAND = "python scripts/docs_results.py"
+"""The command that writes `EXPERIMENT_RESULTS` and `COMPARISON_RESULTS` (``--only experiments`` or
+``--only comparison`` for one of them)."""
 PAPERS = {
     "FOP": ("Moskovitz et al. 2019, First-Order Preconditioning via Hypergradient Descent", "presets.md#fop",
             "FOP in Presets"),
@@ -518,6 +530,102 @@ def structure_costs() -> str:
     return table(["instance", "shape", "stored", "matvec", "solve"], rows)
 
 
+# ------------------------------------------------------------------------------ experiments, comparison
+
+
+def _experiments() -> dict[str, Any]:
+    from precondalg.experiments import registered
+
+    return registered()
+
+
+def experiments_list() -> str:
+    """Every registered experiment: name (linked to its section), paper, figure, reproduces, minutes."""
+    rows = []
+    for e in _experiments().values():
+        page = e.name.split("-")[0].lower()
+        link = f"[{e.name}]({page}.md#{e.name.lower()})"
+        minutes = f"{e.minutes:g} (quick {e.quick_minutes:g})"
+        rows.append([link, cell(e.paper), cell(e.figure), cell(e.reproduces), minutes])
+    return table(["experiment", "paper", "figure / table", "reproduces", "minutes, 2-core CPU"], rows)
+
+
+def _results(folder: Path, what: str) -> dict[str, Any]:
+    name = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    try:
+        return json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"{name}/results.json is missing ({what}): regenerate with `{RESULTS_COMMAND}`"
+        ) from None
+
+
+def _run_line(r: dict[str, Any], command: str) -> str:
+    m = r["machine"]
+    commit = m.get("git_commit") or "unknown"
+    if m.get("git_dirty_precondalg"):
+        commit += " (with uncommitted changes)"
+    return (
+        f"Command: `{command}`. Run on {m['date'][:10]}, CPU {cell(m['cpu_model'])}, torch {m['torch']} with "
+        f"{m['torch_threads']} thread(s), precondalg at {commit}; wall time {r['wall_seconds']:.0f} s."
+    )
+
+
+def _summary_body(folder: Path) -> str:
+    """summary.md without its heading and its closing run lines (the page prints its own)."""
+    lines = (folder / "summary.md").read_text(encoding="utf-8").splitlines()
+    body = [ln for ln in lines if not ln.startswith("### ")]
+    ends = ("Seeds [", "Machine:", "Budget ")
+    cut = next((i for i, ln in enumerate(body) if ln.startswith(ends)), len(body))
+    return "\n".join(body[:cut]).strip()
+
+
+def experiment_section(name: str) -> str:
+    """An experiment's block: command, tables and claims, figures, and the run (date, machine, commit)."""
+    exp = _experiments()[name]
+    folder = EXPERIMENT_RESULTS / name
+    r = _results(folder, f"experiment {name}")
+    recorded = r["experiment"]
+    changed = [k for k in ("name", "paper", "figure") if recorded.get(k) != getattr(exp, k)]
+    if changed:
+        raise RuntimeError(f"docs/experiments/results/{name} was made with other settings ({changed}): "
+                           f"regenerate with `{RESULTS_COMMAND} --only experiments`")
+    cfg = r["config"]
+    command = (
+        f"python -m precondalg.experiments run {name} --seeds {len(cfg['seeds'])} --steps {cfg['steps']}"
+    )
+    figures = sorted(p.name for p in folder.glob("*.png"))
+    images = "\n\n".join(f"![{name}: {Path(f).stem.replace('_', ' ')}](results/{name}/{f})" for f in figures)
+    csvs = ", ".join(f"[{f.name}](results/{name}/{f.name})" for f in sorted(folder.glob("*.csv")))
+    return "\n\n".join([
+        f"*{cell(exp.reproduces)}* — {cell(exp.paper)}, {cell(exp.figure)}.",
+        _summary_body(folder),
+        images,
+        f"Data: [results.json](results/{name}/results.json), {csvs}. " + _run_line(r, command),
+    ])
+
+
+def comparison_section(task: str) -> str:
+    """The harness's table and loss curves on a built-in task, with the command and the run."""
+    folder = COMPARISON_RESULTS / task
+    r = _results(folder, f"comparison on {task}")
+    cfg = r["config"]
+    command = (f"python -m precondalg.experiments compare --task {task} --methods {','.join(r['methods'])} "
+               f"--budget {cfg['budget']} --seeds {len(cfg['seeds'])} --steps {cfg['steps']}")
+    return "\n\n".join([
+        _summary_body(folder),
+        f"![{task}: loss per step](comparison/{task}/loss.png)",
+        f"Data: [results.json](comparison/{task}/results.json), [loss.csv](comparison/{task}/loss.csv). "
+        + _run_line(r, command),
+    ])
+
+
+def _comparison_tasks() -> list[str]:
+    from precondalg.experiments.tasks import TASKS
+
+    return list(TASKS)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "theory-checks": theory_checks,
     "theory-not-tested": theory_not_tested,
@@ -535,4 +643,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "fitters": fitters,
     "base-rules": base_rules,
     "structure-costs": structure_costs,
+    "experiments-list": experiments_list,
+    **{f"experiment-{name.lower()}": functools.partial(experiment_section, name) for name in _experiments()},
+    **{f"comparison-{task}": functools.partial(comparison_section, task) for task in _comparison_tasks()},
 }

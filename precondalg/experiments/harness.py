@@ -152,11 +152,23 @@ def train(
 ) -> RunRecord:
     """Train ``method`` at hyperparameters ``hp`` on ``task_fn(seed)`` for ``steps`` steps.
 
+    The seed reaches every random draw of the run: the task's (weights, batch order), the method's own
+    (built-in rows take ``task.seed``: PSGD's probes, LODO's permutations, FOP's low-rank start, APO's
+    and HD's generators), and torch's global generator, seeded with it for the run and restored after.
+
     Raises:
         Whatever the method's construction raises (a method that cannot run on the task).
     """
-    task = as_instance(task_fn(seed), f"task for seed {seed}")
-    target = task.target_loss if target is None else target
+    with torch.random.fork_rng(devices=[]):  # the run's global draws follow its seed; the caller's stay put
+        torch.manual_seed(seed)
+        task = as_instance(task_fn(seed), f"task for seed {seed}")
+        task.seed = seed
+        return _train(method, hp, task, steps, task.target_loss if target is None else target)
+
+
+def _train(
+    method: Method, hp: dict[str, Any], task: TaskInstance, steps: int, target: float | None
+) -> RunRecord:
     opt = method.make(task.model, task, **hp)
     every = max(1, steps // CURVE_POINTS)
     batches = task.batches

@@ -71,7 +71,9 @@ def _fsd(task: TaskInstance) -> tuple[str, float]:
 
 def _apo(model: nn.Module, task: TaskInstance, lr: float) -> torch.optim.Optimizer:
     fsd, lam = _fsd(task)
-    return APO(model.parameters(), lr, model=model, loss_fn=task.loss_fn, fsd=fsd, lam_fsd=lam)
+    return APO(
+        model.parameters(), lr, model=model, loss_fn=task.loss_fn, fsd=fsd, lam_fsd=lam, seed=task.seed
+    )
 
 
 METHODS: dict[str, Method] = {
@@ -106,25 +108,29 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "FOP",
-            lambda model, task, lr: FOP(model.parameters(), lr, momentum=0.9, hyper_lr=1e-4),
+            lambda model, task, lr: FOP(model.parameters(), lr, momentum=0.9, hyper_lr=1e-4, seed=task.seed),
             _lr_grid(LR_GRID),
             "momentum 0.9, hyper_lr 1e-4 (the paper's), full-rank M",
         ),
         Method(
             "HD",
-            lambda model, task, lr: HD(model.parameters(), lr, hyper_lr=1e-4, base="momentum"),
+            lambda model, task, lr: HD(
+                model.parameters(), lr, hyper_lr=1e-4, base="momentum", seed=task.seed
+            ),
             _lr_grid(LR_GRID),
             "momentum 0.9, hyper_lr 1e-4, one rate per layer",
         ),
         Method(
             "PSGD",
-            lambda model, task, lr: PSGD(model.parameters(), lr, preconditioner="kron", criterion="newton"),
+            lambda model, task, lr: PSGD(
+                model.parameters(), lr, preconditioner="kron", criterion="newton", seed=task.seed
+            ),
             _lr_grid((0.3, 0.1, 0.03, 0.01, 0.003)),
             "Kronecker Q, Newton criterion (Hv by autograd), lr_precond 0.1",
         ),
         Method(
             "LODO",
-            lambda model, task, lr: LODO(model.parameters(), lr=lr),
+            lambda model, task, lr: LODO(model.parameters(), lr=lr, seed=task.seed),
             _lr_grid((1.0, 0.3, 0.1, 0.03, 0.01)),
             "meta_lr 1e-3 (Adam), β 0.9, depth 16, block 4 (the code's defaults); lr = α₀",
         ),

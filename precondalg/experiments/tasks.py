@@ -47,6 +47,8 @@ class TaskInstance:
         test_batch: a held-out batch for the accuracy (classification tasks), or None.
         target_loss: the default loss at which "steps and time to target" are counted.
         classification: whether accuracy (argmax of the outputs) is reported.
+        seed: the run's seed, set by the harness before the method is built (methods with random draws
+            seed them with it).
     """
 
     model: nn.Module
@@ -56,6 +58,7 @@ class TaskInstance:
     test_batch: Batch | None = None
     target_loss: float | None = None
     classification: bool = False
+    seed: int = 0
 
 
 def as_instance(value: Any, where: str) -> TaskInstance:
