@@ -4,4 +4,5 @@ import sys
 
 from precondalg.experiments.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (e.g. by the API docs' inspection) runs nothing
+    sys.exit(main())

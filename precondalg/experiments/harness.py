@@ -125,10 +125,10 @@ class RunRecord:
     seconds: float
 
 
-def _evaluate(task: TaskInstance, recent: list[float]) -> float:
+def _evaluate(task: TaskInstance, losses: list[float]) -> float:
+    """The loss on the task's whole training batch; without one, the mean of `losses` (batch losses)."""
     if task.eval_batch is None:
-        tail = recent[-max(1, len(recent) // 10) :]
-        return statistics.fmean(tail) if tail else math.nan
+        return statistics.fmean(losses) if losses else math.nan
     with torch.no_grad():
         x, y = task.eval_batch
         return float(task.loss_fn(task.model(x), y))
@@ -156,8 +156,7 @@ def train(
     (built-in rows take ``task.seed``: PSGD's probes, LODO's permutations, FOP's low-rank start, APO's
     and HD's generators), and torch's global generator, seeded with it for the run and restored after.
 
-    Raises:
-        Whatever the method's construction raises (a method that cannot run on the task).
+    A method that cannot run on the task raises from its construction (`tune_and_evaluate` records it).
     """
     with torch.random.fork_rng(devices=[]):  # the run's global draws follow its seed; the caller's stay put
         torch.manual_seed(seed)
@@ -173,7 +172,7 @@ def _train(
     every = max(1, steps // CURVE_POINTS)
     batches = task.batches
     recent: list[float] = []
-    curve = [(0, _evaluate(task, [math.nan]) if task.eval_batch is not None else math.nan)]
+    curve = [(0, _evaluate(task, []))]
     times: list[float] = []
     reached: tuple[int, float] | None = None
     diverged_at, first = None, None
@@ -198,7 +197,7 @@ def _train(
                 curve.append((t + 1, current))
                 if reached is None and target is not None and current <= target:
                     reached = (t + 1, sum(times))
-    final = math.inf if diverged_at is not None else _evaluate(task, recent)
+    final = math.inf if diverged_at is not None else _evaluate(task, recent[-max(1, len(recent) // 10) :])
     n_params = sum(p.numel() for p in task.model.parameters())
     return RunRecord(
         curve=curve,
