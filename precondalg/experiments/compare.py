@@ -61,6 +61,13 @@ def resolve_task(name: str) -> tuple[str, Callable[[int], Any]]:
     return name, fn
 
 
+def _first_clause(message: str, limit: int = 160) -> str:
+    """A table cell's share of an error message (the whole message is in results.json): up to its first
+    "; " and at most `limit` characters."""
+    message = message.split("; ")[0]
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     header = [
         "method",
@@ -76,7 +83,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         if r.get("error"):
-            body.append([r["method"], "—", f"not run: {r['error']}", *["—"] * 6])
+            body.append([r["method"], "—", f"not run: {_first_clause(r['error'])}", *["—"] * 6])
             continue
         acc = r["accuracy"]
         body.append(
