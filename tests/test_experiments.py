@@ -186,7 +186,13 @@ def test_summarise_reports_means_stds_counts_and_ratios():
     assert row["steps_to_target"] == pytest.approx((20.0, statistics.stdev([10, 30])))
     assert row["step_time_vs_adam"] == pytest.approx(3.0) and row["state_bytes_per_param"] == 8.0
     diverged = summarise(MethodResult("Y", [], {}, [record(math.inf, None, 0.001)] * 3), 0.001)
-    assert math.isinf(diverged["final_loss"][0])
+    assert math.isinf(diverged["final_loss"][0]) and diverged["diverged_runs"] == 0  # inf, but no diverged_at
+    runs[1].diverged_at = 40
+    from precondalg.experiments.compare import _table
+
+    line = next(ln for ln in _table([summarise(MethodResult("X", [], {"lr": 0.1}, runs), 0.001)]).splitlines()
+                if ln.startswith("| X |"))
+    assert "| 0.2 ± 0.1 (1/3 runs diverged) |" in line, line
 
 
 @pytest.fixture

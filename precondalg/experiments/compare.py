@@ -68,6 +68,13 @@ def _first_clause(message: str, limit: int = 160) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
+def _final(row: dict[str, Any]) -> str:
+    """The final-loss cell: mean ± std, and how many runs diverged (their loss is ∞, so the mean is)."""
+    runs = row["reached_target"].split("/")[1]
+    cell = fmt(row["final_loss"])
+    return cell + (f" ({row['diverged_runs']}/{runs} runs diverged)" if row["diverged_runs"] else "")
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     header = [
         "method",
@@ -90,7 +97,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             [
                 r["method"],
                 fmt(r["chosen"]),
-                r["final_loss"],
+                _final(r),
                 None if acc is None else (100 * acc[0], 100 * acc[1]),
                 r["reached_target"],
                 r["steps_to_target"],
