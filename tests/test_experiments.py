@@ -282,3 +282,22 @@ def test_the_comparison_pages_own_method_and_task_run_through_compare(tmp_path, 
     for module in ("my_methods", "my_tasks"):
         sys.modules.pop(module, None)
 
+
+def test_a_user_grid_replaces_the_learning_rates_and_keeps_the_budgets_equal(tmp_path, capsys):
+    from precondalg.experiments.methods import apply_lr_grids
+
+    grids = {"all": [1e-3, 2e-3], "adam": [0.1, 0.2, 0.3]}
+    sgd, adam = apply_lr_grids(resolve_methods(["SGD", "Adam"]), grids)
+    assert sgd.grid == ({"lr": 1e-3}, {"lr": 2e-3}) and adam.grid == ({"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3})
+    with pytest.raises(ValueError, match="--grid names \\['KFAC'\\], which are not compared"):
+        apply_lr_grids([sgd], {"KFAC": [0.1]})
+    assert main(["compare", "--task", "rosenbrock", "--methods", "SGD,Adam", "--grid", "all=0.002,0.001",
+                 "--budget", "2", "--steps", "10", "--out", str(tmp_path), "--no-progress"]) == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["grids"]["SGD"] == [{"lr": 0.002}, {"lr": 0.001}]
+    assert r["config"]["user_lr_grids"]["all"] == [0.002, 0.001]
+    assert all(row["error"] is None for row in r["rows"])  # SGD's own grid (≥ 0.01) diverges on Rosenbrock
+    bad = ["compare", "--task", "rosenbrock", "--methods", "SGD", "--grid", "SGD:0.1", "--out", str(tmp_path)]
+    assert main(bad) == 2
+    assert "--grid takes METHOD=LR,LR" in capsys.readouterr().err
+

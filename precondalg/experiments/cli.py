@@ -4,7 +4,7 @@
     python -m precondalg.experiments run NAME [--seeds N] [--steps N] [--out DIR] [--quick] [--no-progress]
     python -m precondalg.experiments run all --quick
     python -m precondalg.experiments compare --task TASK --methods FOP,PSGD,LODO,APO,Shampoo,KFAC,Adam,SGD
-        [--budget N] [--seeds N] [--steps N] [--target LOSS] [--out DIR] [--quick] [--no-progress]
+        [--budget N] [--seeds N] [--steps N] [--target LOSS] [--grid METHOD=LR,...] [--out DIR] [--quick]
 
 ``run`` writes into ``--out`` (default ``experiments_out/NAME``; ``run all`` writes one folder per
 experiment under it); ``compare`` into ``--out`` (default ``experiments_out/compare_TASK``).  Torch runs
@@ -76,6 +76,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grids(specs: list[str]) -> dict[str, list[float]]:
+    """``--grid METHOD=LR,LR,...`` options as a dict.
+
+    Raises:
+        ValueError: a spec without "=" or with a value that is not a number.
+    """
+    grids = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--grid takes METHOD=LR,LR,... (e.g. SGD=0.01,0.003); got {spec!r}")
+        try:
+            grids[name] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--grid {spec!r}: the learning rates must be numbers") from None
+    return grids
+
+
 def _compare(args: argparse.Namespace) -> int:
     steps = args.steps or (QUICK_COMPARE_STEPS if args.quick else 300)
     budget = args.budget or (3 if args.quick else 5)
@@ -88,6 +106,7 @@ def _compare(args: argparse.Namespace) -> int:
         steps=steps,
         out=out,
         target=args.target,
+        grids=_grids(args.grid),
         show_progress=not args.no_progress,
     )
     print(f"results in {out}")
@@ -109,6 +128,13 @@ def parser() -> argparse.ArgumentParser:
     )
     cmp_.add_argument("--budget", type=int, help="tuning trials per method (default 5; 3 with --quick)")
     cmp_.add_argument("--target", type=float, help="the loss of 'steps to target' (default: the task's)")
+    cmp_.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="METHOD=LR,LR,...",
+        help="a user learning-rate grid for METHOD (or 'all'); repeatable",
+    )
     for p in (run, cmp_):
         p.add_argument("--seeds", type=int, help="number of seeds (≥ 3)")
         p.add_argument("--steps", type=int, help="steps per run (default: the experiment's)")

@@ -24,7 +24,7 @@ import torch
 
 from precondalg.experiments.harness import MethodResult, choose_points, summarise, train, tune_and_evaluate
 from precondalg.experiments.machine import describe_machine, machine_info
-from precondalg.experiments.methods import METHODS, resolve_methods
+from precondalg.experiments.methods import METHODS, apply_lr_grids, resolve_methods
 from precondalg.experiments.output import (
     fmt,
     markdown_table,
@@ -118,6 +118,7 @@ def compare(
     steps: int = 300,
     out: Path,
     target: float | None = None,
+    grids: dict[str, list[float]] | None = None,
     show_progress: bool = True,
     echo: bool = True,
 ) -> list[dict[str, Any]]:
@@ -131,6 +132,8 @@ def compare(
         steps: training steps per run.
         out: the output folder (created).
         target: the loss at which "steps to target" is counted (default: the task's).
+        grids: user learning-rate grids, method name (or "all") → learning rates; the methods' other
+            settings stay as documented (`precondalg.experiments.methods.with_lr_grid`).
         show_progress: draw a progress bar.
         echo: print the table.
 
@@ -142,7 +145,7 @@ def compare(
     if steps < 1:
         raise ValueError(f"compare: steps must be ≥ 1; got {steps}")
     task_name, task_fn = resolve_task(task)
-    rows_methods = resolve_methods(methods)
+    rows_methods = apply_lr_grids(resolve_methods(methods), grids or {})
     for m in rows_methods:  # refuse unequal budgets before any run
         choose_points(m, budget)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +204,7 @@ def compare(
             "task": task_name,
             "methods": [m.name for m in rows_methods],
             "config": {
+                "user_lr_grids": grids or {},
                 "budget": budget,
                 "seeds": list(range(seeds)),
                 "steps": steps,

@@ -25,7 +25,16 @@ from torch import nn
 from precondalg.experiments.tasks import TaskInstance
 from precondalg.optim import APO, FOP, HD, KFAC, LODO, PSGD, Shampoo
 
-__all__ = ["GRID_SIZE", "LR_GRID", "METHODS", "Method", "load_method", "resolve_methods"]
+__all__ = [
+    "GRID_SIZE",
+    "LR_GRID",
+    "METHODS",
+    "Method",
+    "apply_lr_grids",
+    "load_method",
+    "resolve_methods",
+    "with_lr_grid",
+]
 
 GRID_SIZE = 5
 LR_GRID = (0.1, 0.03, 0.01, 0.003, 0.001)
@@ -216,3 +225,36 @@ def resolve_methods(names: list[str]) -> list[Method]:
     if len(set(seen)) != len(seen):
         raise ValueError(f"a method is named twice in {seen}")
     return out
+
+
+def with_lr_grid(method: Method, lrs: list[float]) -> Method:
+    """`method` tuned over the learning rates `lrs` instead (a user grid): each point is its grid's first
+    point with ``lr`` replaced, so the method's other settings stay as documented.
+
+    Raises:
+        ValueError: no learning rates, a non-positive one, or a method whose grid has no ``lr``.
+    """
+    if not lrs or any(not lr > 0 for lr in lrs):
+        raise ValueError(f"a learning-rate grid of {method.name!r} must be positive numbers; got {lrs}")
+    if "lr" not in method.grid[0]:
+        raise ValueError(f"method {method.name!r} has no 'lr' in its grid {list(method.grid)}")
+    return dataclasses.replace(method, grid=tuple({**method.grid[0], "lr": float(lr)} for lr in lrs))
+
+
+def apply_lr_grids(methods: list[Method], grids: dict[str, list[float]]) -> list[Method]:
+    """Replace the learning-rate grids named in `grids` (method name, case-insensitive, or "all").
+
+    Raises:
+        ValueError: a name in `grids` that is neither "all" nor one of the methods.
+    """
+    names = {m.name.lower() for m in methods}
+    unknown = [k for k in grids if k.lower() != "all" and k.lower() not in names]
+    if unknown:
+        raise ValueError(f"--grid names {unknown}, which are not compared ({[m.name for m in methods]})")
+    lowered = {k.lower(): v for k, v in grids.items()}
+    out = []
+    for m in methods:
+        lrs = lowered.get(m.name.lower(), lowered.get("all"))
+        out.append(m if lrs is None else with_lr_grid(m, lrs))
+    return out
+
