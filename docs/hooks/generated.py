@@ -611,7 +611,7 @@ def comparison_section(task: str) -> str:
     r = _results(folder, f"comparison on {task}")
     cfg = r["config"]
     grids = "".join(
-        f" --grid {name}={','.join(f'{v:g}' for v in lrs)}" for name, lrs in cfg["user_lr_grids"].items()
+        f" --grid {name}={','.join(f'{v:g}' for v in lrs)}" for name, lrs in cfg.get("user_lr_grids", {}).items()
     )
     command = (f"python -m precondalg.experiments compare --task {task} --methods {','.join(r['methods'])} "
                f"--budget {cfg['budget']} --seeds {len(cfg['seeds'])} --steps {cfg['steps']}{grids}")
