@@ -610,9 +610,8 @@ def comparison_section(task: str) -> str:
     folder = COMPARISON_RESULTS / task
     r = _results(folder, f"comparison on {task}")
     cfg = r["config"]
-    grids = "".join(
-        f" --grid {name}={','.join(f'{v:g}' for v in lrs)}" for name, lrs in cfg.get("user_lr_grids", {}).items()
-    )
+    user = cfg.get("user_lr_grids", {})  # absent from runs that predate user grids: none
+    grids = "".join(f" --grid {name}={','.join(f'{v:g}' for v in lrs)}" for name, lrs in user.items())
     command = (f"python -m precondalg.experiments compare --task {task} --methods {','.join(r['methods'])} "
                f"--budget {cfg['budget']} --seeds {len(cfg['seeds'])} --steps {cfg['steps']}{grids}")
     return "\n\n".join([
