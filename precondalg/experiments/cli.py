@@ -95,14 +95,14 @@ def _grids(specs: list[str]) -> dict[str, list[float]]:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    steps = args.steps or (QUICK_COMPARE_STEPS if args.quick else 300)
-    budget = args.budget or (3 if args.quick else 5)
+    steps = args.steps if args.steps is not None else (QUICK_COMPARE_STEPS if args.quick else 300)
+    budget = args.budget if args.budget is not None else (3 if args.quick else 5)
     out = args.out or DEFAULT_OUT / f"compare_{args.task.replace(':', '_').replace('.', '_')}"
     compare(
         args.task,
         [m.strip() for m in args.methods.split(",") if m.strip()],
         budget=budget,
-        seeds=args.seeds or 3,
+        seeds=args.seeds if args.seeds is not None else 3,
         steps=steps,
         out=out,
         target=args.target,
@@ -139,7 +139,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=int, help="number of seeds (≥ 3)")
         p.add_argument("--steps", type=int, help="steps per run (default: the experiment's)")
         p.add_argument("--out", type=Path, help="output folder")
-        p.add_argument("--quick", action="store_true", help="the short version (fewer steps, smaller grids)")
+        quick = "short settings: fewer steps, at most 3 seeds (compare: budget 3)"
+        p.add_argument("--quick", action="store_true", help=quick)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     return ap

@@ -22,7 +22,15 @@ from typing import Any
 
 import torch
 
-from precondalg.experiments.harness import MethodResult, choose_points, summarise, train, tune_and_evaluate
+from precondalg.experiments.harness import (
+    TUNE_SEED,
+    WARMUP,
+    MethodResult,
+    choose_points,
+    summarise,
+    train,
+    tune_and_evaluate,
+)
 from precondalg.experiments.machine import describe_machine, machine_info
 from precondalg.experiments.methods import METHODS, apply_lr_grids, resolve_methods
 from precondalg.experiments.output import (
@@ -188,11 +196,21 @@ def compare(
         y_label="loss",
     )
     legend = [f"- {m.name}: {m.note}" for m in rows_methods if m.note]
+    legend += [
+        f"- {r['method']}: the chosen {fmt(r['chosen'])} is at an end of the points tried; a wider grid "
+        "might do better." for r in rows if r.get("at_grid_edge")
+    ]
+    legend += [f"- {r['method']}: {r['skipped_steps']} optimizer steps skipped (NaN/Inf guarded)."
+               for r in rows if r.get("skipped_steps")]
+    legend += [f"- {r['method']}: a run stopped on an error: {_first_clause(e)}"
+               for r in rows for e in r.get("run_errors", [])[:1]]
     text = (
         f"## compare on {task_name}\n\n{_table(rows)}\n\n"
-        f"Budget {budget} trials per method on tuning seed 1000, then seeds 0–{seeds - 1}; "
+        f"Budget {budget} trials per method on tuning seed {TUNE_SEED}, then seeds 0–{seeds - 1}; "
         f"{steps} steps per run; "
-        f"target loss {'the task default' if target is None else target}; step time / Adam: {adam_how}; "
+        f"target loss {'the task default' if target is None else target} ('reached target' counts runs that "
+        "reached it, also if they diverged later); step time / Adam: the median over the steps after the "
+        f"first {WARMUP}, {adam_how}; APO's B′ is the next batch's inputs; "
         f"accuracy in %. Wall time {wall:.1f} s.\n\n"
         + "\n".join(legend)
         + f"\n\nMachine: {describe_machine(info)}.\n"
@@ -209,7 +227,7 @@ def compare(
                 "seeds": list(range(seeds)),
                 "steps": steps,
                 "target": target,
-                "tune_seed": 1000,
+                "tune_seed": TUNE_SEED,
             },
             "rows": rows,
             "tuning": {r.name: {"trials": r.trials, "chosen": r.chosen, "error": r.error} for r in results},

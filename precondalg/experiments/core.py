@@ -194,11 +194,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _cell(values: list[float]) -> str:
+    """mean ± std, or "∞" with how many seeds were finite when some were not."""
+    finite = sum(math.isfinite(v) for v in values)
+    if 0 < finite < len(values):
+        return f"∞ ({finite}/{len(values)} finite)"
+    return fmt(_mean_std(values))
+
+
 def summary_tables(exp: Experiment, result: Result) -> str:
     """The metrics table (mean ± std over seeds) and the claims table, as Markdown."""
     names = list(dict.fromkeys(k for per in result.metrics.values() for k in per))
     rows = [
-        [m, *(_mean_std(per[k]) if k in per else None for k in names)] for m, per in result.metrics.items()
+        [m, *(_cell(per[k]) if k in per else None for k in names)] for m, per in result.metrics.items()
     ]
     out = [f"### {exp.name}: {exp.reproduces}", "", markdown_table(["method", *names], rows), ""]
     if result.claims:

@@ -220,7 +220,10 @@ def _count_claim(method: str, start: str, measured: int | None, paper: int, rel:
 
 
 def _median_ratio(a: list[Descent], b: list[Descent]) -> float:
-    return statistics.median(_iterations(x) / _iterations(y) for x, y in zip(a, b))
+    """Median over starts of iterations(a)/iterations(b); a start where neither converged has no ratio
+    and is left out (inf when only a failed; NaN when no start is left)."""
+    ratios = [_iterations(x) / _iterations(y) for x, y in zip(a, b) if x.iterations or y.iterations]
+    return statistics.median(ratios) if ratios else math.nan
 
 
 @experiment(

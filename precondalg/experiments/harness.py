@@ -40,6 +40,7 @@ from precondalg.problems._loop import counting_skips, is_proximal
 __all__ = [
     "TUNE_SEED",
     "MethodResult",
+    "at_grid_edge",
     "RunRecord",
     "choose_points",
     "optimizer_step",
@@ -52,6 +53,8 @@ TUNE_SEED = 1000
 DIVERGE_FACTOR = 1e6
 """A run stops, diverged, when its batch loss is non-finite or above this factor × the first one."""
 CURVE_POINTS = 50
+WARMUP = 5
+"""Steps left out of the median step time (first-call allocations, lazily built state)."""
 
 
 def optimizer_step(
@@ -111,6 +114,7 @@ class RunRecord:
         diverged_at: the step at which the run stopped, diverged (None: it did not).
         skipped_steps: the optimizer's skipped-step warnings (NaN/Inf guarded steps).
         seconds: training seconds in all (evaluation excluded).
+        error: the exception that stopped the run during training (counted as diverged), else None.
     """
 
     curve: list[tuple[int, float]]
@@ -123,6 +127,7 @@ class RunRecord:
     diverged_at: int | None
     skipped_steps: int
     seconds: float
+    error: str | None = None
 
 
 def _evaluate(task: TaskInstance, losses: list[float]) -> float:
@@ -176,11 +181,18 @@ def _train(
     times: list[float] = []
     reached: tuple[int, float] | None = None
     diverged_at, first = None, None
+    if not task.cyclic and steps > len(batches):
+        raise ValueError(f"the task has {len(batches)} batches and does not cycle them; got {steps} steps")
+    error = None
     with counting_skips() as skips:
         for t in range(steps):
             batch, nxt = batches[t % len(batches)], batches[(t + 1) % len(batches)]
             start = time.perf_counter()
-            value = optimizer_step(opt, task.model, task.loss_fn, batch, nxt)
+            try:
+                value = optimizer_step(opt, task.model, task.loss_fn, batch, nxt)
+            except (RuntimeError, ValueError, FloatingPointError) as e:  # e.g. a linalg failure at a large lr
+                error, diverged_at = f"step {t + 1}: {type(e).__name__}: {e}", t + 1
+                break
             times.append(time.perf_counter() - start)
             first = value if first is None else first
             recent.append(value)
@@ -205,11 +217,12 @@ def _train(
         accuracy=None if diverged_at is not None else _accuracy(task),
         steps_to_target=None if reached is None else reached[0],
         seconds_to_target=None if reached is None else reached[1],
-        step_seconds=statistics.median(times) if times else math.nan,
+        step_seconds=statistics.median(times[WARMUP:] or times) if times else math.nan,
         state_bytes_per_param=state_bytes(opt)["total"] / n_params,
         diverged_at=diverged_at,
         skipped_steps=skips.value,
         seconds=sum(times),
+        error=error,
     )
 
 
@@ -265,14 +278,24 @@ def tune_and_evaluate(
     target: float | None = None,
     tick: Callable[[], None] = lambda: None,
 ) -> MethodResult:
-    """Steps 1 and 2 of the protocol (module docstring) for one method; `tick` is called after each run."""
-    trials: list[tuple[dict[str, Any], float]] = []
+    """Steps 1 and 2 of the protocol (module docstring) for one method; `tick` is called after each run.
+
+    The method is first built on the tuning seed's task: an error there (the method cannot run on the
+    task) is the result's ``error``.  An error during a run's training ends that run as diverged (its
+    ``error`` says why): a trial then scores +inf, an evaluation run counts as diverged.
+    """
+    points = choose_points(method, budget)
     try:
-        for hp in choose_points(method, budget):
-            trials.append((hp, train(method, hp, task_fn, TUNE_SEED, steps, target).final_loss))
-            tick()
+        with torch.random.fork_rng(devices=[]):
+            task = as_instance(task_fn(TUNE_SEED), f"task for seed {TUNE_SEED}")
+            task.seed = TUNE_SEED
+            method.make(task.model, task, **points[0])
     except (TypeError, ValueError, RuntimeError) as e:
-        return MethodResult(method.name, trials, None, [], error=f"{type(e).__name__}: {e}")
+        return MethodResult(method.name, [], None, [], error=f"{type(e).__name__}: {e}")
+    trials: list[tuple[dict[str, Any], float]] = []
+    for hp in points:
+        trials.append((hp, train(method, hp, task_fn, TUNE_SEED, steps, target).final_loss))
+        tick()
     finite = [(hp, loss) for hp, loss in trials if math.isfinite(loss)]
     if not finite:
         return MethodResult(method.name, trials, None, [], error="every tuning trial diverged")
@@ -282,6 +305,12 @@ def tune_and_evaluate(
         runs.append(train(method, chosen, task_fn, seed, steps, target))
         tick()
     return MethodResult(method.name, trials, chosen, runs)
+
+
+def at_grid_edge(result: MethodResult) -> bool:
+    """Whether the chosen point is the first or the last of the points tried (of more than two)."""
+    tried = [hp for hp, _ in result.trials]
+    return result.chosen is not None and len(tried) > 2 and result.chosen in (tried[0], tried[-1])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -312,5 +341,7 @@ def summarise(result: MethodResult, adam_step_seconds: float | None) -> dict[str
     row["step_time_vs_adam"] = step / adam_step_seconds if adam_step_seconds else None
     row["state_bytes_per_param"] = runs[-1].state_bytes_per_param
     row["diverged_runs"] = sum(r.diverged_at is not None for r in runs)
+    row["run_errors"] = [r.error for r in runs if r.error]
     row["skipped_steps"] = sum(r.skipped_steps for r in runs)
+    row["at_grid_edge"] = at_grid_edge(result)
     return row

@@ -6,8 +6,9 @@ f = 100(θ₂ − θ₁²)² + (1 − θ₁)² from (−1, 1), float64, fixed st
 triangular Q₀ = 0.1·I, Newton type (lr 0.5, lr_precond 0.2, Hv by autograd, v ~ N(0, I)) and Fisher
 type (λ = 0.1, lr 0.001, lr_precond 0.01); GD 0.002, momentum 0.9 at 0.002 and Nesterov at 0.001
 (torch.optim.SGD).  The seed draws PSGD's v (the first-order rows are deterministic: their spread is 0).
-Tuned rows: GD, momentum, Adam, RMSprop and L-BFGS, 5 learning rates each, fewest iterations to
-f < 1e-10.  A run stops at f < 1e-20, the floor of the paper's plot.
+Tuned rows: GD, momentum, Adam, RMSprop and L-BFGS (no Nesterov), 5 learning rates each, fewest iterations
+to f < 1e-10, chosen on the one deterministic run that is also reported.  A run stops at f < 1e-20, the
+floor of the paper's plot.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def _points(d: Descent, steps: int, count: int = 200) -> list[tuple[float, float
     return [(float(t), v) for t, v in enumerate(d.values) if t % every == 0 or t == len(d.values) - 1]
 
 
+def _iterations(d: Descent) -> float:
+    """Iterations to f < 1e-10 (inf: not within the run)."""
+    first = d.first_below(LEVEL)
+    return math.inf if first is None else float(first)
+
+
 def _at(d: Descent, t: int) -> float:
     """f after t iterations (a run stopped at the floor stays below it)."""
     return d.values[t] if t < len(d.values) else d.values[-1]
@@ -69,7 +76,7 @@ def _at(d: Descent, t: int) -> float:
     paper="PSGD (Li 2019)",
     figure="Fig. 1",
     reproduces="Rosenbrock: Newton-type PSGD reaches 1e-10 in ≈200 iterations; Fisher type is poor",
-    minutes=2.0,
+    minutes=4.0,
     quick_minutes=0.5,
     seeds=10,
     steps=10_000,
@@ -105,11 +112,9 @@ def rosenbrock_experiment(ctx: Context) -> Result:
     T = ctx.steps
     metrics = {
         label: {
-            "iterations to 1e-10": [
-                math.inf if d.first_below(LEVEL) is None else float(d.first_below(LEVEL)) for d in ds
-            ],
+            "iterations to 1e-10": [_iterations(d) for d in ds],
             f"f at {T}": [_at(d, T) for d in ds],
-            "f at 1000": [_at(d, 1000) for d in ds],
+            f"f at {min(1000, T)}": [_at(d, min(1000, T)) for d in ds],
         }
         for label, ds in runs.items()
     }
@@ -119,10 +124,12 @@ def rosenbrock_experiment(ctx: Context) -> Result:
         k: statistics.median(_at(d, T) for d in runs[k])
         for k in ("PSGD Newton", "PSGD Fisher", "GD 0.002", "Momentum 0.9, 0.002", "Nesterov 0.9, 0.001")
     }
-    first_order = max(final["Momentum 0.9, 0.002"], final["Nesterov 0.9, 0.001"])
-    ranking = final["PSGD Newton"] <= min(final["Momentum 0.9, 0.002"], final["Nesterov 0.9, 0.001"]) and (
-        first_order <= final["GD 0.002"]
-    )
+    reach = {  # median iterations to f < 1e-10 (inf: not within the budget); f at T breaks ties of inf
+        k: (statistics.median(_iterations(d) for d in runs[k]), final[k])
+        for k in ("PSGD Newton", "Momentum 0.9, 0.002", "Nesterov 0.9, 0.001", "GD 0.002")
+    }
+    momentum, nesterov = reach["Momentum 0.9, 0.002"], reach["Nesterov 0.9, 0.001"]
+    ranking = reach["PSGD Newton"] < min(momentum, nesterov) and max(momentum, nesterov) < reach["GD 0.002"]
     fisher_poor = final["PSGD Fisher"] >= final["GD 0.002"] or math.isclose(
         math.log10(max(final["PSGD Fisher"], 1e-300)), math.log10(max(final["GD 0.002"], 1e-300)), abs_tol=1
     )
@@ -134,8 +141,9 @@ def rosenbrock_experiment(ctx: Context) -> Result:
             150 <= med <= 300,
         ),
         Claim(
-            f"at {T} iterations Newton-PSGD ≤ momentum, Nesterov ≤ GD",
-            ", ".join(f"{k} {v:.3g}" for k, v in final.items()),
+            "Newton-PSGD < {momentum, Nesterov} < GD in iterations to f < 1e-10 (f at the end where not "
+            "reached)",
+            ", ".join(f"{k} {it:g} (f {f:.3g})" for k, (it, f) in reach.items()),
             ranking,
         ),
         Claim(

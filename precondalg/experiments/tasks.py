@@ -14,7 +14,7 @@ Built-in (`TASKS`), all offline:
   mean squared error, batch 32 (the APO-E3 substitute of the paper's UCI regressions).
 - ``noisy_bowl``: LODO's noisy quadratic bowl (Liao et al. 2023, §5.1) at n = 32: H = U diag(geomspace(
   1e-2, 1, 32)) Uᵀ, the centre takes a N(0, I) random-walk step before every loss evaluation; the
-  "targets" of a batch are the centre of that step.
+  "targets" of a batch are the centre of that step (20 000 steps at most: the walk does not start over).
 - ``rosenbrock``: f = (1 − x)² + 100(y − x²)² from (−1, 1) (`precondalg.problems.Rosenbrock`), float64.
 """
 
@@ -49,6 +49,8 @@ class TaskInstance:
         classification: whether accuracy (argmax of the outputs) is reported.
         seed: the run's seed, set by the harness before the method is built (methods with random draws
             seed them with it).
+        cyclic: whether a run longer than ``batches`` may start over (False: the harness refuses it,
+            e.g. the noisy bowl, whose centre would jump back to its start).
     """
 
     model: nn.Module
@@ -59,6 +61,7 @@ class TaskInstance:
     target_loss: float | None = None
     classification: bool = False
     seed: int = 0
+    cyclic: bool = True
 
 
 def as_instance(value: Any, where: str) -> TaskInstance:
@@ -219,7 +222,7 @@ class BowlLoss:
         return 0.5 * d @ (self.H @ d)
 
 
-def noisy_bowl(seed: int, n: int = 32, steps: int = 4000) -> TaskInstance:
+def noisy_bowl(seed: int, n: int = 32, steps: int = 20_000) -> TaskInstance:
     """The ``noisy_bowl`` task (module docstring); the centre's walk is drawn from `seed`."""
     g = torch.Generator().manual_seed(seed)
     U, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
@@ -227,7 +230,7 @@ def noisy_bowl(seed: int, n: int = 32, steps: int = 4000) -> TaskInstance:
     H = (U * lam) @ U.mT
     centres = torch.cumsum(torch.randn(steps, n, generator=g, dtype=torch.float64), 0)
     batches = [(None, c) for c in centres]
-    return TaskInstance(Point(torch.zeros(n, dtype=torch.float64)), BowlLoss(H), batches, target_loss=None)
+    return TaskInstance(Point(torch.zeros(n, dtype=torch.float64)), BowlLoss(H), batches, cyclic=False)
 
 
 def rosenbrock(seed: int) -> TaskInstance:
