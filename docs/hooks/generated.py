@@ -575,7 +575,7 @@ def _summary_body(folder: Path) -> str:
     """summary.md without its heading and its closing run lines (the page prints its own)."""
     lines = (folder / "summary.md").read_text(encoding="utf-8").splitlines()
     body = [ln for ln in lines if not ln.startswith("### ")]
-    ends = ("Seeds [", "Machine:", "Budget ")
+    ends = ("Seeds [", "Machine:")  # the run lines; a comparison's protocol line and legend stay
     cut = next((i for i, ln in enumerate(body) if ln.startswith(ends)), len(body))
     return "\n".join(body[:cut]).strip()
 
