@@ -331,3 +331,19 @@ def test_an_error_during_training_ends_that_run_as_diverged_and_is_reported():
     assert math.isinf(record.final_loss) and [t for t, _ in record.curve] == [0, 1, 2]  # up to the error
     result = tune_and_evaluate(breaks, TASKS["diabetes"], budget=1, seeds=range(3), steps=5)
     assert result.trials == [({"lr": 1e-3}, math.inf)] and result.error == "every tuning trial diverged"
+
+
+def test_strict_fails_on_unknown_failures_and_on_known_failures_that_hold(tmp_path, capsys):
+    from precondalg.experiments.cli import _unexpected
+    from precondalg.experiments.core import Claim
+
+    exp = EXPERIMENTS["LODO-E2"]
+    known = exp.known_failures[0] + " of something"
+    assert _unexpected(exp, [Claim(known, "1", False), Claim("LODO within", "1", True)]) == []
+    (message,) = _unexpected(exp, [Claim("LODO within", "9", False)])
+    assert "fails, not a known failure: LODO within" in message
+    assert "a known failure now holds" in _unexpected(exp, [Claim(known, "1", True)])[0]
+    # LODO-E2's three known failures fail as expected, the rest hold: --strict passes
+    assert main(["run", "LODO-E2", "--quick", "--strict", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "--strict:" not in capsys.readouterr().out
+

@@ -53,7 +53,8 @@ def test_ci_runs_everything_after_the_test_command_in_its_venv() -> None:
     assert after and after[0].startswith('test "$VIRTUAL_ENV" -ef .venv'), after
     for command in ("python -m pytest -m slow", "ruff check .", "mkdocs build --strict",
                     "python -m theory_checks",
-                    "python -m precondalg.experiments run all --quick --out build/experiments --no-progress",
+                    "python -m precondalg.experiments run all --quick --strict --out build/experiments "
+                    "--no-progress",
                     "PRECONDALG_BROWSER=required python -m pytest -m browser"):
         assert command in after, command
     assert not any(line.startswith(("(", "bash ", "sh ", "deactivate")) for line in after), after

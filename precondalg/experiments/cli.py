@@ -2,7 +2,7 @@
 
     python -m precondalg.experiments list
     python -m precondalg.experiments run NAME [--seeds N] [--steps N] [--out DIR] [--quick] [--no-progress]
-    python -m precondalg.experiments run all --quick
+    python -m precondalg.experiments run all --quick [--strict]
     python -m precondalg.experiments compare --task TASK --methods FOP,PSGD,LODO,APO,Shampoo,KFAC,Adam,SGD
         [--budget N] [--seeds N] [--steps N] [--target LOSS] [--grid METHOD=LR,...] [--out DIR] [--quick]
 
@@ -23,7 +23,7 @@ import torch
 
 from precondalg.experiments import registered
 from precondalg.experiments.compare import compare
-from precondalg.experiments.core import EXPERIMENTS, run_experiment
+from precondalg.experiments.core import EXPERIMENTS, Claim, Experiment, run_experiment
 from precondalg.experiments.methods import METHODS
 from precondalg.experiments.output import markdown_table
 from precondalg.experiments.tasks import TASKS
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     start = time.perf_counter()
-    failed = []
+    failed, unexpected = [], []
     for i, (exp, out) in enumerate(zip(chosen, outs), 1):
         if len(chosen) > 1:
             print(f"[{i}/{len(chosen)}] {exp.name} → {out}", file=sys.stderr)
@@ -67,13 +67,30 @@ def _run(args: argparse.Namespace) -> int:
             exp, out, seeds=args.seeds, steps=args.steps, quick=args.quick, show_progress=not args.no_progress
         )
         failed += [f"{exp.name}: {c.claim}" for c in result.claims if not c.holds]
+        unexpected += _unexpected(exp, result.claims)
     print(
         f"{len(chosen)} experiment(s) in {time.perf_counter() - start:.1f} s; results under {outs[0].parent}"
     )
     if failed:
         print(f"{len(failed)} claim(s) of the papers not reproduced (see each summary.md):")
         print("\n".join(f"  - {f}" for f in failed))
+    if args.strict and unexpected:
+        print(f"--strict: {len(unexpected)} claim(s) differ from the experiments' known failures:")
+        print("\n".join(f"  - {u}" for u in unexpected))
+        return 1
     return 0
+
+
+def _unexpected(exp: Experiment, claims: list[Claim]) -> list[str]:
+    """Claims that fail without being a known failure of `exp`, and known failures that now hold."""
+    out = []
+    for c in claims:
+        known = c.claim.startswith(exp.known_failures) if exp.known_failures else False
+        if not c.holds and not known:
+            out.append(f"{exp.name}: fails, not a known failure: {c.claim} (measured {c.measured})")
+        elif c.holds and known:
+            out.append(f"{exp.name}: a known failure now holds (update the docs): {c.claim}")
+    return out
 
 
 def _grids(specs: list[str]) -> dict[str, list[float]]:
@@ -119,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="every experiment: name, paper, figure, what it reproduces, minutes")
     run = sub.add_parser("run", help="run one experiment (or all) and write results.json, CSVs and PNGs")
     run.add_argument("name", help="an experiment name from `list`, or 'all'")
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a claim fails that is not a known failure of its experiment, or a known one holds",
+    )
     cmp_ = sub.add_parser("compare", help="tune and compare methods on a task with equal budgets")
     cmp_.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}, or module:attribute")
     cmp_.add_argument(

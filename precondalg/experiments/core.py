@@ -63,6 +63,8 @@ class Experiment:
         steps: the default number of steps (iterations) of a run.
         quick_steps: the steps with ``--quick``.
         run: the experiment.
+        known_failures: the beginnings of the claims that are known not to reproduce (each page says why);
+            ``run --strict`` fails on any other claim that fails, and on a known failure that holds.
     """
 
     name: str
@@ -75,6 +77,7 @@ class Experiment:
     steps: int
     quick_steps: int
     run: Callable[[Context], Result]
+    known_failures: tuple[str, ...] = ()
 
 
 QUICK_SEEDS = 3
@@ -95,6 +98,7 @@ def experiment(
     seeds: int = 3,
     steps: int,
     quick_steps: int | None = None,
+    known_failures: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Context], Result]], Callable[[Context], Result]]:
     """Register ``run(ctx) -> Result`` as the experiment `name` (metadata as in `Experiment`).
 
@@ -108,7 +112,8 @@ def experiment(
         if seeds < 3:
             raise ValueError(f"experiment {name!r}: at least 3 seeds; got {seeds}")
         EXPERIMENTS[name] = Experiment(
-            name, paper, figure, reproduces, minutes, quick_minutes, seeds, steps, quick_steps or steps, run
+            name, paper, figure, reproduces, minutes, quick_minutes, seeds, steps, quick_steps or steps, run,
+            tuple(known_failures),
         )
         return run
 

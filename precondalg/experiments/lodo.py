@@ -249,6 +249,11 @@ def _window(d: Descent) -> float:
     paper="LODO (Liao et al. 2023)",
     figure="Fig. 3, App. G, Table 8",
     reproduces="rescaled Rosenbrock: mean loss over steps 180–200, Adam best, LODO 1.04e-3",
+    known_failures=(  # Table 6's surviving momentum and RMSprop cells do not give Table 8's losses
+        "Momentum (paper-tuned) within ×3",
+        "RMSprop (paper-tuned, the better lr cell)",
+        "ordering Adam < {RMSprop, LODO} < Momentum",
+    ),
     minutes=0.5,
     quick_minutes=0.3,
     seeds=8,
