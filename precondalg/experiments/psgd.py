@@ -76,7 +76,7 @@ def _at(d: Descent, t: int) -> float:
     paper="PSGD (Li 2019)",
     figure="Fig. 1",
     reproduces="Rosenbrock: Newton-type PSGD reaches 1e-10 in ≈200 iterations; Fisher type is poor",
-    minutes=4.0,
+    minutes=2.5,
     quick_minutes=0.5,
     seeds=10,
     steps=10_000,
