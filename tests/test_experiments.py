@@ -23,7 +23,7 @@ from precondalg.experiments.harness import (
     optimizer_step,
     summarise,
 )
-from precondalg.experiments.methods import METHODS, Method, load_method, resolve_methods
+from precondalg.experiments.methods import GRID_SIZE, METHODS, Method, load_method, resolve_methods
 from precondalg.experiments.tasks import TASKS, as_instance
 from precondalg.optim import APO, PSGD
 
@@ -85,7 +85,7 @@ def test_run_refuses_fewer_than_three_seeds_and_unknown_names(capsys, tmp_path):
 
 # ------------------------------------------------------------------------------------------- harness
 def test_every_built_in_method_has_a_grid_of_the_same_size():
-    assert {len(m.grid) for m in METHODS.values()} == {5}
+    assert GRID_SIZE == 5 and {len(m.grid) for m in METHODS.values()} == {GRID_SIZE}
     assert [p["lr"] for p in choose_points(METHODS["Adam"], 3)] == [1e-2, 1e-3, 1e-4]
     small = Method("tiny", METHODS["SGD"].make, ({"lr": 0.1},))
     with pytest.raises(ValueError, match="'tiny' has 1 grid points, fewer than the budget 2"):

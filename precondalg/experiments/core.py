@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from precondalg.experiments.output import (
     Curve,
     fmt,
     markdown_table,
+    mean_std,
     plot_curve,
     progress,
     write_curve_csv,
@@ -192,19 +192,12 @@ class Result:
     figures: list[str] = dataclasses.field(default_factory=list)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < len(values):
-        return math.inf, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _cell(values: list[float]) -> str:
     """mean ± std, or "∞" with how many seeds were finite when some were not."""
     finite = sum(math.isfinite(v) for v in values)
     if 0 < finite < len(values):
         return f"∞ ({finite}/{len(values)} finite)"
-    return fmt(_mean_std(values))
+    return fmt(mean_std(values))
 
 
 def summary_tables(exp: Experiment, result: Result) -> str:
@@ -276,7 +269,7 @@ def run_experiment(
             "experiment": dataclasses.asdict(exp) | {"run": exp.run.__module__ + "." + exp.run.__qualname__},
             "config": result.config | {"seeds": ctx.seeds, "steps": n_steps, "quick": quick},
             "metrics": {
-                m: {k: {"mean_std": _mean_std(v), "per_seed": v} for k, v in per.items()}
+                m: {k: {"mean_std": mean_std(v), "per_seed": v} for k, v in per.items()}
                 for m, per in result.metrics.items()
             },
             "claims": [dataclasses.asdict(c) for c in result.claims],
@@ -289,8 +282,3 @@ def run_experiment(
     )
     print(summary + footer)
     return result
-
-
-def fmt_claim(value: float, digits: int = 3) -> str:
-    """A measured number for a claim's "measured" cell."""
-    return fmt(float(value), digits)

@@ -33,6 +33,7 @@ import torch
 
 from precondalg.experiments.memory import state_bytes
 from precondalg.experiments.methods import Method
+from precondalg.experiments.output import mean_std
 from precondalg.experiments.tasks import TaskInstance, as_instance
 from precondalg.objectives import Newton
 from precondalg.problems._loop import counting_skips, is_proximal
@@ -311,15 +312,6 @@ def at_grid_edge(result: MethodResult) -> bool:
     """Whether the chosen point is the first or the last of the points tried (of more than two)."""
     tried = [hp for hp, _ in result.trials]
     return result.chosen is not None and len(tried) > 2 and result.chosen in (tried[0], tried[-1])
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value; inf when any value is inf)."""
-    if not values:
-        return math.nan, math.nan
-    if any(math.isinf(v) for v in values):
-        return math.inf, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarise(result: MethodResult, adam_step_seconds: float | None) -> dict[str, Any]:

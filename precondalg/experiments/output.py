@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
@@ -18,10 +19,29 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Curve", "fmt", "json_ready", "markdown_table", "plot_curve", "progress", "write_curve_csv"]
+__all__ = [
+    "Curve",
+    "fmt",
+    "json_ready",
+    "markdown_table",
+    "mean_std",
+    "plot_curve",
+    "progress",
+    "write_curve_csv",
+]
 
 Curve = dict[str, list[list[tuple[float, float]]]]
 """method → one list of (x, value) points per seed."""
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds: (nan, nan) for none, std 0 for one value, and
+    (inf, nan) when any value is not finite (a run that diverged or never reached its goal)."""
+    if not values:
+        return math.nan, math.nan
+    if not all(math.isfinite(v) for v in values):
+        return math.inf, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def fmt(value: Any, digits: int = 3) -> str:
