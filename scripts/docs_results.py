@@ -3,6 +3,7 @@ docs/experiments/results/NAME/ and the comparison on every built-in task into do
 
     python scripts/docs_results.py                  # both (6.5 + 10 minutes measured on a 2-core CPU)
     python scripts/docs_results.py --only experiments
+    python scripts/docs_results.py --only experiments --names FOP-E3,APO-E1
     python scripts/docs_results.py --only comparison --tasks digits_mlp,diabetes
 
 The pages (docs/experiments/*.md, docs/comparison.md) read these folders at build time, so a rerun is
@@ -36,10 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=("experiments", "comparison"))
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated built-in tasks")
+    ap.add_argument("--names", default="all", help="comma-separated experiments (default: all)")
     args = ap.parse_args(argv)
     status = 0
     if args.only in (None, "experiments"):
-        status |= cli(["run", "all", "--out", str(DOCS / "experiments" / "results"), "--no-progress"])
+        for name in args.names.split(","):
+            out = DOCS / "experiments" / "results"
+            out = out if name == "all" else out / name
+            status |= cli(["run", name, "--out", str(out), "--no-progress"])
     if args.only in (None, "comparison"):
         for task in args.tasks.split(","):
             out = DOCS / "comparison" / task

@@ -38,8 +38,7 @@ import torch.utils._pytree as pytree
 import precondalg as pa
 from precondalg import families
 from precondalg.families import Family, diagonal_gram
-from precondalg.fitters import ClosedForm, LieGroup
-from precondalg.fitters import _ClosedFormFit as ClosedFormFit
+from precondalg.fitters import ClosedForm, Fit, LieGroup
 from precondalg.objectives import (
     BlockContext,
     Evaluation,
@@ -214,12 +213,34 @@ def ema_weights(T: int, beta: float) -> torch.Tensor:
     return w / (1 - beta**T)
 
 
-class _WrongPowerFit(ClosedFormFit):
-    """The `ClosedForm` fit with every exponent doubled (see `_WrongPowerClosedForm`)."""
+class _WrongPowerFit(Fit):
+    """The `ClosedForm` fit with every exponent doubled (see `_WrongPowerClosedForm`): the library's own
+    fit, wrapped through the public `Fit` interface, sees the statistics with exponents 2e."""
+
+    def __init__(self, inner: Fit) -> None:
+        self.inner = inner
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        self.inner.step(grads)
 
     def propose_statistics(self, statistics: Statistics) -> list[torch.Tensor] | None:
         doubled = tuple(2 * e for e in statistics.exponents)
-        return super().propose_statistics(dataclasses.replace(statistics, exponents=doubled))
+        return self.inner.propose_statistics(dataclasses.replace(statistics, exponents=doubled))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return self.inner.tensors()
+
+    def failed(self) -> torch.Tensor | None:
+        return self.inner.failed()
+
+    def phi(self) -> pa.Structure | None:
+        return self.inner.phi()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,8 +249,7 @@ class _WrongPowerClosedForm(ClosedForm):
     criteria, the wrong matrix power."""
 
     def build(self, leaves: list[torch.Tensor], spec: pytree.TreeSpec | None = None) -> _WrongPowerFit:
-        super().build(leaves, spec)  # the library's validation
-        return _WrongPowerFit(self, leaves, spec)
+        return _WrongPowerFit(super().build(leaves, spec))
 
 
 NEWTON_WITH_GRADIENT = NewtonWithGradient()
