@@ -52,13 +52,11 @@ import argparse
 import copy
 import cProfile
 import csv
-import itertools
 import json
 import math
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -173,89 +171,6 @@ def start_run(args: argparse.Namespace, name: str, *, git: bool = True) -> Bench
     run = BenchRun(device, json_path, csv_path, machine_info(device, git=git), start)
     run.log("machine: " + describe_machine(run.info))
     return run
-
-
-def start_experiment(
-    args: argparse.Namespace, name: str, argv: list[str] | None
-) -> tuple[BenchRun, str] | None:
-    """`start_run` for an experiment script (its arguments also --no-git), with lscpu's model name and
-    the repository's commit line in the machine info (`add_lscpu_and_commit`), both logged with the
-    command line.  Returns the run and the command, or None where `start_run` does."""
-    run = start_run(args, name, git=not args.no_git)
-    if run is None:
-        return None
-    add_lscpu_and_commit(run.info, not args.no_git)
-    command = "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-    run.log(f"lscpu Model name: {run.info['lscpu_model_name']}; commit {run.info['commit_line']}")
-    run.log(f"command: {command}")
-    return run, command
-
-
-def add_cpu_run_arguments(ap: argparse.ArgumentParser, what: str) -> None:
-    """The arguments `start_experiment` reads, for a CPU-only experiment (`what`: why CPU only): --device,
-    --threads, --json, --csv, --no-git."""
-    ap.add_argument("--device", default="cpu", choices=["cpu"], help=f"CPU only ({what})")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 1)")
-    ap.add_argument(
-        "--json", type=Path, default=None, help="JSON path (default benchmarks/results/<name>_cpu.json)"
-    )
-    ap.add_argument("--csv", type=Path, default=None, help="CSV path (default: the JSON path with .csv)")
-    ap.add_argument("--no-git", action="store_true", help="do not run git for the commit in the machine info")
-
-
-def grid(**axes: list[Any]) -> list[dict[str, Any]]:
-    """Every combination of the axes' values, as keyword dicts (the first axis varies slowest)."""
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
-
-
-def methods_record(
-    methods: dict[str, dict[str, Any]], quick_grids: dict[str, list[dict[str, Any]]], quick: bool, names: Any
-) -> dict[str, dict[str, Any]]:
-    """For the results file: each method's fixed settings and the grid it was tuned on (the quick grid
-    with --quick)."""
-    grids = quick_grids if quick else {m: methods[m]["grid"] for m in names}
-    return {m: {"fixed": methods[m]["fixed"], "grid": grids[m]} for m in names}
-
-
-def grid_edges(g: list[dict[str, Any]], best: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    """The axes of grid `g` with more than one value (other than `ignore`) on which the winner `best`
-    takes the smallest or largest value, as "key=value (largest|smallest)"."""
-    out = []
-    for key in best:
-        values = sorted({hp[key] for hp in g})
-        if key not in ignore and len(values) > 1 and best[key] in (values[0], values[-1]):
-            out.append(f"{key}={best[key]:g} ({'largest' if best[key] == values[-1] else 'smallest'})")
-    return out
-
-
-def add_lscpu_and_commit(info: dict[str, Any], git: bool) -> None:
-    """lscpu's model name and the commit line (whole repository: "with uncommitted changes" where
-    ``git status --short`` lists anything)."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        info["lscpu_model_name"] = next(
-            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), None
-        )
-    except (OSError, subprocess.SubprocessError):
-        info["lscpu_model_name"] = None
-    info["commit_line"] = "git not consulted"
-    if git:
-        root = Path(__file__).resolve().parent.parent
-        try:
-            head = subprocess.run(
-                ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-            dirty = subprocess.run(
-                ["git", "-C", str(root), "status", "--short"], capture_output=True, text=True, timeout=30
-            ).stdout.strip()
-            info["git_dirty_repo"] = bool(dirty)
-            info["commit_line"] = (head or "unknown") + (" with uncommitted changes" if dirty else "")
-        except (OSError, subprocess.SubprocessError):
-            info["commit_line"] = "git failed"
 
 
 # -------------------------------------------------------------------------------------- data, models

@@ -9,13 +9,9 @@ in this process and in a fresh one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
-import sys
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -396,21 +392,4 @@ CONFIGS |= {
 }
 
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-@contextlib.contextmanager
-def benchmark_module(name: str) -> Iterator[Any]:
-    """benchmarks/<name>.py imported as when it runs (benchmarks/ on sys.path); afterwards sys.path and
-    the benchmark modules it imported are as before."""
-    before = set(sys.modules)
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        for module in set(sys.modules) - before:
-            path = getattr(sys.modules[module], "__file__", None)
-            if path is not None and Path(path).parent == BENCHMARKS:
-                del sys.modules[module]
 

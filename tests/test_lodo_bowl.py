@@ -305,7 +305,7 @@ def test_lodo_e1_ci_scale_three_seeds():
     mean = {k: float(np.mean(v)) for k, v in late.items()}
     std = {k: float(np.std(v, ddof=1)) for k, v in late.items()}
     lam = bowl_eigenvalues(N, LAM_MIN)
-    # measured (here and in benchmarks/lodo_noise.py at σ² = 1, the same runs): LODO 3.812, 3.854, 3.904
+    # measured (here and in the experiment LODO-E1, the same runs): LODO 3.812, 3.854, 3.904
     # (3.857 ± 0.046); Adam 6.184, 6.224, 6.282 (6.230 ± 0.049); Momentum 6.556, 6.582, 6.711
     # (6.616 ± 0.083): LODO / Adam 0.619, LODO / Momentum 0.583
     for other in ("Adam", "Momentum"):

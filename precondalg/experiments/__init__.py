@@ -16,7 +16,7 @@ import importlib
 
 __all__ = ["PAPER_MODULES", "registered"]
 
-PAPER_MODULES = ("fop", "psgd", "lodo")
+PAPER_MODULES = ("fop", "fop_nets", "psgd", "lodo", "lodo_nets", "apo", "apo_nets")
 """The modules whose import registers the papers' experiments, in the papers' order."""
 
 

@@ -29,7 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TASKS", "Point", "TaskInstance", "as_instance", "digits_cnn_model"]
+__all__ = [
+    "TASKS",
+    "Point",
+    "TaskInstance",
+    "as_instance",
+    "digits_cnn_model",
+    "digits_split",
+    "seeded",
+    "shuffled_batches",
+]
 
 Batch = tuple[Any, Any]
 
@@ -90,7 +99,7 @@ def as_instance(value: Any, where: str) -> TaskInstance:
     )
 
 
-def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
     """`build()` with torch's global generator seeded, then restored (the caller's draws are untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -116,7 +125,7 @@ def _split(n: int, n_test: int, labels: torch.Tensor | None, seed: int) -> tuple
     return mask.nonzero().flatten(), test_idx
 
 
-def _batches(X: torch.Tensor, Y: torch.Tensor, size: int, epochs: int, seed: int) -> list[Batch]:
+def shuffled_batches(X: torch.Tensor, Y: torch.Tensor, size: int, epochs: int, seed: int) -> list[Batch]:
     """`epochs` shuffled passes of batches of `size` (the last short batch of a pass dropped), the
     shuffles drawn from a generator seeded by `seed`."""
     g = torch.Generator().manual_seed(seed)
@@ -129,7 +138,9 @@ def _batches(X: torch.Tensor, Y: torch.Tensor, size: int, epochs: int, seed: int
     return out
 
 
-def _digits(image: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def digits_split(image: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits (pixels / 16) as the digits tasks split them: (X_train, y_train, X_test,
+    y_test), 1297 / 500 stratified; X of shape (n, 64), or (n, 1, 8, 8) when `image`."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -143,8 +154,8 @@ def _digits(image: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
 
 def digits_mlp(seed: int) -> TaskInstance:
     """The ``digits_mlp`` task (module docstring)."""
-    X, y, Xt, yt = _digits(image=False)
-    model = _seeded(
+    X, y, Xt, yt = digits_split(image=False)
+    model = seeded(
         seed,
         lambda: nn.Sequential(
             nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
@@ -153,7 +164,7 @@ def digits_mlp(seed: int) -> TaskInstance:
     return TaskInstance(
         model,
         F.cross_entropy,
-        _batches(X, y, 64, 30, seed),
+        shuffled_batches(X, y, 64, 30, seed),
         (X, y),
         (Xt, yt),
         target_loss=0.1,
@@ -177,9 +188,11 @@ def digits_cnn_model() -> nn.Module:
 
 def digits_cnn(seed: int) -> TaskInstance:
     """The ``digits_cnn`` task (module docstring)."""
-    X, y, Xt, yt = _digits(image=True)
-    model = _seeded(seed, digits_cnn_model)
-    return TaskInstance(model, F.cross_entropy, _batches(X, y, 64, 30, seed), (X, y), (Xt, yt), 0.1, True)
+    X, y, Xt, yt = digits_split(image=True)
+    model = seeded(seed, digits_cnn_model)
+    return TaskInstance(
+        model, F.cross_entropy, shuffled_batches(X, y, 64, 30, seed), (X, y), (Xt, yt), 0.1, True
+    )
 
 
 def diabetes(seed: int) -> TaskInstance:
@@ -193,9 +206,13 @@ def diabetes(seed: int) -> TaskInstance:
     mean, std = X[train].mean(0), X[train].std(0)
     ym, ys = y[train].mean(), y[train].std()
     X, y = (X - mean) / std, (y - ym) / ys
-    model = _seeded(seed, lambda: nn.Sequential(nn.Linear(10, 100), nn.ReLU(), nn.Linear(100, 1)))
+    model = seeded(seed, lambda: nn.Sequential(nn.Linear(10, 100), nn.ReLU(), nn.Linear(100, 1)))
     return TaskInstance(
-        model, F.mse_loss, _batches(X[train], y[train], 32, 60, seed), (X[train], y[train]), target_loss=0.5
+        model,
+        F.mse_loss,
+        shuffled_batches(X[train], y[train], 32, 60, seed),
+        (X[train], y[train]),
+        target_loss=0.5,
     )
 
 

@@ -25,14 +25,14 @@ The task, in float64:
   the start, about tr(W₂W₁W₁ᵀW₂ᵀ) + ‖A‖²_F) with a random, moderately conditioned product W₂W₁, so the
   optimizers have to both remove the random product and resolve A's small singular directions.  A's
   conditioning is what makes it hard from there: SGD-momentum reaches round-off within 500 steps on
-  κ = 1 and not on κ = 1e5 (tests/test_apo_regression.py).  With init_std = 1/√6 the starting loss
+  κ = 1 and not on κ = 1e5 (tests/test_experiments_apo.py).  With init_std = 1/√6 the starting loss
   would be ≈ 10 + ‖A‖²_F instead.
 
 A seed fixes everything: the generator of A and X is seeded by `seed`, the model's initialisation by
 ``init_seed`` (default: `seed`) through a separate generator, so that the same problem can be started
 from several initialisations.
 
-`train` is the full-batch training loop of the benchmark (benchmarks/apo_regression.py) and the tests:
+`train` is the full-batch training loop of the experiment APO-E2 (`precondalg.experiments.apo`) and the tests:
 any torch optimizer; `precondalg.optim.APO` gets ``step(batch=(X, Y), fsd_batch=X)`` (B′ = B, the
 whole sample); `precondalg.optim.KFAC` its statistics either from the training loss (the preset's
 empirical Fisher) or, with ``fisher="sampled"``, from targets sampled from the model's predictive
