@@ -1,7 +1,7 @@
 """Regenerate the results the documentation shows: every experiment (full settings) into
 docs/experiments/results/NAME/ and the comparison on every built-in task into docs/comparison/TASK/.
 
-    python scripts/docs_results.py                  # both (6.5 + 10 minutes measured on a 2-core CPU)
+    python scripts/docs_results.py                  # both (23 + 10 minutes measured on a 2-core CPU)
     python scripts/docs_results.py --only experiments
     python scripts/docs_results.py --only experiments --names FOP-E3,APO-E1
     python scripts/docs_results.py --only comparison --tasks digits_mlp,diabetes
