@@ -167,6 +167,13 @@ def test_ordering_claims_are_strict_per_checkpoint_and_count_missing_rivals_as_i
     assert not missing.holds
 
 
+def test_the_autoencoders_gap_note_reports_the_final_means_and_a_missing_method_as_inf():
+    end = "training loss at end"
+    metrics = {"APO-Precond": {end: [1.0, 2.0]}, "KFAC": {end: [0.5, 1.0]}}
+    note = an._gap_note(metrics, "APO-Precond", ("KFAC", "Shampoo"))
+    assert note.endswith("final training loss APO-Precond 1.5; KFAC 0.75, Shampoo inf.")
+
+
 def test_regression_claim_compares_with_the_best_baseline_inclusively():
     def m(v):
         return {"training loss at end": v}

@@ -337,7 +337,21 @@ def digits_autoencoder(seed: int, epochs: int = 30) -> TaskInstance:
 
 
 AE_BASELINES = ("Momentum", "Adam")
+AE_SECOND_ORDER = ("KFAC", "Shampoo")
+"""Run beside the claims' rivals: the paper finds APO-Precond competitive with them, with a gap left to
+K-FAC, which it allows (no claim; the gap is reported in the notes)."""
 AE_STATEMENT = "Fig. 4 right: 'APO-Precond converges faster than first-order methods'"
+
+
+def _gap_note(metrics: dict[str, dict[str, list[float]]], apo: str, rivals: Sequence[str]) -> str:
+    """The final mean training loss of `apo` against each of `rivals` (the paper's allowed gap)."""
+    key = "training loss at end"
+    mine = _mean(metrics.get(apo, {}).get(key, []))
+    parts = [f"{r} {_mean(metrics.get(r, {}).get(key, [])):.4g}" for r in rivals]
+    return (
+        f"Fig. 4 right also finds 'a performance gap compared with KFAC' (allowed, not a claim): final "
+        f"training loss {apo} {mine:.4g}; " + ", ".join(parts) + "."
+    )
 
 
 @experiment(
@@ -358,7 +372,7 @@ def autoencoder_experiment(ctx: Context) -> Result:
     Returns:
         Per method the training loss (BCE per image + L2) at 25%, 50% and the end, and the claims.
     """
-    methods = [*(METHODS[n] for n in AE_BASELINES), apo_precond(bernoulli_kl)]
+    methods = [*(METHODS[n] for n in (*AE_BASELINES, *AE_SECOND_ORDER)), apo_precond(bernoulli_kl)]
     results, budget = _compare(ctx, "APO-E4", digits_autoencoder, methods, quick_budget=3)
     metrics = _metrics(results, ctx.steps)
     tuning = _tuning(results)
@@ -383,8 +397,8 @@ def autoencoder_experiment(ctx: Context) -> Result:
         tuning=tuning,
         notes=[
             "Scaled down from MNIST 784-1000-500-250-30-… (1000 epochs, batch 512) to the digits "
-            f"{'-'.join(map(str, AE_WIDTHS))} for 100 epochs (CPU budget); K-FAC and Shampoo are not run "
-            "(their claim is an allowed gap only).",
+            f"{'-'.join(map(str, AE_WIDTHS))} for 100 epochs (CPU budget).",
+            _gap_note(metrics, "APO-Precond", AE_SECOND_ORDER),
             *_failures(results),
             *edge_notes(tuning),
         ],
