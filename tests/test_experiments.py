@@ -348,7 +348,8 @@ def test_strict_fails_on_unknown_failures_and_on_known_failures_that_hold(tmp_pa
     assert "a known failure now holds" in _unexpected(exp, [Claim(known, "1", True)])[0]
     # LODO-E2's three known failures fail as expected, the rest hold: --strict passes
     assert main(["run", "LODO-E2", "--quick", "--strict", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert "--strict:" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--strict:" not in out and f"results under {tmp_path}\n" in out  # one experiment: its own folder
 
 
 

@@ -597,7 +597,7 @@ def test_tune_picks_the_lowest_finite_loss_and_flags_grid_edges():
     rec = tuning["m"]
     assert rec["chosen"] == {"lr": 0.01, "damping": 10.0} and winners == {"m": 0.01}
     assert rec["at_grid_edge"] and rec["trials"][0] == [{"lr": 1.0, "damping": 10.0}, math.inf]
-    assert apo._edge_axes(grid, {"lr": 0.1, "damping": 10.0}) == []  # damping has two values: no edge
+    assert apo.edge_axes(grid, {"lr": 0.1, "damping": 10.0}) == []  # damping has two values: no edge
 
 
 # ---------------------------------------------------------------------------------------------- APO-E1

@@ -70,7 +70,7 @@ def product(**axes: tuple[float, ...]) -> Grid:
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-def _edge_axes(grid: Grid, chosen: dict[str, float]) -> list[str]:
+def edge_axes(grid: Grid, chosen: dict[str, float]) -> list[str]:
     """The axes (of more than two values) on which `chosen` is the smallest or the largest value."""
     out = []
     for axis in chosen:
@@ -103,7 +103,7 @@ def _tune(
             runs.append(run)
             tick()
         best = min(range(len(grid)), key=lambda i: (trials[i][1], i))
-        edges = _edge_axes(grid, grid[best])
+        edges = edge_axes(grid, grid[best])
         tuning[name] = {"grid": grid, "chosen": grid[best], "trials": trials, "at_grid_edge": bool(edges)}
         winners[name] = runs[best]
     return tuning, winners
@@ -236,7 +236,7 @@ def _e1_claims(f: dict[str, float], steps: int) -> list[Claim]:
                 "(paper: both APO-tuned methods outperform SGD at its optimal fixed lr, and APO-Precond "
                 "'achieves a lower loss')",
                 f"{p:.3g} < {lr:.3g} < {sgd:.3g}",
-                p < lr < sgd,
+                p < lr < sgd and math.isfinite(sgd),  # a diverged SGD is no reference
             ),
             Claim(
                 f"{row}: f(APO-Precond) ≤ 1e-2 × f(best fixed-lr SGD) (paper: APO-Precond 'dramatically "

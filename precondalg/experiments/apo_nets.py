@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from precondalg.experiments.apo import edge_axes
 from precondalg.experiments.core import Claim, Context, CurveSpec, Result, experiment
-from precondalg.experiments.harness import TUNE_SEED, MethodResult, at_grid_edge, tune_and_evaluate
+from precondalg.experiments.harness import TUNE_SEED, MethodResult, tune_and_evaluate, tuning_record
 from precondalg.experiments.methods import GRID_SIZE, METHODS, Method
 from precondalg.experiments.tasks import TASKS, TaskInstance, seeded, shuffled_batches
 from precondalg.experiments.toy import edge_notes
@@ -135,16 +136,7 @@ def _metrics(results: dict[str, MethodResult], steps: int) -> dict[str, dict[str
 
 
 def _tuning(results: dict[str, MethodResult]) -> dict[str, Any]:
-    return {
-        name: {
-            "grid": [hp for hp, _ in res.trials],
-            "chosen": res.chosen,
-            "trials": [[hp, loss] for hp, loss in res.trials],
-            "at_grid_edge": at_grid_edge(res),
-            "error": res.error,
-        }
-        for name, res in results.items()
-    }
+    return {name: tuning_record(res) for name, res in results.items()}
 
 
 def _failures(results: dict[str, MethodResult]) -> list[str]:
@@ -520,7 +512,7 @@ def e10_claims(runs: dict[str, list[LrRun]], eta0: float = ETA0) -> list[Claim]:
             "Eq. 12's final training loss ≤ Eq. 13's (App. D: the same minibatch 'yields a reasonable LR "
             "schedule', the random one prevents 'long-term progress')",
             f"Eq. 12 {loss12:.4g}, Eq. 13 {loss13:.4g}",
-            loss12 <= loss13,
+            math.isfinite(loss12) and loss12 <= loss13,
         ),
     ]
 
@@ -579,7 +571,7 @@ def minibatch_experiment(ctx: Context) -> Result:
             "grid": list(E10_LAMBDAS),
             "chosen": chosen,
             "trials": [[hp, loss] for hp, loss in trials],
-            "at_grid_edge": False,
+            "at_grid_edge": bool(edge_axes(list(E10_LAMBDAS), chosen)),
         }
     }
     return Result(
@@ -600,5 +592,6 @@ def minibatch_experiment(ctx: Context) -> Result:
         notes=[
             "The paper's ResNet32 on CIFAR-10 (data augmentation, 200+ epochs) is replaced by the digits "
             f"MLP for {ctx.steps / 20:g} epochs.",
+            *edge_notes(tuning),
         ],
     )

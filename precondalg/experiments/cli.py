@@ -69,7 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         failed += [f"{exp.name}: {c.claim}" for c in result.claims if not c.holds]
         unexpected += _unexpected(exp, result.claims)
     print(
-        f"{len(chosen)} experiment(s) in {time.perf_counter() - start:.1f} s; results under {outs[0].parent}"
+        f"{len(chosen)} experiment(s) in {time.perf_counter() - start:.1f} s; results under "
+        f"{outs[0] if len(outs) == 1 else outs[0].parent}"
     )
     if failed:
         print(f"{len(failed)} claim(s) of the papers not reproduced (see each summary.md):")

@@ -46,7 +46,12 @@ from scipy import stats
 from torch import nn
 
 from precondalg.experiments.core import Claim, Context, CurveSpec, Result, experiment
-from precondalg.experiments.harness import MethodResult, RunRecord, at_grid_edge, train, tune_and_evaluate
+from precondalg.experiments.harness import (
+    RunRecord,
+    train,
+    tune_and_evaluate,
+    tuning_record,
+)
 from precondalg.experiments.methods import ADAPTIVE_GRID, LR_GRID, METHODS, Method
 from precondalg.experiments.output import mean_std
 from precondalg.experiments.tasks import TaskInstance, digits_cnn, digits_split, seeded, shuffled_batches
@@ -243,7 +248,12 @@ def _fop_rank(model: nn.Module, task: TaskInstance, lr: float, rank: int | None)
 
 def _row_metrics(runs: list[RunRecord], steps: int) -> dict[str, list[float]]:
     return {
-        "early loss (first 20%)": [early_loss(r.curve, EARLY * steps) for r in runs],
+        "early loss (first 20%)": [
+            math.inf
+            if r.diverged_at is not None and r.diverged_at <= EARLY * steps
+            else early_loss(r.curve, EARLY * steps)
+            for r in runs
+        ],
         "final train loss": [r.final_loss for r in runs],
         "test accuracy": [_accuracy(r) for r in runs],
     }
@@ -292,16 +302,6 @@ def _rank_claims(
             bool(angles) and max(angles) < 90,
         ),
     ]
-
-
-def _tuning_record(res: MethodResult) -> dict[str, Any]:
-    """A tuned row's record in `Result.tuning` (the grid tried, the choice, its trials)."""
-    return {
-        "grid": [hp for hp, _ in res.trials],
-        "chosen": res.chosen,
-        "at_grid_edge": at_grid_edge(res),
-        "trials": res.trials,
-    }
 
 
 @experiment(
@@ -354,7 +354,7 @@ def rank_sweep(ctx: Context) -> Result:
         ]
     angles = [a for recs in kept.values() for rec in recs for _, per in rec.angles for a in per]
     claims = _rank_claims(metrics, labels, ("FOP full (tuned)", "SGDm"), angles)
-    tuning = {"SGDm": _tuning_record(tuned["Momentum"]), "FOP full": _tuning_record(tuned["FOP"])}
+    tuning = {"SGDm": tuning_record(tuned["Momentum"]), "FOP full": tuning_record(tuned["FOP"])}
     return Result(
         metrics=metrics,
         claims=claims,

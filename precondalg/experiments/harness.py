@@ -48,6 +48,7 @@ __all__ = [
     "summarise",
     "train",
     "tune_and_evaluate",
+    "tuning_record",
 ]
 
 TUNE_SEED = 1000
@@ -312,6 +313,18 @@ def at_grid_edge(result: MethodResult) -> bool:
     """Whether the chosen point is the first or the last of the points tried (of more than two)."""
     tried = [hp for hp, _ in result.trials]
     return result.chosen is not None and len(tried) > 2 and result.chosen in (tried[0], tried[-1])
+
+
+def tuning_record(result: MethodResult) -> dict[str, Any]:
+    """A tuned method's record for `Result.tuning`: the points tried, the choice, the trials (point, final
+    loss on the tuning seed), whether the choice is at a grid edge, and why the method could not run."""
+    return {
+        "grid": [hp for hp, _ in result.trials],
+        "chosen": result.chosen,
+        "trials": [[hp, loss] for hp, loss in result.trials],
+        "at_grid_edge": at_grid_edge(result),
+        "error": result.error,
+    }
 
 
 def summarise(result: MethodResult, adam_step_seconds: float | None) -> dict[str, Any]:

@@ -368,10 +368,10 @@ def _noise_claims(scaled: dict[str, list[list[float]]]) -> list[Claim]:
             lodo < 0.10,
         ),
         Claim(
-            "Adam's and RMSprop's loss/σ² do depend on σ² (Table 7): the worst variation of the Adam and "
-            "RMSprop rows exceeds LODO's (Yogi not run)",
+            "Adam's and RMSprop's loss/σ² do depend on σ² (Table 7): each of the Adam and RMSprop rows "
+            "varies by ≥ 10% across σ² (Yogi not run)",
             ", ".join(f"{k} {v:.1%}" for k, v in adaptive.items()) + f"; LODO {lodo:.1e}",
-            max(adaptive.values()) > lodo,
+            min(adaptive.values()) >= 0.10,
         ),
         Claim(
             "LODO outperforms the other optimizers at every σ² (App. F.1): the lowest loss/σ² of the "
@@ -395,19 +395,17 @@ FROZEN_STEPS, PAPER_WITHIN, CONTROL_STEPS = 30, 10, 300
 steps", and the steps of the control on the original bowl."""
 
 
-def frozen_copy(
-    trained: torch.optim.Optimizer, params: list[torch.Tensor], seed: int
-) -> torch.optim.Optimizer:
+def frozen_copy(trained: torch.optim.Optimizer, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     """The trained LODO frozen, as the authors' ``LODOWithCopiedHessianMinimizationProcedure``: a
-    ``LODO(meta_lr=0)`` with the trained state (θ, the meta-optimizer's state, the permutations), its
-    gradient EMA reset to 0 (momentum kept, m₀ = 0).
+    ``LODO(meta_lr=0)`` with the trained state (θ, the meta-optimizer's state, the permutations, the
+    learning rate and β of its param groups), its gradient EMA reset to 0 (momentum kept, m₀ = 0).
+    Only the meta-learning rate 0 is the copy's own: everything else comes from `trained`.
 
     Args:
-        trained: a LODO built with `LODO_BOWL` and `seed`.
+        trained: a trained LODO (`LODO_BOWL`).
         params: the new run's parameters (one tensor of the trained one's shape).
-        seed: the trained optimizer's seed.
     """
-    opt = LODO(params, lr=LODO_BOWL["lr"], beta=LODO_BOWL["beta"], meta_lr=0.0, seed=seed)
+    opt = LODO(params, lr=LODO_BOWL["lr"], beta=LODO_BOWL["beta"], meta_lr=0.0)
     opt.load_state_dict(trained.state_dict())
     for p in params:
         opt.state[p]["exp_avg"].zero_()
@@ -455,7 +453,7 @@ def frozen_seed(seed: int, train_steps: int, control_steps: int = CONTROL_STEPS)
     G = inverse_hessian_estimate(trained.optimizer)
 
     def frozen(p: list[torch.Tensor]) -> torch.optim.Optimizer:
-        return frozen_copy(trained.optimizer, p, seed)
+        return frozen_copy(trained.optimizer, p)
 
     new_bowl = NoisyBowl(FROZEN_N, 1.0, FROZEN_LAM_MIN, 1000 + seed)
     new = run(frozen, FROZEN_STEPS, bowl=new_bowl)
