@@ -391,7 +391,7 @@ class _UVdFit(Fit):
         writable(U).copy_(torch.where(on_u, new_u, U))
         writable(V).copy_(torch.where(on_u, V, new_v))
         writable(d).copy_(new_d)
-        self.count += 1
+        writable(self.count).add_(1)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.count]
@@ -490,8 +490,8 @@ class _ClosedFormFit(Fit):
             else:
                 S.mul_(beta).add_(sample, alpha=1 - beta)
         if beta != 1:
-            self.weight.mul_(beta).add_(1 - beta)
-        self.fits += 1
+            writable(self.weight).mul_(beta).add_(1 - beta)
+        writable(self.fits).add_(1)
         self._failed = None
         # A device counter, rolled back with the statistics when a step is skipped; reading it is a host
         # synchronisation on a GPU, needed only when the refits are amortised.

@@ -222,3 +222,30 @@ def test_add_param_group_validates():
     opt = _identity(list(model.fc1.parameters()))
     with pytest.raises(ValueError, match="'lr'"):
         opt.add_param_group({"params": list(model.fc2.parameters()), "lr": -1.0})
+
+
+@pytest.mark.parametrize("preset", ["FOP", "HD", "LODO"])
+def test_presets_fit_on_the_schedule_they_are_given(preset):
+    """``update_probability=every(2)``: φ moves on the even steps only (from step 2: the hypergradient
+    needs the previous step's cached u), and with 0 never, while the parameters move at every step."""
+    from precondalg.optim import LODO, every
+
+    make = {
+        "FOP": lambda ps, p: FOP(ps, 0.1, hyper_lr=1e-2, update_probability=p),
+        "HD": lambda ps, p: HD(ps, 0.1, 1e-2, update_probability=p),
+        "LODO": lambda ps, p: LODO(ps, 0.1, update_probability=p),
+    }[preset]
+    g = torch.Generator().manual_seed(0)
+    for probability, expected in ((every(2), [False, False, True, False, True, False]), (0.0, [False] * 6)):
+        w = torch.nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64))
+        opt = make([w], probability)
+        moved = []
+        for _ in range(6):
+            phi = [P.to_dense().clone() for _, P in opt.preconditioners()]
+            before = w.detach().clone()
+            w.grad = torch.randn(3, 4, generator=g, dtype=torch.float64)
+            opt.step()
+            now = [P.to_dense() for _, P in opt.preconditioners()]
+            moved.append(any(not torch.equal(a, b) for a, b in zip(phi, now)))
+            assert not torch.equal(before, w)
+        assert moved == expected, (probability, moved)

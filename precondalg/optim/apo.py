@@ -48,6 +48,7 @@ def APO(
     scale: float = unset(0.9),
     lr_param: str = unset("log"),
     seed: int = 0,
+    compile: bool | dict[str, Any] = False,
     nonfinite: str = "skip",
     weight_decay: float = 0.0,
 ) -> Preconditioned:
@@ -102,6 +103,7 @@ def APO(
         nonfinite: "skip" or "raise" (see `Preconditioned`).
         weight_decay: L2 penalty added to the gradient (torch.optim's convention) before the base rule
             and P; the meta-objective's loss term is `loss_fn` alone (the penalty is not in Q).
+        compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as APO.
@@ -156,6 +158,7 @@ def APO(
             weight_decay=weight_decay,
             nonfinite=nonfinite,
             seed=seed,
+            compile=compile,
             name="APO",
             preset_arguments=_ARGUMENTS,
             **rule,
@@ -176,6 +179,7 @@ def APO(
         weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
+        compile=compile,
         name="APO",
         preset_arguments=_ARGUMENTS,
         **rule,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -35,6 +35,8 @@ def FOP(
     low_rank_std: float = 1e-3,
     nonfinite: str = "skip",
     seed: int = 0,
+    update_probability: float | Callable[[int], float] = 1.0,
+    compile: bool | dict[str, Any] = False,
 ) -> Preconditioned:
     """FOP: P = MᵀM per layer, learned online by its hypergradient with Adam (Moskovitz et al. 2019).
 
@@ -65,6 +67,9 @@ def FOP(
         low_rank_std: std of the initial low-rank M (the paper does not give it).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
         seed: seed for the low-rank initialisation.
+        update_probability: the probability that a step fits P, or a schedule ``steps -> probability``
+            (`every` (k) fits every k-th step); P is applied at every step (see `Preconditioned`).
+        compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as FOP.
@@ -114,6 +119,8 @@ def FOP(
         weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
+        update_probability=update_probability,
+        compile=compile,
         name="FOP",
         preset_arguments=("hyper_lr", "rank", "normalized", "low_rank_std"),
         **rule,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -36,6 +36,8 @@ def HD(
     hyper_optimizer: str = "sgd",
     nonfinite: str = "skip",
     seed: int = 0,
+    update_probability: float | Callable[[int], float] = 1.0,
+    compile: bool | dict[str, Any] = False,
 ) -> Preconditioned:
     """Hypergradient descent on the learning rate (Baydin et al. 2018; S-HD and PP-HD of Moskovitz et
     al. 2019).
@@ -65,6 +67,9 @@ def HD(
         hyper_optimizer: "sgd" (Baydin) or "adam" (FOP's S-HD/PP-HD).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
         seed: unused by HD's deterministic initialisation; kept for a uniform signature.
+        update_probability: the probability that a step fits P, or a schedule ``steps -> probability``
+            (`every` (k) fits every k-th step); P is applied at every step (see `Preconditioned`).
+        compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as HD.
@@ -103,6 +108,8 @@ def HD(
         weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
+        update_probability=update_probability,
+        compile=compile,
         name="HD",
         preset_arguments=("hyper_lr", "granularity", "hyper_optimizer"),
         **rule,

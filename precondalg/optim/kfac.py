@@ -33,6 +33,7 @@ def KFAC(
     weight_decay: float = 0.0,
     nonfinite: str = "skip",
     seed: int = 0,
+    compile: bool | dict[str, Any] = False,
 ) -> Preconditioned:
     """K-FAC (Martens & Grosse 2015) for the `nn.Linear` and `nn.Conv2d` layers of `model` (KFC's
     matrixisation of convolutions, Grosse & Martens 2016): each layer's [W | b] (bias as a homogeneous
@@ -72,6 +73,7 @@ def KFAC(
         nonfinite: "skip" or "raise" (see `Preconditioned`): a non-finite gradient, activation or
             statistic leaves the parameters and the statistics as they were.
         seed: seed of the optimizer's generator (nothing is drawn; kept for a uniform interface).
+        compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as K-FAC.
@@ -106,6 +108,7 @@ def KFAC(
         weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
+        compile=compile,
         name="KFAC",
         preset_arguments=_ARGUMENTS,
         **rule,

@@ -24,7 +24,7 @@ One gradient per step serves both the meta-gradient and the momentum (the author
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -80,6 +80,8 @@ def LODO(
     meta_optimizer: str = "adam",
     width: int | None = None,
     seed: int = 0,
+    update_probability: float | Callable[[int], float] = 1.0,
+    compile: bool | dict[str, Any] = False,
     nonfinite: str = "skip",
     *,
     variant_mapping: str = "paper",
@@ -116,6 +118,9 @@ def LODO(
         variant_mapping: "paper" (the paper's definitions, default) or "code" (the authors' script:
             "global" → the diagonal variant, "no_momentum" → residual with β = 0 and N = 64).
         weight_decay: L2 penalty added to the gradient.
+        update_probability: the probability that a step fits P, or a schedule ``steps -> probability``
+            (`every` (k) fits every k-th step); P is applied at every step (see `Preconditioned`).
+        compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as LODO.
@@ -166,6 +171,8 @@ def LODO(
         weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
+        update_probability=update_probability,
+        compile=compile,
         name="LODO",
         preset_arguments=_ARGUMENTS,
     )

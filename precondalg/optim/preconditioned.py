@@ -88,7 +88,7 @@ StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
 _CHOICES = (
     "structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed",
-    "update_probability", "clip", "auto_scale", "graft", "warmup",
+    "update_probability", "clip", "auto_scale", "graft", "warmup", "compile",
 )
 """Keys a param group cannot hold: choices made once for the whole optimizer (and a preset's own
 construction arguments, `Preconditioned(preset_arguments=...)`)."""
@@ -175,12 +175,6 @@ Flag = torch.Tensor | bool
 of selecting with `torch.where`: the same bits, with fewer operations)."""
 
 
-def _certain(flag: Flag) -> bool:
-    """Whether `flag` is known to be true without a host synchronisation: True itself, or a device
-    boolean that lives on the CPU (where reading it costs none) and holds True."""
-    return flag is True or (flag.device.type == "cpu" and bool(flag))
-
-
 def _and(ok: Flag, flag: torch.Tensor) -> torch.Tensor:
     """ok & flag, without an operation when ok is True."""
     return flag if ok is True else ok & flag
@@ -252,6 +246,13 @@ class Preconditioned(torch.optim.Optimizer):
         seed: seed of the optimizer's generator (random initialisations of φ, the PSGD criteria's v,
             the update draws; `optimizer_generator`: never torch.manual_seed(seed)'s stream); its state is
             part of the checkpoint.
+        compile: True to compile the step's tensor work (everything after the objective's evaluation:
+            the gradients' check, the meta-gradients, the fit, P's application, the base rule and the
+            sync-free commit) with `torch.compile`, or a dict of `torch.compile` keyword arguments (e.g.
+            ``{"backend": "aot_eager"}``, ``{"mode": "max-autotune"}``).  The first steps compile (seconds
+            to a minute; a fitted and an unfitted step compile separately); the result equals the eager
+            step to round-off.  The evaluation (the closure, the PSGD criteria's draws) stays eager.
+            Needs ``nonfinite="skip"``.
         name: the method's name, shown in checkpoint errors (presets pass theirs, e.g. "FOP").
         preset_arguments: a preset's own construction arguments (e.g. PSGD's "lr_precond"): like the
             five choices, one value for the whole optimizer, so a param group holding one is refused.
@@ -293,6 +294,7 @@ class Preconditioned(torch.optim.Optimizer):
         auto_scale: bool = False,
         nonfinite: str = "skip",
         seed: int = 0,
+        compile: bool | dict[str, Any] = False,
         name: str = "Preconditioned",
         preset_arguments: tuple[str, ...] = (),
     ) -> None:
@@ -316,6 +318,8 @@ class Preconditioned(torch.optim.Optimizer):
         check_number("Preconditioned", "warmup", warmup, 0, integer=True)
         check_choice("Preconditioned", "nonfinite", nonfinite, _NONFINITE)
         check_number("Preconditioned", "seed", seed, integer=True)
+        self._compile = _compile_options(compile, nonfinite)
+        self._compiled: Callable[..., None] | None = None
         self._base = base if isinstance(base, BaseRule) else base_rule(base)
         self._base_keys = tuple(self._base.init(torch.zeros(1)))  # the names of the rule's state
         self._graft = graft
@@ -660,6 +664,7 @@ class Preconditioned(torch.optim.Optimizer):
         (with their meta-optimizers) must travel too, for deepcopy and pickling.  Tree specs do not
         (torch deprecates pickling them): `__setstate__` rebuilds them."""
         mine = {k: v for k, v in self.__dict__.items() if k.startswith("_")}
+        mine["_compiled"] = None  # compiled again on the copy's first step
         mine["_blocks"] = [
             [dataclasses.replace(b, spec=None, formed=None) for b in blocks] for blocks in self._blocks
         ]
@@ -853,54 +858,85 @@ class Preconditioned(torch.optim.Optimizer):
         fitting = self._fitting_now()
         evaluate = self._objective.evaluate if fitting else self._objective.evaluate_gradients
         evaluation = evaluate(params, closure, self._generator, **inputs)
-        ok: Flag = self._grads_finite()
-        if _certain(ok) or (self._nonfinite == "raise" and bool(ok)):
-            ok = True
-        elif self._nonfinite == "raise":
-            raise FloatingPointError("Preconditioned.step: a gradient holds NaN or Inf; nothing was updated")
-        plans = [
-            self._plan(group, block, evaluation, fitting)
-            for group, blocks in zip(self.param_groups, self._blocks, strict=True)
-            for block in blocks
-            if any(p.grad is not None for p in block.params)
-        ]
-        if not plans:
+        if not any(p.grad is not None for p in params):
             warnings.warn(
                 f"{self._name}.step: none of the optimizer's {len(params)} parameters has a gradient "
                 "(every .grad is None), so nothing was updated. Call loss.backward() before step(), or "
                 "pass a closure that returns the loss.",
                 stacklevel=callers_level(),
             )
+            return evaluation.loss
+        applying = self._steps >= self._warmup
+        if self._nonfinite == "raise":
+            self._step_or_raise(evaluation, fitting, applying)
+        else:
+            self._update(evaluation, fitting, applying)
+            shapes = [b.shapes for b in self._every_block()], [b.shapes for b in self._all_blocks()]
+            self._watch.record(self._counters(), *shapes)
+        self._steps += 1
+        return evaluation.loss
+
+    def _update(self, evaluation: Evaluation, fitting: bool, applying: bool) -> None:
+        """`_skip_step`, compiled with ``compile=True`` (built on the first step)."""
+        if self._compile is None:
+            return self._skip_step(evaluation, fitting, applying)
+        if self._compiled is None:
+            self._compiled = torch.compile(self._skip_step, **self._compile)
+        return self._compiled(evaluation, fitting, applying)
+
+    def _plans(self, evaluation: Evaluation, fitting: bool) -> list[_Plan]:
+        return [
+            self._plan(group, block, evaluation, fitting)
+            for group, blocks in zip(self.param_groups, self._blocks, strict=True)
+            for block in blocks
+            if any(p.grad is not None for p in block.params)
+        ]
+
+    def _metas_and_fits(
+        self, plans: list[_Plan], evaluation: Evaluation, ok: Flag
+    ) -> list[tuple[_Block, tuple[torch.Tensor | None, Callable[[], None]]]]:
+        """The objective's meta-gradients and the fitters' steps of the blocks that fit this step."""
         learned = [plan for plan in plans if plan.context is not None]
         if self._auto_scale:
             for plan in learned:
                 plan.context = self._scale_once(plan.block, plan.context, ok)
         metas = self._objective.meta_grads([plan.context for plan in learned], evaluation) if learned else []
-        fits = [
+        return [
             (plan.block, self._fit(plan.block, meta, ok))
             for plan, meta in zip(learned, metas)
             if meta is not None
         ]
-        if self._nonfinite == "skip":
-            if self._clip is None:
-                for plan in plans:  # one block at a time: one block's new parameters in memory at once
-                    self._commit(plan, *self._propose(plan, ok, *self._directions(plan)))
-            else:
-                directions = [self._directions(plan) for plan in plans]
-                factor = self._clip_factor([steps for _, steps in directions])
-                for plan, (states, steps) in zip(plans, directions):
-                    self._commit(plan, *self._propose(plan, ok, states, steps, factor))
-            shapes = [b.shapes for b in self._every_block()], [b.shapes for b in self._all_blocks()]
-            self._watch.record(self._counters(), *shapes)
-            self._steps += bool(plans)
-            return evaluation.loss
-        # "raise": all or nothing (host synchronisations).
+
+    def _skip_step(self, evaluation: Evaluation, fitting: bool, applying: bool) -> None:
+        """The tensor work of a step under ``nonfinite="skip"`` (everything after the objective's
+        evaluation): decided on the device, so it can be compiled (``compile=True``)."""
+        ok = self._grads_finite()
+        if self._certain(ok):
+            ok = True
+        plans = self._plans(evaluation, fitting)
+        self._metas_and_fits(plans, evaluation, ok)
+        if self._clip is None:
+            for plan in plans:  # one block at a time: one block's new parameters in memory at once
+                self._commit(plan, *self._propose(plan, ok, *self._directions(plan, applying)))
+            return
+        directions = [self._directions(plan, applying) for plan in plans]
+        factor = self._clip_factor([steps for _, steps in directions])
+        for plan, (states, steps) in zip(plans, directions):
+            self._commit(plan, *self._propose(plan, ok, states, steps, factor))
+
+    def _step_or_raise(self, evaluation: Evaluation, fitting: bool, applying: bool) -> None:
+        """A step under ``nonfinite="raise"``: all or nothing (host synchronisations)."""
+        ok = self._grads_finite()
+        if not bool(ok):
+            raise FloatingPointError("Preconditioned.step: a gradient holds NaN or Inf; nothing was updated")
+        plans = self._plans(evaluation, fitting)
+        fits = self._metas_and_fits(plans, evaluation, True)
         bad_fits = [block.shapes for block, (back, _) in fits if back is not None and bool(back)]
         proposals = []
         if not bad_fits:
-            directions = [self._directions(plan) for plan in plans]
+            directions = [self._directions(plan, applying) for plan in plans]
             factor = None if self._clip is None else self._clip_factor([steps for _, steps in directions])
-            proposals = [self._propose(plan, ok, *d, factor) for plan, d in zip(plans, directions)]
+            proposals = [self._propose(plan, True, *d, factor) for plan, d in zip(plans, directions)]
         bad_steps = [plan.block.shapes for plan, (_, _, fine) in zip(plans, proposals) if not bool(fine)]
         if bad_fits or bad_steps:
             for _, (_, undo) in fits:
@@ -916,8 +952,6 @@ class Preconditioned(torch.optim.Optimizer):
             )
         for plan, proposal in zip(plans, proposals):
             self._commit(plan, *proposal)
-        self._steps += bool(plans)
-        return evaluation.loss
 
     def _fitting_now(self) -> bool:
         """Whether this step fits the preconditioners: with probability ``update_probability`` (of the
@@ -941,7 +975,7 @@ class Preconditioned(torch.optim.Optimizer):
         Returns the context with the (possibly) scaled φ, from which the fit starts; at once where the
         block is known (on the CPU) to have its scale already."""
         pre = self.state[block.params[0]]["preconditioner"]
-        if pre["scale_pending"].device.type == "cpu" and not bool(pre["scale_pending"]):
+        if self._compile is None and pre["scale_pending"].device.type == "cpu" and not pre["scale_pending"]:
             return ctx
         s = self._objective.initial_scale(ctx)
         apply = pre["scale_pending"] & ok & torch.isfinite(s) & (s > 0)
@@ -949,7 +983,7 @@ class Preconditioned(torch.optim.Optimizer):
         scaled = pytree.tree_leaves(scale_group(self._phi(block), s))
         for leaf, new in zip(pre["phi"], scaled):
             writable(leaf).copy_(writable(new))
-        pre["scale_pending"] &= ~apply
+        writable(pre["scale_pending"]).copy_(writable(pre["scale_pending"] & ~apply))
         return dataclasses.replace(ctx, phi=self._live_phi(block))
 
     def _clip_factor(self, steps: list[list[torch.Tensor]]) -> torch.Tensor:
@@ -1028,13 +1062,19 @@ class Preconditioned(torch.optim.Optimizer):
         )
         return plan
 
-    def _directions(self, plan: _Plan) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-        """Apply P_φ (φ already fitted) and the base rule: the new base-rule states and the step
-        directions s (θ moves by −lr·s), in the compute dtype."""
+    def _certain(self, flag: Flag) -> bool:
+        """Whether `flag` is known to be true without a host synchronisation: True itself, or a device
+        boolean that lives on the CPU (where reading it costs none) and holds True.  A compiled step
+        never reads it (a read would break its graph): it selects with `torch.where` (the same bits)."""
+        return flag is True or (self._compile is None and flag.device.type == "cpu" and bool(flag))
+
+    def _directions(self, plan: _Plan, applying: bool) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        """Apply P_φ (φ already fitted; unless not `applying`, during a warm-up) and the base rule: the
+        new base-rule states and the step directions s (θ moves by −lr·s), in the compute dtype."""
         group, block, params = plan.group, plan.block, plan.block.params
         if block.placement is None:
             return self._base_steps(group, params, plan.grads)
-        if self._steps < self._warmup:  # fitted but not applied yet: the base rule alone
+        if not applying:  # fitted but not applied yet (warm-up): the base rule alone
             if self._position == "gradient":
                 return self._base_steps(group, params, plan.grads)
             return plan.states, plan.sources
@@ -1077,7 +1117,7 @@ class Preconditioned(torch.optim.Optimizer):
         """Where `fine`: the new parameters (rounded once to each parameter's dtype) and base-rule states
         for the parameters with a gradient, and the cache; else everything stays and the block's skip
         counter goes up."""
-        block, sure = plan.block, _certain(fine)
+        block, sure = plan.block, self._certain(fine)
         for p, is_active, new_state, new in zip(block.params, plan.active, states, news):
             if not is_active:
                 continue
@@ -1091,7 +1131,7 @@ class Preconditioned(torch.optim.Optimizer):
                 state[key] = torch.where(fine, value, state[key])
         anchor = self.state[block.params[0]]
         if not sure:
-            anchor["skipped"] += (~fine).long()
+            writable(anchor["skipped"]).add_(writable((~fine).long()))
         if block.placement is not None and self._objective.reads_cache:
             pre = anchor["preconditioner"]
             if sure:
@@ -1122,7 +1162,7 @@ class Preconditioned(torch.optim.Optimizer):
         known = {id(t) for t in state}
         created = [writable(t) for t in after if id(t) not in known]
         kept, saved = (state, saved) if values is not None else (leaves + state, saved_leaves + saved)
-        sure, olds = _certain(fine), []
+        sure, olds = self._certain(fine), []
         if values is not None:  # the old leaves stay in their storage, which `olds` keeps for undo
             chosen = values if sure else [torch.where(fine, v, leaf) for v, leaf in zip(values, leaves)]
             olds = [replace(leaf, v) for leaf, v in zip(leaves, chosen)]
@@ -1133,11 +1173,11 @@ class Preconditioned(torch.optim.Optimizer):
             for t in created:  # state the step created: back to zeros, a torch optimizer's fresh state
                 torch.where(fine, t, torch.zeros_like(t), out=t)
             rolled_back = _and(ok, ~fine).long()
-            pre["meta_skipped"] += rolled_back
+            writable(pre["meta_skipped"]).add_(writable(rolled_back))
         failed = block.fitter.failed()
         if failed is not None:  # a fit that kept (part of) φ itself: counted as a rolled-back meta-step
             failed = (failed if sure else failed & fine).long()
-            pre["meta_skipped"] += failed
+            writable(pre["meta_skipped"]).add_(writable(failed))
             rolled_back = failed if rolled_back is None else rolled_back + failed
 
         def undo() -> None:
@@ -1148,7 +1188,7 @@ class Preconditioned(torch.optim.Optimizer):
             for t in created:
                 t.zero_()
             if rolled_back is not None:
-                pre["meta_skipped"] -= rolled_back
+                writable(pre["meta_skipped"]).sub_(writable(rolled_back))
 
         return rolled_back, undo
 
@@ -1177,6 +1217,35 @@ class Preconditioned(torch.optim.Optimizer):
         else:
             fit.step(pytree.tree_leaves(direction))
         return None, saved
+
+
+def _compile_options(choice: Any, nonfinite: str) -> dict[str, Any] | None:
+    """`torch.compile`'s keyword arguments for ``compile=choice`` (None: eager), checked."""
+    if choice is False:
+        return None
+    if choice is not True and not isinstance(choice, dict):
+        raise TypeError(
+            f"Preconditioned: 'compile' must be True, False or a dict of torch.compile keyword arguments; "
+            f"got {choice!r}"
+        )
+    if nonfinite != "skip":
+        raise ValueError(
+            f"Preconditioned: compile={choice!r} compiles the sync-free step of nonfinite='skip'; "
+            f"nonfinite={nonfinite!r} decides on the host (one synchronisation per block), which would break "
+            "the compiled graph at each: use nonfinite='skip', or compile=False"
+        )
+    options = {} if choice is True else dict(choice)
+    if options.get("backend", "inductor") == "inductor":
+        # Inductor's pattern matcher rewrites add(x, mm(a, b), alpha=c) and addmm(..., alpha, beta) into
+        # forms that drop alpha and beta (pytorch/pytorch#167313, #196577; on the CPU in torch 2.13,
+        # x.add(A @ y, alpha=-lr) comes out as x + A @ y).  The step has such adds (θ − lr·P g, the base
+        # rules' moving averages of P g, PSGD's Lie-algebra step), so the matcher is switched off, unless
+        # the caller's own inductor options say otherwise.  A `mode` is spelled out as its options, since
+        # torch.compile takes one or the other.
+        mode = options.pop("mode", None)
+        preset = torch._inductor.list_mode_options(mode) if mode else {}
+        options["options"] = {**preset, "pattern_matcher": False, **options.get("options", {})}
+    return options
 
 
 def _unused_message(key: str, base: BaseRule) -> str:

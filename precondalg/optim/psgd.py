@@ -94,6 +94,7 @@ def PSGD(
     weight_decay: float = 0.0,
     nonfinite: str = "skip",
     seed: int = 0,
+    compile: bool | dict[str, Any] = False,
     model: torch.nn.Module | None = None,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     rank: int | None = None,
@@ -148,6 +149,7 @@ def PSGD(
         model: the module, for ``hvp="torch.func"`` only.
         loss_fn: ``loss_fn(outputs, targets)``, for ``hvp="torch.func"`` only.
         rank: "lra" only: the rank r of U and V (None: 10, psgd_torch's default).
+        compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as PSGD.
@@ -225,6 +227,7 @@ def PSGD(
         auto_scale=init_scale is None,
         nonfinite=nonfinite,
         seed=seed,
+        compile=compile,
         name="PSGD",
         preset_arguments=_ARGUMENTS,
         **rule,

@@ -35,6 +35,7 @@ def Shampoo(
     weight_decay: float = 0.0,
     nonfinite: str = "skip",
     seed: int = 0,
+    compile: bool | dict[str, Any] = False,
 ) -> Preconditioned:
     """Shampoo (Gupta, Koren & Singer 2018, Algorithms 1–2): for every parameter of order k (a matrix:
     k = 2), one statistic per axis, Lᵢ ← β₂Lᵢ + (1 − β₂)·Gᵢ Gᵢᵀ with Gᵢ the mode-i unfolding of the
@@ -68,6 +69,7 @@ def Shampoo(
         nonfinite: "skip" or "raise" (see `Preconditioned`): a non-finite gradient leaves the parameters
             and the statistics as they were.
         seed: seed of the optimizer's generator (nothing is drawn; kept for a uniform interface).
+        compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as Shampoo.
@@ -107,6 +109,7 @@ def Shampoo(
         graft=grafting,
         nonfinite=nonfinite,
         seed=seed,
+        compile=compile,
         name="Shampoo",
         preset_arguments=_ARGUMENTS,
         **rule,
