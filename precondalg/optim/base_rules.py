@@ -23,6 +23,11 @@ d + μb with Nesterov.
 
 (momentum: b₁ = d on the first step, as torch.optim.SGD; adam: m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ), t in
 float64, as torch.optim.Adam.)
+
+The optimizer applies a rule to all the parameters of a param group at once through
+`BaseRule.updates`: the built-in rules have an ``update_many`` made of `torch._foreach_*` operations
+(the same formulas, a few dispatches for the whole group, as torch.optim's foreach implementations); a
+rule of one's own without it is applied parameter by parameter.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ __all__ = [
 
 State = dict[str, torch.Tensor]
 Group = dict[str, Any]
+Updated = tuple[list[State], list[torch.Tensor]]
+Many = Callable[[list[torch.Tensor], list[State], Group], Updated]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +60,24 @@ class BaseRule:
         update: the new state and the step s from the direction d.
         hyperparameters: the param-group keys the rule reads (besides lr and weight_decay), with their
             defaults.
+        update_many: optional: `update` for many parameters at once, ``(ds, states, group) -> (states,
+            steps)``, with the same numbers (the built-in rules: `torch._foreach_*` operations, a few
+            dispatches for all the parameters instead of a few per parameter).
     """
 
     name: str
     init: Callable[[torch.Tensor], State]
     update: Callable[[torch.Tensor, State, Group], tuple[State, torch.Tensor]]
     hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    update_many: Many | None = None
+
+    def updates(self, ds: list[torch.Tensor], states: list[State], group: Group) -> Updated:
+        """`update` for every (d, state) pair: through `update_many` where the rule has it (and the
+        directions share a device)."""
+        if self.update_many is not None and len(ds) > 1 and len({d.device for d in ds}) == 1:
+            return self.update_many(ds, states, group)
+        pairs = [self.update(d, state, group) for d, state in zip(ds, states)]
+        return [new for new, _ in pairs], [step for _, step in pairs]
 
 
 def _sgd_init(p: torch.Tensor) -> State:
@@ -112,6 +131,52 @@ def _adam(d: torch.Tensor, state: State, group: Group) -> tuple[State, torch.Ten
     return {"step": t, "exp_avg": m, "exp_avg_sq": v}, (m / bias1) / denom
 
 
+def _key(states: list[State], key: str) -> list[torch.Tensor]:
+    return [state[key] for state in states]
+
+
+def _scalars(values: list[torch.Tensor], dtypes: list[torch.dtype]) -> list[torch.Tensor]:
+    """0-d tensors in the given dtypes, each cast once (the common case, one dtype: one cast)."""
+    if len(set(dtypes)) == 1:
+        return list(torch.stack(values).to(dtypes[0]).unbind())
+    return [v.to(dtype) for v, dtype in zip(values, dtypes)]
+
+
+def _momentum_many(ds: list[torch.Tensor], states: list[State], group: Group) -> Updated:
+    mu, tau = group["momentum"], group["dampening"]
+    bufs = torch._foreach_mul(_key(states, "momentum_buffer"), mu)
+    torch._foreach_add_(bufs, ds, alpha=1 - tau)
+    bufs = [torch.where(state["started"], b, d) for b, d, state in zip(bufs, ds, states)]
+    steps = torch._foreach_add(ds, bufs, alpha=mu) if group["nesterov"] else bufs
+    started = [torch.ones_like(state["started"]) for state in states]
+    return [{"momentum_buffer": b, "started": f} for b, f in zip(bufs, started)], steps
+
+
+def _ema_many(ds: list[torch.Tensor], states: list[State], group: Group) -> Updated:
+    beta = group["momentum"]
+    ms = torch._foreach_mul(_key(states, "exp_avg"), beta)
+    torch._foreach_add_(ms, ds, alpha=1 - beta)
+    return [{"exp_avg": m} for m in ms], ms
+
+
+def _adam_many(ds: list[torch.Tensor], states: list[State], group: Group) -> Updated:
+    beta1, beta2 = group["betas"]
+    ts = torch.stack(_key(states, "step")) + 1
+    dtypes = [d.dtype for d in ds]
+    bias1 = _scalars(list((1 - beta1**ts).unbind()), dtypes)
+    bias2_sqrt = _scalars(list((1 - beta2**ts).sqrt().unbind()), dtypes)
+    ms = torch._foreach_lerp(_key(states, "exp_avg"), ds, 1 - beta1)
+    vs = torch._foreach_mul(_key(states, "exp_avg_sq"), beta2)
+    torch._foreach_addcmul_(vs, ds, ds, value=1 - beta2)
+    denoms = torch._foreach_sqrt(vs)
+    torch._foreach_div_(denoms, bias2_sqrt)
+    torch._foreach_add_(denoms, group["eps"])
+    steps = torch._foreach_div(ms, bias1)
+    torch._foreach_div_(steps, denoms)
+    new = [{"step": t, "exp_avg": m, "exp_avg_sq": v} for t, m, v in zip(ts.unbind(), ms, vs)]
+    return new, steps
+
+
 def _rmsprop_init(p: torch.Tensor) -> State:
     return {"square_avg": torch.zeros_like(p)}
 
@@ -120,6 +185,15 @@ def _rmsprop(d: torch.Tensor, state: State, group: Group) -> tuple[State, torch.
     alpha = group["alpha"]
     v = state["square_avg"].mul(alpha).addcmul(d, d, value=1 - alpha)
     return {"square_avg": v}, d / v.sqrt().add(group["eps"])
+
+
+def _rmsprop_many(ds: list[torch.Tensor], states: list[State], group: Group) -> Updated:
+    alpha = group["alpha"]
+    vs = torch._foreach_mul(_key(states, "square_avg"), alpha)
+    torch._foreach_addcmul_(vs, ds, ds, value=1 - alpha)
+    denoms = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denoms, group["eps"])
+    return [{"square_avg": v} for v in vs], torch._foreach_div(ds, denoms)
 
 
 def _adagrad_init(p: torch.Tensor) -> State:
@@ -131,15 +205,26 @@ def _adagrad(d: torch.Tensor, state: State, group: Group) -> tuple[State, torch.
     return {"sum": v}, d / v.sqrt().add(group["eps"])
 
 
+def _adagrad_many(ds: list[torch.Tensor], states: list[State], group: Group) -> Updated:
+    vs = torch._foreach_addcmul(_key(states, "sum"), ds, ds)
+    denoms = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denoms, group["eps"])
+    return [{"sum": v} for v in vs], torch._foreach_div(ds, denoms)
+
+
 BASE_RULES: dict[str, BaseRule] = {
     "sgd": BaseRule("sgd", _sgd_init, _sgd),
     "momentum": BaseRule(
-        "momentum", _momentum_init, _momentum, {"momentum": 0.9, "dampening": 0.0, "nesterov": False}
+        "momentum",
+        _momentum_init,
+        _momentum,
+        {"momentum": 0.9, "dampening": 0.0, "nesterov": False},
+        _momentum_many,
     ),
-    "ema": BaseRule("ema", _ema_init, _ema, {"momentum": 0.9}),
-    "adam": BaseRule("adam", _adam_init, _adam, {"betas": (0.9, 0.999), "eps": 1e-8}),
-    "rmsprop": BaseRule("rmsprop", _rmsprop_init, _rmsprop, {"alpha": 0.99, "eps": 1e-8}),
-    "adagrad": BaseRule("adagrad", _adagrad_init, _adagrad, {"eps": 1e-10}),
+    "ema": BaseRule("ema", _ema_init, _ema, {"momentum": 0.9}, _ema_many),
+    "adam": BaseRule("adam", _adam_init, _adam, {"betas": (0.9, 0.999), "eps": 1e-8}, _adam_many),
+    "rmsprop": BaseRule("rmsprop", _rmsprop_init, _rmsprop, {"alpha": 0.99, "eps": 1e-8}, _rmsprop_many),
+    "adagrad": BaseRule("adagrad", _adagrad_init, _adagrad, {"eps": 1e-10}, _adagrad_many),
 }
 """The base rules by name: what ``Preconditioned(base=...)`` accepts."""
 

@@ -194,6 +194,16 @@ def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.isfinite(torch.stack(extremes)).all() if extremes else torch.tensor(True)
 
 
+def _finite_each(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A device boolean per tensor: all its entries are finite (as `_all_finite`, one stack for all)."""
+    real = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+    extremes = [m for t in real for m in (torch.aminmax(t) if t.numel() else (t.new_zeros(()),) * 2)]
+    device = extremes[0].device  # parameters may live on several devices
+    if any(m.device != device for m in extremes):
+        extremes = [m.to(device) for m in extremes]
+    return torch.isfinite(torch.stack(extremes)).view(-1, 2).all(1)
+
+
 class Preconditioned(torch.optim.Optimizer):
     """A learned structured preconditioner, as a `torch.optim.Optimizer`: five independent choices —
     structure × placement × objective × fitter × base rule.
@@ -915,14 +925,10 @@ class Preconditioned(torch.optim.Optimizer):
             ok = True
         plans = self._plans(evaluation, fitting)
         self._metas_and_fits(plans, evaluation, ok)
-        if self._clip is None:
-            for plan in plans:  # one block at a time: one block's new parameters in memory at once
-                self._commit(plan, *self._propose(plan, ok, *self._directions(plan, applying)))
-            return
-        directions = [self._directions(plan, applying) for plan in plans]
-        factor = self._clip_factor([steps for _, steps in directions])
-        for plan, (states, steps) in zip(plans, directions):
-            self._commit(plan, *self._propose(plan, ok, states, steps, factor))
+        directions = self._directions(plans, applying)
+        factor = None if self._clip is None else self._clip_factor([steps for _, steps in directions])
+        for plan, proposal in zip(plans, self._proposals(plans, ok, directions, factor)):
+            self._commit(plan, *proposal)
 
     def _step_or_raise(self, evaluation: Evaluation, fitting: bool, applying: bool) -> None:
         """A step under ``nonfinite="raise"``: all or nothing (host synchronisations)."""
@@ -934,9 +940,9 @@ class Preconditioned(torch.optim.Optimizer):
         bad_fits = [block.shapes for block, (back, _) in fits if back is not None and bool(back)]
         proposals = []
         if not bad_fits:
-            directions = [self._directions(plan, applying) for plan in plans]
+            directions = self._directions(plans, applying)
             factor = None if self._clip is None else self._clip_factor([steps for _, steps in directions])
-            proposals = [self._propose(plan, True, *d, factor) for plan, d in zip(plans, directions)]
+            proposals = self._proposals(plans, True, directions, factor)
         bad_steps = [plan.block.shapes for plan, (_, _, fine) in zip(plans, proposals) if not bool(fine)]
         if bad_fits or bad_steps:
             for _, (_, undo) in fits:
@@ -1009,13 +1015,8 @@ class Preconditioned(torch.optim.Optimizer):
     def _base_steps(
         self, group: dict[str, Any], params: list[torch.Tensor], directions: list[torch.Tensor]
     ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-        states, steps = [], []
-        for p, d in zip(params, directions):
-            state = self.state[p]
-            new_state, s = self._base.update(d, {k: state[k] for k in self._base_keys}, group)
-            states.append(new_state)
-            steps.append(s)
-        return states, steps
+        olds = [{k: self.state[p][k] for k in self._base_keys} for p in params]
+        return self._base.updates(directions, olds, group)
 
     def _plan(self, group: dict[str, Any], block: _Block, evaluation: Evaluation, fitting: bool) -> _Plan:
         """Everything of a block's step that does not depend on φ's update: gradients, their placed
@@ -1068,48 +1069,91 @@ class Preconditioned(torch.optim.Optimizer):
         never reads it (a read would break its graph): it selects with `torch.where` (the same bits)."""
         return flag is True or (self._compile is None and flag.device.type == "cpu" and bool(flag))
 
-    def _directions(self, plan: _Plan, applying: bool) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-        """Apply P_φ (φ already fitted; unless not `applying`, during a warm-up) and the base rule: the
-        new base-rule states and the step directions s (θ moves by −lr·s), in the compute dtype."""
-        group, block, params = plan.group, plan.block, plan.block.params
+    def _directions(
+        self, plans: list[_Plan], applying: bool
+    ) -> list[tuple[list[dict[str, Any]], list[torch.Tensor]]]:
+        """Per plan: apply P_φ (φ already fitted; unless not `applying`, during a warm-up) and the base
+        rule: the new base-rule states and the step directions s (θ moves by −lr·s), in the compute
+        dtype.  The base rule runs once per param group for all its blocks (`BaseRule.updates`)."""
+        pending = [self._before_base(plan, applying) for plan in plans]
+        by_group: dict[int, list[int]] = {}
+        for i, (plan, (inputs, _, _)) in enumerate(zip(plans, pending)):
+            if inputs is not None:
+                by_group.setdefault(id(plan.group), []).append(i)
+        for indices in by_group.values():
+            group = plans[indices[0]].group
+            params = [p for i in indices for p in plans[i].block.params]
+            inputs = [d for i in indices for d in pending[i][0]]
+            states, steps = self._base_steps(group, params, inputs)
+            start = 0
+            for i in indices:
+                n = len(plans[i].block.params)
+                extra = pending[i][1]
+                news = states[start : start + n]
+                news = [{**state, **more} for state, more in zip(news, extra)] if extra else news
+                pending[i] = (None, news, steps[start : start + n])
+                start += n
+        return [(states, steps) for _, states, steps in pending]
+
+    def _before_base(
+        self, plan: _Plan, applying: bool
+    ) -> tuple[list[torch.Tensor] | None, list[dict[str, Any]], list[torch.Tensor]]:
+        """P applied: (the directions the base rule still has to take, the `Graft`'s new states, []), or
+        where the base rule ran already (position "direction", in `_plan`): (None, states, steps)."""
+        block, params = plan.block, plan.block.params
         if block.placement is None:
-            return self._base_steps(group, params, plan.grads)
+            return plan.grads, [], []
         if not applying:  # fitted but not applied yet (warm-up): the base rule alone
             if self._position == "gradient":
-                return self._base_steps(group, params, plan.grads)
-            return plan.states, plan.sources
+                return plan.grads, [], []
+            return None, plan.states, plan.sources
         P = self._formed(block)
         if self._position == "gradient":
             directions = block.placement.unview(P @ plan.X, plan.shapes)
             if self._graft is None:
-                return self._base_steps(group, params, directions)
+                return directions, [], []
             grafts, directions = self._grafted(params, plan.grads, directions)
-            states, steps = self._base_steps(group, params, directions)
-            return [{**state, **graft} for state, graft in zip(states, grafts)], steps
+            return directions, grafts, []
         directions = block.placement.unview(P @ plan.u, plan.shapes)
         if self._graft is None:
-            return plan.states, directions
+            return None, plan.states, directions
         grafts, directions = self._grafted(params, plan.sources, directions)
-        return [{**state, **graft} for state, graft in zip(plan.states, grafts)], directions
+        return None, [{**state, **graft} for state, graft in zip(plan.states, grafts)], directions
 
-    def _propose(
+    def _proposals(
         self,
-        plan: _Plan,
+        plans: list[_Plan],
         ok: Flag,
-        states: list[dict[str, Any]],
-        steps: list[torch.Tensor],
+        directions: list[tuple[list[dict[str, Any]], list[torch.Tensor]]],
         factor: torch.Tensor | None = None,
-    ) -> tuple[list[dict[str, Any]], list[torch.Tensor], torch.Tensor]:
-        """The new parameters θ − lr·factor·s (in the compute dtype) and whether they may be committed
-        (`ok` and all finite), with the states passed through."""
-        lr = plan.group["lr"]
-        if factor is not None:  # factor·s first: a factor of 1 leaves s, and the step, unchanged
-            steps = [s * factor for s in steps]
-        if isinstance(lr, torch.Tensor):
-            news = [_cast(p, s.dtype) - lr * s for p, s in zip(plan.block.params, steps)]
-        else:  # one rounding, as torch.optim's p.add_(s, alpha=-lr): the base rule alone is bit for bit
-            news = [_cast(p, s.dtype).add(s, alpha=-lr) for p, s in zip(plan.block.params, steps)]
-        return states, news, _and(ok, _all_finite(news))
+    ) -> list[tuple[list[dict[str, Any]], list[torch.Tensor], Flag]]:
+        """Per plan: the new parameters θ − lr·factor·s (in the compute dtype) and whether they may be
+        committed (`ok` and all finite), with the states passed through; computed per param group for
+        all its blocks at once."""
+        out: list[Any] = [None] * len(plans)
+        by_group: dict[int, list[int]] = {}
+        for i, plan in enumerate(plans):
+            by_group.setdefault(id(plan.group), []).append(i)
+        for indices in by_group.values():
+            lr = plans[indices[0]].group["lr"]
+            params = [p for i in indices for p in plans[i].block.params]
+            steps = [s for i in indices for s in directions[i][1]]
+            if factor is not None:  # factor·s first: a factor of 1 leaves s, and the step, unchanged
+                steps = [s * factor for s in steps]
+            bases = [_cast(p, s.dtype) for p, s in zip(params, steps)]
+            if isinstance(lr, torch.Tensor):
+                news = [b - lr * s for b, s in zip(bases, steps)]
+            else:  # one rounding, as torch.optim's p.add_(s, alpha=-lr): the base rule alone is bit for bit
+                news = torch._foreach_add(bases, steps, alpha=-lr)
+            finite = _finite_each(news)
+            everywhere = self._certain(finite.all())
+            start = 0
+            for i in indices:
+                n = len(plans[i].block.params)
+                fine = ok if everywhere else _and(ok, finite[start : start + n].all())
+                out[i] = (directions[i][0], news[start : start + n], fine)
+                start += n
+        return out
 
     def _commit(
         self, plan: _Plan, states: list[dict[str, Any]], news: list[torch.Tensor], fine: torch.Tensor
