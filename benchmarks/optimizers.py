@@ -69,12 +69,16 @@ from torch import nn
 
 from precondalg.experiments.machine import describe_machine, machine_info  # noqa: F401 (used by scripts)
 from precondalg.experiments.memory import state_bytes, storage_bytes, tensors_in  # noqa: F401
-from precondalg.experiments.tasks import digits_cnn_model
 from precondalg.families import dense_gram, low_rank_gram
 from precondalg.fitters import TorchOptimizer
 from precondalg.objectives import Hypergradient
 from precondalg.optim import APO, FOP, HD, KFAC, Preconditioned, Shampoo
 from precondalg.placement import InputSide, Spatial
+
+try:  # run as a script, benchmarks/ is on sys.path; as `python -m benchmarks.…`, the repository root
+    from models import BATCH, digits_batches, make_cnn, make_mlp
+except ImportError:  # pragma: no cover
+    from benchmarks.models import BATCH, digits_batches, make_cnn, make_mlp
 
 # Targets from the FOP paper (Moskovitz et al. 2019): training-step time relative to momentum SGD.
 TARGETS = {
@@ -86,7 +90,6 @@ LR_SGD = 0.05
 LR_ADAM = 1e-3
 HYPER_LR = 1e-4
 RANK = 8
-BATCH = 128
 # Shampoo without grafting: with ε = 1e-12 the roots of the first step's rank-deficient statistics
 # (L = G₁G₁ᵀ: eigenvalues ε, root ε^(-1/4) = 1e3 on each side) blow up later gradients when they are
 # reused for 10 steps: the loss went non-finite at every lr tried down to 1e-3 (at ε = 1e-4, with lr
@@ -173,44 +176,15 @@ def start_run(args: argparse.Namespace, name: str, *, git: bool = True) -> Bench
     return run
 
 
-# -------------------------------------------------------------------------------------- data, models
-def digits_batches(device: torch.device, n_batches: int, seed: int) -> tuple[list, list]:
-    """Fixed shuffled batches of load_digits (pixels / 16), as (x_flat, x_image, y) per batch."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    X = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    g = torch.Generator().manual_seed(seed)
-    flat, image = [], []
-    order = torch.empty(0, dtype=torch.long)
-    while len(flat) < n_batches:
-        if order.numel() < BATCH:
-            order = torch.cat([order, torch.randperm(len(X), generator=g)])
-        idx, order = order[:BATCH], order[BATCH:]
-        xb, yb = X[idx].to(device), y[idx].to(device)
-        flat.append((xb, yb))
-        image.append((xb.reshape(-1, 1, 8, 8), yb))
-    return flat, image
-
-
-def make_mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
-
-
-make_cnn = digits_cnn_model
-"""1×8×8 → conv3×3 16 → pool → 16×4×4 → conv3×3 32 → pool → 32×2×2 → linear 128 → 10 (the digits CNN of
-`precondalg.experiments.tasks`)."""
-
-
 # --------------------------------------------------------------------------------------- optimizers
 def _spatial_only(shape: tuple[int, ...]) -> Spatial | None:
     """Spatial FOP on conv kernels only; linear layers and biases get the base rule alone."""
     return Spatial() if len(shape) == 4 else None
 
 
-def fop_spatial_only(params, lr: float) -> Preconditioned:
-    """FOP's configuration (dense_gram, hypergradient, Adam 1e-4 on M, momentum 0.9) on conv taps only."""
+def fop_spatial_only(params, lr: float, **options: Any) -> Preconditioned:
+    """FOP's configuration (dense_gram, hypergradient, Adam 1e-4 on M, momentum 0.9) on conv taps only;
+    `options` go to `Preconditioned` (e.g. ``compile=True``)."""
     return Preconditioned(
         params,
         lr,
@@ -221,6 +195,7 @@ def fop_spatial_only(params, lr: float) -> Preconditioned:
         base="momentum",
         position="gradient",
         momentum=0.9,
+        **options,
     )
 
 
@@ -228,9 +203,11 @@ Maker = Callable[[nn.Module], torch.optim.Optimizer]
 """Builds a method's optimizer for a model (its own copy): most use model.parameters(); K-FAC the model."""
 
 BASELINES: dict[str, Maker] = {
-    "SGD momentum": lambda m: torch.optim.SGD(m.parameters(), lr=LR_SGD, momentum=0.9),
-    "Adam": lambda m: torch.optim.Adam(m.parameters(), lr=LR_ADAM),
+    "SGD momentum": lambda m: torch.optim.SGD(m.parameters(), lr=LR_SGD, momentum=0.9, foreach=True),
+    "Adam": lambda m: torch.optim.Adam(m.parameters(), lr=LR_ADAM, foreach=True),
 }
+"""torch.optim's multi-tensor ("foreach") implementations, its fastest on the CPU for many small tensors
+(torch's default there is the per-tensor loop)."""
 
 HD_ARGS = dict(base="momentum", momentum=0.9, hyper_optimizer="adam")
 
@@ -365,16 +342,25 @@ def sync(device: torch.device) -> None:
 
 @dataclass
 class Runner:
-    """One method: its own model copy, optimizer and position in the shared batch sequence."""
+    """One method: its own model copy, optimizer and position in the shared batch sequence, and what
+    its timed steps measured (`timed_step`, `run_rounds`)."""
 
     name: str
     model: nn.Module
-    opt: torch.optim.Optimizer
+    opt: Any
     batches: list
     step_index: int = 0
     last_loss: float = math.nan
     with_batches: bool = False  # opt.step(batch=(x, y), fsd_batch=x2) (APO; `WithBatches`)
     every: int | None = None  # periodic work on the steps 0, every, 2·every, … (`WithBatches.every`)
+    nonfinite: int = 0  # steps (warm-up included) whose loss was NaN or Inf
+    # Per round: the median and the mean of its steps' whole training step ("train"), optimizer step
+    # ("opt", NaN where a method's step holds its backward) and process CPU time ("cpu").
+    rounds: dict[str, list[float]] = field(
+        default_factory=lambda: {k: [] for k in ("train", "opt", "cpu", "train_mean", "opt_mean", "cpu_mean")}
+    )
+    # Every timed step: (train, opt, cpu) seconds and whether it did the periodic work (`every`).
+    samples: list[tuple[float, float, float, bool]] = field(default_factory=list)
 
     def train_step(self, device: torch.device) -> tuple[float, float]:
         """One training step; returns (whole step seconds, optimizer step seconds).  With
@@ -398,6 +384,74 @@ class Runner:
         t2 = time.perf_counter()
         self.last_loss = float(loss.detach())
         return t2 - t0, t2 - t1
+
+    def timed_step(self, device: torch.device) -> tuple[float, float, float]:
+        """`train_step`'s (wall, optimizer wall) and the process CPU time of the whole step, which a
+        shared machine's preemption does not inflate; counts a non-finite loss."""
+        c0 = time.process_time()
+        wall, opt = self.train_step(device)
+        cpu = time.process_time() - c0
+        self.nonfinite += not math.isfinite(self.last_loss)
+        return wall, opt, cpu
+
+    def warm_up(self, device: torch.device, steps: int) -> float:
+        """`steps` untimed steps; returns their seconds."""
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.timed_step(device)
+        return time.perf_counter() - t0
+
+    def run_round(self, device: torch.device, steps: int) -> None:
+        """`steps` consecutive timed steps: keeps each and the round's median and mean."""
+        measured = []
+        for _ in range(steps):
+            periodic = self.every is not None and self.step_index % self.every == 0
+            measured.append(self.timed_step(device))
+            self.samples.append((*measured[-1], periodic))
+        for j, what in enumerate(("train", "opt", "cpu")):
+            values = [m[j] for m in measured]
+            self.rounds[what].append(statistics.median(values))
+            self.rounds[f"{what}_mean"].append(statistics.fmean(values))
+
+
+def run_rounds(
+    runners: list[Runner],
+    device: torch.device,
+    repeats: int,
+    steps: int,
+    log: Callable[[str], None],
+    label: str,
+    *,
+    order: str = "shuffle",
+    seed: int = 0,
+) -> None:
+    """The interleaved rounds of the protocol: in each of `repeats` rounds every runner runs `steps`
+    consecutive timed steps (`Runner.run_round`), in an order shuffled anew every round ("shuffle",
+    from `seed`) or rotated by one every round ("rotate"), so that slow drift of a shared machine
+    falls on every method alike."""
+    rng = random.Random(seed)
+    t_start = time.perf_counter()
+    for k in range(repeats):
+        if order == "shuffle":
+            sequence = runners[:]
+            rng.shuffle(sequence)
+        else:
+            sequence = runners[k % len(runners) :] + runners[: k % len(runners)]
+        for r in sequence:
+            r.run_round(device, steps)
+        if (k + 1) % max(1, repeats // 5) == 0 or k + 1 == repeats:
+            log(f"[{label}] round {k + 1}/{repeats} ({time.perf_counter() - t_start:.1f} s)")
+
+
+def iqr(values: list[float]) -> dict[str, float]:
+    """Median and quartiles of values (all three the value itself for one value)."""
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
+
+
+def same_round_ratio(a: Runner, b: Runner, what: str) -> dict[str, float]:
+    """Median and IQR over the rounds of a's figure over b's in the same round (`Runner.rounds[what]`)."""
+    return iqr([x / y for x, y in zip(a.rounds[what], b.rounds[what], strict=True)])
 
 
 def bench_model(
@@ -426,51 +480,18 @@ def bench_model(
         runners.append(
             Runner(name, model, opt, batches, with_batches=feeds, every=maker.every if feeds else None)
         )
-    nonfinite = {r.name: 0 for r in runners}
-    # Every timed step's (train, opt) seconds, split by whether it did the periodic work (`Runner.every`;
-    # without it, every step is "other").
-    by_kind: dict[str, dict[str, list[tuple[float, float]]]] = {
-        r.name: {"periodic": [], "other": []} for r in runners
-    }
-
-    def run_steps(r: Runner, n: int, timed: bool = True) -> list[tuple[float, float]]:
-        out = []
-        for _ in range(n):
-            periodic = r.every is not None and r.step_index % r.every == 0
-            out.append(r.train_step(device))
-            nonfinite[r.name] += not math.isfinite(r.last_loss)
-            if timed:
-                by_kind[r.name]["periodic" if periodic else "other"].append(out[-1])
-        return out
-
     log(f"[{kind}] {n_params} parameters; warm-up {warmup} steps per method")
     for r in runners:
-        run_steps(r, warmup, timed=False)
-    rounds: dict[str, dict[str, list[float]]] = {
-        r.name: {"train": [], "opt": [], "train_mean": [], "opt_mean": []} for r in runners
-    }
-    rng = random.Random(seed)
-    t_start = time.perf_counter()
-    for k in range(repeats):
-        order = runners[:]
-        rng.shuffle(order)
-        for r in order:
-            train, opt = zip(*run_steps(r, steps))
-            rounds[r.name]["train"].append(statistics.median(train))
-            rounds[r.name]["opt"].append(statistics.median(opt))
-            rounds[r.name]["train_mean"].append(statistics.fmean(train))
-            rounds[r.name]["opt_mean"].append(statistics.fmean(opt))
-        if (k + 1) % max(1, repeats // 5) == 0 or k + 1 == repeats:
-            log(f"[{kind}] round {k + 1}/{repeats} ({time.perf_counter() - t_start:.1f} s)")
+        r.warm_up(device, warmup)
+    run_rounds(runners, device, repeats, steps, log, kind, seed=seed)
+    by_name = {r.name: r for r in runners}
 
     def ratio(name: str, base: str, what: str) -> dict[str, float]:
-        rs = [a / b for a, b in zip(rounds[name][what], rounds[base][what])]
-        q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
-        return {"median": statistics.median(rs), "q1": q[0], "q3": q[2]}
+        return same_round_ratio(by_name[name], by_name[base], what)
 
     def run_ratio(name: str, base: str, what: str) -> float:
         """Ratio of the totals over all timed steps (every round has `steps` steps)."""
-        return sum(rounds[name][what]) / sum(rounds[base][what])
+        return sum(by_name[name].rounds[what]) / sum(by_name[base].rounds[what])
 
     def by_parts(r: Runner) -> dict[str, Any] | None:
         """For a method with periodic work every k steps: the medians over all timed steps of the steps
@@ -478,13 +499,15 @@ def bench_model(
         over the median of all SGD momentum's timed steps: a robust amortised estimate."""
         if r.every is None:
             return None
-        k, parts = r.every, by_kind[r.name]
-        sgdm = [t for kind in by_kind["SGD momentum"].values() for t in kind]
-        out: dict[str, Any] = {"every": k, "periodic_steps": len(parts["periodic"])}
+        k = r.every
+        periodic = [s for s in r.samples if s[3]]
+        other = [s for s in r.samples if not s[3]]
+        sgdm = by_name["SGD momentum"].samples
+        out: dict[str, Any] = {"every": k, "periodic_steps": len(periodic)}
         for j, what in enumerate(("train", "opt")):
             base = statistics.median(t[j] for t in sgdm)
-            per = statistics.median(t[j] for t in parts["periodic"]) if parts["periodic"] else math.nan
-            oth = statistics.median(t[j] for t in parts["other"]) if parts["other"] else per
+            per = statistics.median(t[j] for t in periodic) if periodic else math.nan
+            oth = statistics.median(t[j] for t in other) if other else per
             mean = per if k == 1 else (per + (k - 1) * oth) / k
             out[f"periodic_{what}_ms"] = 1e3 * per
             out[f"other_{what}_ms"] = 1e3 * oth
@@ -500,21 +523,21 @@ def bench_model(
             "model": kind,
             "method": r.name,
             "n_params": n_params,
-            "train_step_ms": 1e3 * statistics.median(rounds[r.name]["train"]),
-            "opt_step_ms": 1e3 * statistics.median(rounds[r.name]["opt"]),
+            "train_step_ms": 1e3 * statistics.median(r.rounds["train"]),
+            "opt_step_ms": 1e3 * statistics.median(r.rounds["opt"]),
             "train_vs_sgdm": ratio(r.name, "SGD momentum", "train"),
             "train_vs_adam": ratio(r.name, "Adam", "train"),
             "opt_vs_sgdm": ratio(r.name, "SGD momentum", "opt"),
             "opt_vs_adam": ratio(r.name, "Adam", "opt"),
             "amortised": {
-                "train_step_ms": 1e3 * statistics.median(rounds[r.name]["train_mean"]),
-                "opt_step_ms": 1e3 * statistics.median(rounds[r.name]["opt_mean"]),
+                "train_step_ms": 1e3 * statistics.median(r.rounds["train_mean"]),
+                "opt_step_ms": 1e3 * statistics.median(r.rounds["opt_mean"]),
                 "train_vs_sgdm": ratio(r.name, "SGD momentum", "train_mean")["median"],
                 "train_vs_adam": ratio(r.name, "Adam", "train_mean")["median"],
                 "opt_vs_sgdm": ratio(r.name, "SGD momentum", "opt_mean")["median"],
                 "opt_vs_adam": ratio(r.name, "Adam", "opt_mean")["median"],
-                "run_train_step_ms": 1e3 * statistics.fmean(rounds[r.name]["train_mean"]),
-                "run_opt_step_ms": 1e3 * statistics.fmean(rounds[r.name]["opt_mean"]),
+                "run_train_step_ms": 1e3 * statistics.fmean(r.rounds["train_mean"]),
+                "run_opt_step_ms": 1e3 * statistics.fmean(r.rounds["opt_mean"]),
                 "run_train_vs_sgdm": run_ratio(r.name, "SGD momentum", "train_mean"),
                 "run_train_vs_adam": run_ratio(r.name, "Adam", "train_mean"),
                 "run_opt_vs_sgdm": run_ratio(r.name, "SGD momentum", "opt_mean"),
@@ -526,21 +549,16 @@ def bench_model(
             "state_vs_adam": None,
             "target_train_vs_sgdm": TARGETS.get((kind, r.name)),
             "final_loss": r.last_loss,
-            "nonfinite_losses": nonfinite[r.name],
+            "nonfinite_losses": r.nonfinite,
             "steps_taken": r.step_index,
-            "skipped_updates": None,
-            "skipped_meta_steps": None,
+            **skipped_steps(r.opt),
         }
-        if isinstance(r.opt, Preconditioned):  # the sync-free skips of non-finite steps, counted
-            counts = r.opt.skip_counts()
-            rec["skipped_updates"] = sum(c["skipped"] for c in counts)
-            rec["skipped_meta_steps"] = sum(c["meta_skipped"] for c in counts)
         records.append(rec)
     log(
         f"[{kind}] final loss (step {warmup + repeats * steps}): "
         + "; ".join(f"{r['method']} {r['final_loss']:.3g}" for r in records)
     )
-    bad = {name: n for name, n in nonfinite.items() if n}
+    bad = {r.name: r.nonfinite for r in runners if r.nonfinite}
     if bad:
         log(f"[{kind}] NON-FINITE losses (steps out of {warmup + repeats * steps}): {bad}")
     skipped = {
@@ -555,6 +573,18 @@ def bench_model(
         t = rec["target_train_vs_sgdm"]
         rec["target_met"] = None if t is None else rec["train_vs_sgdm"]["median"] <= t
     return records
+
+
+def skipped_steps(opt: Any) -> dict[str, int | None]:
+    """precondalg's sync-free skips of non-finite steps, counted: skipped updates and rolled-back fits
+    (None for another library's optimizer)."""
+    if not isinstance(opt, Preconditioned):
+        return {"skipped_updates": None, "skipped_meta_steps": None}
+    counts = opt.skip_counts()
+    return {
+        "skipped_updates": sum(c["skipped"] for c in counts),
+        "skipped_meta_steps": sum(c["meta_skipped"] for c in counts),
+    }
 
 
 # --------------------------------------------------------------------------------------------- growth

@@ -26,7 +26,7 @@ The methods, in one process, on one model copy each (same initial weights, same 
   all three (heavyball none on an axis of size 1, the others a diagonal one).  ``--structure
   defaults`` keeps each library's defaults (psgd_torch max_skew 10, heavyball min_ndim_triangular 2).
   The factors used are printed.
-- Adam: ``torch.optim.Adam(lr=1e-3)``, the baseline.
+- Adam: ``torch.optim.Adam(lr=1e-3, foreach=True)``, the baseline.
 
 Step conventions: precondalg and psgd_torch take ``opt.step(closure)`` with a closure that returns the
 loss without calling backward (they differentiate it themselves); Adam and heavyball (whose closure must
@@ -68,7 +68,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,10 @@ import torch
 from torch import nn
 
 try:  # run as a script, benchmarks/ is on sys.path; as `python -m benchmarks.psgd`, the repository root
+    import models
     import optimizers as common
 except ImportError:  # pragma: no cover
+    from benchmarks import models
     from benchmarks import optimizers as common
 
 from precondalg.optim import PSGD
@@ -86,49 +88,16 @@ LR_PSGD = 1e-3  # parameter step for the whitening (Fisher) criterion: psgd_torc
 LR_PRECOND = 0.1
 INIT_SCALE = 1.0
 LR_ADAM = common.LR_ADAM
-BATCH = common.BATCH
 ADAM = "Adam"
 PROBE = "(forward+backward probe)"
-
-MODELS = {
-    "mlp3x256": "MLP 256-256-256-256-10 (ReLU), synthetic N(0,1) inputs, batch 128",
-    "digits-mlp": "digits MLP 64-100-100-10 (benchmarks/optimizers.py), batch 128",
-    "digits-cnn": "digits CNN conv16-conv32-linear (benchmarks/optimizers.py), batch 128",
-}
-
-
-# -------------------------------------------------------------------------------------- models, data
-def make_mlp3x256() -> nn.Module:
-    layers: list[nn.Module] = []
-    for _ in range(3):
-        layers += [nn.Linear(256, 256), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(256, 10))
-
-
-def synthetic_batches(device: torch.device, n_batches: int, seed: int) -> list:
-    """Fixed batches of x ~ N(0, I_256) labelled by a fixed random linear teacher (10 classes)."""
-    g = torch.Generator().manual_seed(seed)
-    teacher = torch.randn(256, 10, generator=g)
-    out = []
-    for _ in range(n_batches):
-        x = torch.randn(BATCH, 256, generator=g)
-        out.append((x.to(device), (x @ teacher).argmax(1).to(device)))
-    return out
-
-
-def model_and_batches(kind: str, device: torch.device, n_batches: int, seed: int) -> tuple[nn.Module, list]:
-    torch.manual_seed(seed)
-    if kind == "mlp3x256":
-        return make_mlp3x256().to(device), synthetic_batches(device, n_batches, seed)
-    flat, image = common.digits_batches(device, n_batches, seed)
-    if kind == "digits-mlp":
-        return common.make_mlp().to(device), flat
-    return common.make_cnn().to(device), image
+MODELS = ("mlp3x256", "digits-mlp", "digits-cnn")
+"""The models of this script (`models.MODELS`)."""
 
 
 # --------------------------------------------------------------------------------------- optimizers
-def make_precondalg(params) -> tuple[torch.optim.Optimizer, str]:
-    """precondalg's PSGD-Kron, the preset (see the module docstring), and its description."""
+def make_precondalg(params, probability: float = 1.0) -> tuple[torch.optim.Optimizer, str]:
+    """precondalg's PSGD-Kron, the preset (see the module docstring), Q fitted with `probability` at
+    each step, and its description."""
     opt = PSGD(
         params,
         LR_PSGD,
@@ -136,11 +105,14 @@ def make_precondalg(params) -> tuple[torch.optim.Optimizer, str]:
         criterion="fisher",
         init_scale=INIT_SCALE,
         lr_precond=LR_PRECOND,
+        update_probability=probability,
     )
-    return opt, "precondalg.optim.PSGD(preconditioner='kron', criterion='fisher')"
+    return opt, (
+        f"precondalg.optim.PSGD(preconditioner='kron', criterion='fisher', update_probability={probability})"
+    )
 
 
-def make_psgd_torch(params, structure: str) -> tuple[Any, str]:
+def make_psgd_torch(params, structure: str, probability: float = 1.0) -> tuple[Any, str]:
     from psgd_torch.psgd import Kron
 
     skew = math.inf if structure == "match" else 10.0  # precondalg's max_skew default is inf
@@ -148,15 +120,15 @@ def make_psgd_torch(params, structure: str) -> tuple[Any, str]:
         params,
         preconditioner_max_skew=skew,
         preconditioner_type="whitening",
-        preconditioner_update_probability=1.0,
+        preconditioner_update_probability=probability,
         preconditioner_init_scale=INIT_SCALE,
         lr_params=LR_PSGD,
         lr_preconditioner=LR_PRECOND,
     )
-    return opt, f"psgd_torch.psgd.Kron (whitening; structure {structure!r})"
+    return opt, f"psgd_torch.psgd.Kron (whitening; structure {structure!r}; update probability {probability})"
 
 
-def make_heavyball(params, structure: str) -> tuple[torch.optim.Optimizer, str]:
+def make_heavyball(params, structure: str, probability: float = 1.0) -> tuple[torch.optim.Optimizer, str]:
     import heavyball
 
     # heavyball gives tensors of fewer than min_ndim_triangular dims (default 2: vectors) diagonal Qs;
@@ -165,12 +137,14 @@ def make_heavyball(params, structure: str) -> tuple[torch.optim.Optimizer, str]:
     opt = heavyball.PSGDKron(
         params,
         lr=LR_PSGD,
-        preconditioner_update_probability=1.0,
+        preconditioner_update_probability=probability,
         precond_init_scale=INIT_SCALE,
         precond_lr=LR_PRECOND,
         min_ndim_triangular=ndim,
     )
-    return opt, f"heavyball.PSGDKron (preconditioner_update_probability=1.0, min_ndim_triangular={ndim})"
+    return opt, (
+        f"heavyball.PSGDKron (preconditioner_update_probability={probability}, min_ndim_triangular={ndim})"
+    )
 
 
 @contextlib.contextmanager
@@ -198,7 +172,12 @@ class Method:
 def methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
     """The methods available here, and a note for each peer that is not installed."""
     out = [
-        Method(ADAM, lambda p: (torch.optim.Adam(p, lr=LR_ADAM), "torch.optim.Adam"), "backward", "torch"),
+        Method(
+            ADAM,
+            lambda p: (torch.optim.Adam(p, lr=LR_ADAM, foreach=True), "torch.optim.Adam(foreach=True)"),
+            "backward",
+            "torch",
+        ),
         Method("precondalg PSGD-Kron", make_precondalg, "closure", "precondalg"),
     ]
     missing = []
@@ -245,9 +224,11 @@ def methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
 
 # --------------------------------------------------------------------------------------------- memory
 def state_memory(opt: Any, library: str) -> dict[str, int]:
-    """Bytes of the optimizer's state: 'total' and the preconditioner's share 'precond' (storages once)."""
+    """Bytes of the optimizer's state: 'total' and the preconditioner's share 'precond' (storages once):
+    psgd_torch's and heavyball's from their own attributes, any other optimizer's from its
+    ``state_dict()`` (`state_bytes`: precondalg, torch.optim, pytorch_optimizer)."""
     seen: set = set()
-    if library in ("precondalg", "torch"):
+    if library not in ("psgd_torch", "heavyball"):
         parts = common.state_bytes(opt)
         return {**parts, "precond": parts["phi"]}
     if library == "psgd_torch":
@@ -311,14 +292,6 @@ class PSGDRunner(common.Runner):
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     library: str = "torch"
     implementation: str = ""
-    rounds: dict[str, list[float]] = field(default_factory=lambda: {"train": [], "opt": [], "cpu": []})
-
-    def timed_step(self, device: torch.device) -> tuple[float, float, float]:
-        """`train_step`'s (wall, optimizer wall) and the process CPU time of the whole step, which a
-        shared machine's preemption does not inflate."""
-        c0 = time.process_time()
-        wall, opt = self.train_step(device)
-        return wall, opt, time.process_time() - c0
 
     def train_step(self, device: torch.device) -> tuple[float, float]:
         """One training step: (whole step seconds, optimizer step seconds, NaN where not separable)."""
@@ -383,11 +356,6 @@ def build_runners(
     return runners
 
 
-def iqr(values: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
-
-
 def bench_model(
     kind: str,
     device: torch.device,
@@ -396,25 +364,13 @@ def bench_model(
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     n_batches = max(64, args.warmup + args.repeats * args.steps + 1)
-    reference, batches = model_and_batches(kind, device, n_batches, args.seed)
+    reference, batches = models.model_and_batches(kind, device, n_batches, args.seed)
     n_params = sum(p.numel() for p in reference.parameters())
     runners = build_runners(kind, device, batches, reference, chosen)
     log(f"[{kind}] {n_params} parameters; warm-up {args.warmup} steps per method")
     for r in runners:
-        t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            r.train_step(device)
-        log(f"[{kind}]   warm-up {r.name}: {time.perf_counter() - t0:.1f} s")
-    t_start = time.perf_counter()
-    for k in range(args.repeats):
-        order = runners[k % len(runners) :] + runners[: k % len(runners)]
-        for r in order:
-            train, opt, cpu = zip(*(r.timed_step(device) for _ in range(args.steps)))
-            r.rounds["train"].append(statistics.median(train))
-            r.rounds["opt"].append(statistics.median(opt))
-            r.rounds["cpu"].append(statistics.median(cpu))
-        if (k + 1) % max(1, args.repeats // 5) == 0 or k + 1 == args.repeats:
-            log(f"[{kind}] round {k + 1}/{args.repeats} ({time.perf_counter() - t_start:.1f} s)")
+        log(f"[{kind}]   warm-up {r.name}: {r.warm_up(device, args.warmup):.1f} s")
+    common.run_rounds(runners, device, args.repeats, args.steps, log, kind, order="rotate")
 
     adam = next(r for r in runners if r.name == ADAM)
     probe = next(r for r in runners if r.name == PROBE).rounds["train"]
@@ -437,13 +393,13 @@ def bench_model(
             "train_step_ms": 1e3 * statistics.median(train),
             "opt_step_ms": 1e3 * statistics.median(opt),
             "opt_step_how": "train - probe" if r.convention == "closure" else "direct",
-            "train_vs_adam": iqr([a / b for a, b in zip(train, adam.rounds["train"])]),
-            "opt_vs_adam": iqr([a / b for a, b in zip(opt, adam.rounds["opt"])]),
+            "train_vs_adam": common.iqr([a / b for a, b in zip(train, adam.rounds["train"])]),
+            "opt_vs_adam": common.iqr([a / b for a, b in zip(opt, adam.rounds["opt"])]),
             "train_cpu_ms": 1e3 * statistics.median(r.rounds["cpu"]),
-            "train_cpu_vs_adam": iqr([a / b for a, b in zip(r.rounds["cpu"], adam.rounds["cpu"])]),
+            "train_cpu_vs_adam": common.iqr([a / b for a, b in zip(r.rounds["cpu"], adam.rounds["cpu"])]),
             "opt_cpu_est_ms": 1e3 * statistics.median([t - f for t, f in zip(r.rounds["cpu"], probe_cpu)]),
             "opt_est_ms": 1e3 * statistics.median(estimated),
-            "opt_est_vs_adam": iqr([a / b for a, b in zip(estimated, adam.rounds["opt"])]),
+            "opt_est_vs_adam": common.iqr([a / b for a, b in zip(estimated, adam.rounds["opt"])]),
             "probe_fwd_bwd_ms": 1e3 * statistics.median(probe),
             "state_bytes": mem,
             "state_bytes_per_param": mem["total"] / n_params,
@@ -528,7 +484,7 @@ def profile(
     from torch.profiler import profile as torch_profile
 
     steps, warm = args.profile_steps, 10
-    reference, batches = model_and_batches("mlp3x256", device, 64, args.seed)
+    reference, batches = models.model_and_batches("mlp3x256", device, 64, args.seed)
     runners = build_runners("mlp3x256", device, batches, reference, chosen)
     for r in runners:
         for _ in range(warm):
@@ -699,9 +655,9 @@ def main(argv: list[str] | None = None) -> int:
             "lr_precond": LR_PRECOND,
             "init_scale": INIT_SCALE,
             "lr_adam": LR_ADAM,
-            "batch": BATCH,
+            "batch": models.BATCH,
         },
-        "models": {k: MODELS[k] for k in kinds},
+        "models": {k: models.MODELS[k].description for k in kinds},
         "precondalg_implementation": implementation,
         "records": records,
         "profile": prof,
