@@ -347,8 +347,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "apo-warmup-offbyone", "APO", "precondalg/optim/preconditioned.py",
-        "if self._steps < self._warmup:",
-        "if self._steps <= self._warmup:",
+        "applying = self._steps >= self._warmup",
+        "applying = self._steps > self._warmup",
         "the warm-up applies the base rule alone for warmup + 1 steps (off-by-one; APO-Precond's warmup)",
     ),
 )

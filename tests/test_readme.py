@@ -51,7 +51,8 @@ def test_ci_runs_everything_after_the_test_command_in_its_venv() -> None:
     assert "set -euo pipefail" in lines
     after = lines[lines.index(_quick_start_commands()[1]) + 1 :]
     assert after and after[0].startswith('test "$VIRTUAL_ENV" -ef .venv'), after
-    for command in ("python -m pytest -m slow", "ruff check .", "mkdocs build --strict",
+    for command in ("python -m pytest -m slow > build/slow-tests.log 2>&1 &", "ruff check .",
+                    "mkdocs build --strict",
                     "python -m theory_checks",
                     "python -m precondalg.experiments run all --quick --strict --out build/experiments "
                     "--no-progress",

@@ -63,19 +63,30 @@ def test_an_sgd_fitter_in_the_preset_fails_fop7(monkeypatch):
     assert not _outcome("FOP-7").passed
 
 
-def _rounded_like_torch(self, plan, ok, states, steps, factor=None):
-    """`Preconditioned._propose` with θ − lr·s rounded once, as torch.optim's ``p.add_(s, alpha=-lr)``."""
-    lr = plan.group["lr"] if factor is None else plan.group["lr"] * factor
-    news = [engine._cast(p, s.dtype).add(s, alpha=-lr) for p, s in zip(plan.block.params, steps)]
-    return states, news, engine._and(ok, engine._all_finite(news))
+_PROPOSALS = engine.Preconditioned._proposals
 
 
-def test_fop8_is_bit_for_bit_once_the_step_is_rounded_like_torch(monkeypatch):
-    """FOP-8 compares with torch.optim.SGD by torch.equal; the engine's θ − lr·s (two roundings) differs
-    from torch's fused p + (−lr)·s in the last bit, which this rounding removes."""
-    monkeypatch.setattr(engine.Preconditioned, "_propose", _rounded_like_torch)
+def _rounded_twice(self, plans, ok, directions, factor=None):
+    """`Preconditioned._proposals` with θ − lr·s rounded twice (lr·s, then the difference), instead of
+    once as torch.optim's ``p.add_(s, alpha=-lr)``."""
+    out = _PROPOSALS(self, plans, ok, directions, factor)
+
+    def twice(plan, steps):
+        return [engine._cast(p, s.dtype) - plan.group["lr"] * s for p, s in zip(plan.block.params, steps)]
+
+    return [
+        (states, twice(plan, steps), fine)
+        for plan, (states, _, fine), (_, steps) in zip(plans, out, directions)
+    ]
+
+
+def test_fop8_is_bit_for_bit_and_fails_when_the_step_is_rounded_twice(monkeypatch):
+    """FOP-8 compares with torch.optim.SGD by torch.equal: it passes with the engine's θ − lr·s, rounded
+    once as torch's fused p + (−lr)·s, and fails when it is rounded twice (the last bit differs)."""
     out = _outcome("FOP-8")
     assert out.passed, [(p.name, p.measured) for p in out.parts if not p.passed]
+    monkeypatch.setattr(engine.Preconditioned, "_proposals", _rounded_twice)
+    assert not _outcome("FOP-8").passed
 
 
 @settings(max_examples=8, deadline=None)
