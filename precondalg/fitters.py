@@ -107,6 +107,10 @@ class Fit(abc.ABC):
         damping); the optimizer counts it as a rolled-back meta-step.  None: the fit never does so."""
         return None
 
+    def prepare(self) -> None:  # noqa: B027 (a hook with nothing to do by default, not abstract)
+        """Host-side decisions for the coming step, made before its tensor work (which may be compiled,
+        where a host read would break the graph); default: none."""
+
     def phi(self) -> Structure | None:
         """φ over the live leaves, kept by the fit (the leaves move in place, so it stays current), for
         the optimizer's step; None where the fit keeps none (the optimizer unflattens the leaves)."""
@@ -470,6 +474,7 @@ class _ClosedFormFit(Fit):
         self.weight = torch.zeros((), dtype=like.dtype, device=like.device)
         self.fits = torch.zeros((), dtype=torch.int64, device=like.device)
         self._failed: torch.Tensor | None = None
+        self._refit = True
 
     def step(self, grads: list[torch.Tensor]) -> None:
         raise TypeError("ClosedForm sets φ from statistics: its objective must give Statistics")
@@ -493,9 +498,7 @@ class _ClosedFormFit(Fit):
             writable(self.weight).mul_(beta).add_(1 - beta)
         writable(self.fits).add_(1)
         self._failed = None
-        # A device counter, rolled back with the statistics when a step is skipped; reading it is a host
-        # synchronisation on a GPU, needed only when the refits are amortised.
-        if self.recipe.update_every > 1 and (int(self.fits) - 1) % self.recipe.update_every:
+        if not self._refit:
             return None
         averages = self.statistics if beta == 1 else [S / self.weight for S in self.statistics]
         n = len(self.parts)
@@ -548,6 +551,15 @@ class _ClosedFormFit(Fit):
             failed = ~finite | (info != 0)  # not positive definite: NaN, and the part is kept
             return [torch.where(failed, torch.full_like(lower, torch.nan), lower).mT.contiguous()]
         return [_matrix_power(self.recipe.root, S, e / power, delta)]
+
+    def prepare(self) -> None:
+        """Whether this step's fit recomputes φ: the first fit and every ``update_every``-th after it.
+        `fits` is a device counter, rolled back with the statistics when a step is skipped; reading it
+        is a host synchronisation on a GPU, needed only when the refits are amortised.  (Read inside a
+        compiled step, it broke the graph, and torch 2.13's resumed graph then mixed two blocks'
+        tensors on the first amortised refit.)"""
+        every = self.recipe.update_every
+        self._refit = every == 1 or int(self.fits) % every == 0
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.statistics, self.weight, self.fits]

@@ -3,8 +3,8 @@
 `Preconditioned(compile=...)` (and every preset's ``compile`` argument) compiles the step's tensor work —
 everything after the objective's evaluation — with `torch.compile`, sync-free.  Pinned here:
 
-(a) every preset, compiled, gives the eager run's parameters and preconditioners after three steps (the
-    first steps compile: a step without and with a cached u, a fitted and an unfitted one), with the
+(a) every preset, compiled, gives the eager run's parameters and preconditioners after four steps (the
+    first steps compile: a step without and with a cached u, a refit and an amortised one), with the
     Dynamo-only backend "aot_eager" (the same aten kernels as eager: fast to compile) in the default
     run, and with Inductor, what ``compile=True`` means, in the slow run;
 (b) a skipped step (NaN gradient) is skipped and counted, compiled as in eager;
@@ -62,6 +62,11 @@ PRESETS = {
     # null space, where round-off (eager against compiled kernels) decides the entries.
     "Shampoo": lambda net, c: Shampoo(net.parameters(), 0.05, epsilon=1e-4, compile=c),
     "KFAC": lambda net, c: KFAC(net.parameters(), 0.05, model=net, damping=1e-2, compile=c),
+    # amortised refits: a compiled step once read the refit counter on the host and then mixed two blocks'
+    # tensors at the first refit after the first (every=2: step 2)
+    "Shampoo (every 2)": lambda net, c: Shampoo(
+        net.parameters(), 0.05, epsilon=1e-4, update_every=2, compile=c
+    ),
     "APO": lambda net, c: APO(net.parameters(), 0.05, model=net, loss_fn=squared_error, compile=c),
     "Preconditioned (Fisher, LieGroup, clip)": lambda net, c: Preconditioned(
         net.parameters(),
@@ -75,7 +80,7 @@ PRESETS = {
 }
 
 
-def run(preset, compile, steps=3):
+def run(preset, compile, steps=4):
     """`steps` steps of a preset on a small MLP; the parameters and preconditioners (dense) before and
     after."""
     net = model()

@@ -877,6 +877,9 @@ class Preconditioned(torch.optim.Optimizer):
             )
             return evaluation.loss
         applying = self._steps >= self._warmup
+        if fitting:
+            for block in self._all_blocks():
+                block.fitter.prepare()
         if self._nonfinite == "raise":
             self._step_or_raise(evaluation, fitting, applying)
         else:
