@@ -188,8 +188,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "closed-form-update-every-offbyone", "fitters", "precondalg/fitters.py",
-        "(int(self.fits) - 1) % self.recipe.update_every",
-        "int(self.fits) % self.recipe.update_every",
+        "self._refit = every == 1 or int(self.fits) % every == 0",
+        "self._refit = every == 1 or (int(self.fits) + 1) % every == 0",
         "ClosedForm recomputes the roots at fits k, 2k, … instead of 1, k + 1, … (off-by-one)",
     ),
     Mutant(
