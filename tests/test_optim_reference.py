@@ -234,3 +234,42 @@ def _register_single(monkeypatch):
 
     monkeypatch.setitem(optim_helpers.MODELS, "single", _Single)
     monkeypatch.setitem(optim_helpers.INPUT_SHAPES, "single", (5,))
+
+
+_GROUPS = {
+    "momentum": [
+        {"momentum": 0.9, "dampening": 0.0, "nesterov": False},
+        {"momentum": 0.9, "dampening": 0.3, "nesterov": False},
+        {"momentum": 0.8, "dampening": 0.0, "nesterov": True},
+    ],
+    "ema": [{"momentum": 0.9}],
+    "adam": [{"betas": (0.9, 0.999), "eps": 1e-8}, {"betas": (0.5, 0.9), "eps": 1e-3}],
+    "rmsprop": [{"alpha": 0.99, "eps": 1e-8}],
+    "adagrad": [{"eps": 1e-10}],
+    "sgd": [{}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_GROUPS))
+def test_each_rules_batched_update_is_its_update_bit_for_bit(name):
+    """The optimizer applies a param group's base rule through `update_many` (foreach operations): it
+    must give exactly the per-tensor `update`'s states and steps, over three steps (the first, where
+    momentum starts and Adam's bias corrections are largest, included), for tensors of two dtypes."""
+    from precondalg.optim.base_rules import BASE_RULES
+
+    rule = BASE_RULES[name]
+    g = torch.Generator().manual_seed(0)
+    shapes = [((3, 4), torch.float32), ((5,), torch.float32), ((2, 2), torch.float64)]
+    for group in _GROUPS[name]:
+        states = [rule.init(torch.zeros(s, dtype=dt)) for s, dt in shapes]
+        one = [dict(s) for s in states]
+        for _ in range(3):
+            ds = [torch.randn(s, generator=g, dtype=dt) for s, dt in shapes]
+            states, steps = rule.updates(ds, states, group)
+            singles = [rule.update(d, st, group) for d, st in zip(ds, one)]
+            one = [st for st, _ in singles]
+            for step, (_, single) in zip(steps, singles):
+                assert step.dtype == single.dtype and torch.equal(step, single)
+            for st, single in zip(states, one):
+                assert st.keys() == single.keys()
+                assert all(torch.equal(st[k], single[k]) for k in st)

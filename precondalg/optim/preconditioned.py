@@ -180,28 +180,24 @@ def _and(ok: Flag, flag: torch.Tensor) -> torch.Tensor:
     return flag if ok is True else ok & flag
 
 
-def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One device boolean: every entry of every tensor is finite (no host synchronisation).  The least
-    and the largest entry propagate NaN, show ±Inf and cannot overflow; `torch.aminmax` takes both in
-    one pass without a temporary (several times faster than isfinite(t).all() or the ∞-norm on CPU).
-    Integer tensors (counters) are finite."""
-    extremes = [
-        m
-        for t in tensors
-        if t.numel() and (t.is_floating_point() or t.is_complex())
-        for m in torch.aminmax(torch.view_as_real(t) if t.is_complex() else t)
-    ]
-    return torch.isfinite(torch.stack(extremes)).all() if extremes else torch.tensor(True)
-
-
 def _finite_each(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A device boolean per tensor: all its entries are finite (as `_all_finite`, one stack for all)."""
+    """A device boolean per tensor: all its entries are finite (no host synchronisation).  The least
+    and the largest entry propagate NaN, show ±Inf and cannot overflow; `torch.aminmax` takes both in
+    one pass without a temporary (several times faster than isfinite(t).all() or the ∞-norm on CPU),
+    and one stack checks every tensor's at once.  An empty tensor is finite."""
     real = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
     extremes = [m for t in real for m in (torch.aminmax(t) if t.numel() else (t.new_zeros(()),) * 2)]
     device = extremes[0].device  # parameters may live on several devices
     if any(m.device != device for m in extremes):
         extremes = [m.to(device) for m in extremes]
     return torch.isfinite(torch.stack(extremes)).view(-1, 2).all(1)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One device boolean: every entry of every tensor is finite (`_finite_each`, reduced).  Integer
+    tensors (counters) are finite."""
+    checked = [t for t in tensors if t.numel() and (t.is_floating_point() or t.is_complex())]
+    return _finite_each(checked).all() if checked else torch.tensor(True)
 
 
 class Preconditioned(torch.optim.Optimizer):
