@@ -57,22 +57,22 @@ from precondalg.optim import APO, FOP, HD, KFAC, LODO, PSGD, Shampoo
 
 CE = nn.functional.cross_entropy
 
-PRESETS: dict[str, Callable[[nn.Module, bool], Any]] = {
-    "FOP": lambda m, c: FOP(m.parameters(), common.LR_SGD, momentum=0.9, hyper_lr=common.HYPER_LR, compile=c),
-    "FOP (spatial only)": lambda m, c: common.fop_spatial_only(m.parameters(), common.LR_SGD, compile=c),
-    "HD (layer)": lambda m, c: HD(
-        m.parameters(), common.LR_SGD, common.HYPER_LR, granularity="layer", base="momentum", compile=c
+PRESETS: dict[str, Callable[..., Any]] = {
+    "FOP": lambda m, **k: FOP(m.parameters(), common.LR_SGD, momentum=0.9, hyper_lr=common.HYPER_LR, **k),
+    "FOP (spatial only)": lambda m, **k: common.fop_spatial_only(m.parameters(), common.LR_SGD, **k),
+    "HD (layer)": lambda m, **k: HD(
+        m.parameters(), common.LR_SGD, common.HYPER_LR, granularity="layer", base="momentum", **k
     ),
-    "PSGD kron": lambda m, c: PSGD(m.parameters(), 1e-3, criterion="fisher", init_scale=1.0, compile=c),
-    "LODO": lambda m, c: LODO(m.parameters(), 0.1, compile=c),
-    "Shampoo (every 10)": lambda m, c: Shampoo(
-        m.parameters(), common.SHAMPOO_LR, epsilon=common.SHAMPOO_EPS, update_every=10, compile=c
+    "PSGD kron": lambda m, **k: PSGD(m.parameters(), 1e-3, criterion="fisher", init_scale=1.0, **k),
+    "LODO": lambda m, **k: LODO(m.parameters(), 0.1, **k),
+    "Shampoo (every 10)": lambda m, **k: Shampoo(
+        m.parameters(), common.SHAMPOO_LR, epsilon=common.SHAMPOO_EPS, update_every=10, **k
     ),
-    "K-FAC (every 10)": lambda m, c: KFAC(
-        m.parameters(), common.KFAC_LR, model=m, damping=common.KFAC_DAMPING, momentum=0.9, compile=c
+    "K-FAC (every 10)": lambda m, **k: KFAC(
+        m.parameters(), common.KFAC_LR, model=m, damping=common.KFAC_DAMPING, momentum=0.9, **k
     ),
-    "APO-Precond (every 10)": lambda m, c: APO(
-        m.parameters(), common.APO_LR, model=m, loss_fn=CE, base="momentum", momentum=0.9, compile=c
+    "APO-Precond (every 10)": lambda m, **k: APO(
+        m.parameters(), common.APO_LR, model=m, loss_fn=CE, base="momentum", momentum=0.9, **k
     ),
 }
 CLOSURE = ("PSGD kron",)
@@ -121,14 +121,18 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(xs), q[2]
 
 
-def compare(kind: str, name: str, baseline: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Compile time, step-time ratios and the difference of the two runs for one preset on one model."""
+def compare(
+    kind: str, name: str, baseline: str, args: argparse.Namespace, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Compile time, step-time ratios and the difference of the two runs for one preset on one model:
+    the eager step against the step with `options` (default ``compile=True``; the "compiled" figures
+    are those of that variant)."""
     torch._dynamo.reset()
     model, batches = models.model_and_batches(kind, torch.device("cpu"), 50, args.seed)
     start = [p.detach().clone() for p in model.parameters()]
     copies = [copy.deepcopy(model) for _ in range(3)]
-    eager = Trainer(name, copies[0], PRESETS[name](copies[0], False), batches)
-    compiled = Trainer(name, copies[1], PRESETS[name](copies[1], True), batches)
+    eager = Trainer(name, copies[0], PRESETS[name](copies[0]), batches)
+    compiled = Trainer(name, copies[1], PRESETS[name](copies[1], **(options or {"compile": True})), batches)
     base = Trainer(baseline, copies[2], common.BASELINES[baseline](copies[2]), batches)
     eager_first = [eager.step() for _ in range(args.warmup)]
     compiled_first = [compiled.step() for _ in range(args.warmup)]

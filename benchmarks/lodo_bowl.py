@@ -156,9 +156,12 @@ class BFGS(torch.optim.Optimizer):
 Factory = Callable[[NoisyBowl, int], Callable[[list[torch.Tensor]], torch.optim.Optimizer]]
 
 
-def lodo_factory(lr: float = 0.270, beta: float = 0.195, meta_lr: float = META_LR_PRIMARY) -> Factory:
-    """LODO with the tuned bowl values; the permutations' seed is the run's seed."""
-    return lambda bowl, seed: lambda p: LODO(p, lr=lr, meta_lr=meta_lr, beta=beta, seed=seed)
+def lodo_factory(
+    lr: float = 0.270, beta: float = 0.195, meta_lr: float = META_LR_PRIMARY, **options: Any
+) -> Factory:
+    """LODO with the tuned bowl values; the permutations' seed is the run's seed; `options` go to
+    `LODO` (e.g. ``precond_dtype``)."""
+    return lambda bowl, seed: lambda p: LODO(p, lr=lr, meta_lr=meta_lr, beta=beta, seed=seed, **options)
 
 
 def methods(n: int, lam_min: float, sigma2: float, meta_lr: float, names: list[str]) -> dict[str, Factory]:

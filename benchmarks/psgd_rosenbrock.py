@@ -30,6 +30,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,13 +59,16 @@ def _count(step: Callable[[], float], iterations: int) -> tuple[int | None, floa
     return None, f
 
 
-def precondalg_psgd(seed: int, iterations: int, criterion: str) -> tuple[int | None, float]:
+def precondalg_psgd(seed: int, iterations: int, criterion: str, **options: Any) -> tuple[int | None, float]:
+    """precondalg's PSGD with the paper's setting; `options` go to `PSGD` (e.g. ``precond_dtype``)."""
     x = _start()
     if criterion == "newton":
         kwargs = dict(lr=0.5, lr_precond=0.2)
     else:
         kwargs = dict(lr=1e-3, lr_precond=0.01, damping=0.1)
-    opt = PSGD([x], preconditioner="triangular", criterion=criterion, init_scale=0.1, seed=seed, **kwargs)
+    opt = PSGD(
+        [x], preconditioner="triangular", criterion=criterion, init_scale=0.1, seed=seed, **kwargs, **options
+    )
     return _count(lambda: float(opt.step(lambda: rosenbrock(x)).detach()), iterations)
 
 

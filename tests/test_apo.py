@@ -12,7 +12,7 @@ import pytest
 import torch
 from optim_helpers import assert_close, batch, clone_params, make_model
 
-from precondalg.optim import APO, SkippedStepWarning, fsd_batches
+from precondalg.optim import APO, SkippedStepWarning, every, fsd_batches
 
 F64 = torch.float64
 
@@ -92,18 +92,35 @@ def _phi(opt):
             for leaf in opt.state[p]["preconditioner"]["phi"]]
 
 
+def _moves(model, opt, steps):
+    """Per training step: whether φ moved."""
+    moved = []
+    for t in range(steps):
+        before = _phi(opt)
+        _train(model, opt, 1, start=t)
+        moved.append(any(not torch.equal(a, b) for a, b in zip(before, _phi(opt))))
+    return moved
+
+
 @pytest.mark.parametrize("mode", ["lr", "precond"])
 def test_meta_updates_every_k_steps(mode):
     """φ moves on the steps 0, K, 2K, … only (the engine's `every(K)` schedule, its step count)."""
     model = make_model("mlp")
     opt = APO(model.parameters(), 0.05, model=model, loss_fn=_mse, mode=mode, meta_every=3,
               meta_lr=1e-2, fsd="squared")
-    moved = []
-    for t in range(7):
-        before = _phi(opt)
-        _train(model, opt, 1, start=t)
-        moved.append(any(not torch.equal(a, b) for a, b in zip(before, _phi(opt))))
-    assert moved == [True, False, False, True, False, False, True]
+    assert _moves(model, opt, 7) == [True, False, False, True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"), [(0.0, [False] * 4), (every(2), [True, False, True, False])]
+)
+def test_update_probability_replaces_meta_every(schedule, expected):
+    """``update_probability`` sets the meta-update schedule instead of `meta_every`: 0 never fits (φ stays
+    at its start), every(2) fits on the steps 0, 2."""
+    model = make_model("mlp")
+    opt = APO(model.parameters(), 0.05, model=model, loss_fn=_mse, update_probability=schedule,
+              meta_lr=1e-2, fsd="squared")
+    assert _moves(model, opt, 4) == expected
 
 
 def test_warmup_applies_the_base_rule_while_fitting():
@@ -249,6 +266,7 @@ def test_precond_mode_without_linear_or_conv_layers_is_refused():
         (dict(lr_param="softplus"), ValueError, "'lr_param' belongs to the other mode"),
         (dict(base="adam", momentum=0.5), ValueError, "'momentum' is read by base 'momentum'"),
         (dict(meta_every=0), ValueError, "meta_every"),
+        (dict(meta_every=10, update_probability=0.5), ValueError, "'meta_every' and 'update_probability'"),
         (dict(lam_fsd=-1.0), ValueError, "lam_fsd"),
         (dict(scale=0.0), ValueError, "scale"),
         (dict(warmup=-1), ValueError, "warmup"),

@@ -40,7 +40,7 @@ def APO(
     base: str = "momentum",
     momentum: float = unset(0.9),
     meta_lr: float | None = None,
-    meta_every: int = 10,
+    meta_every: int = unset(10),
     lam_fsd: float = 1.0,
     lam_wsd: float = 0.1,
     fsd: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "kl",
@@ -48,7 +48,10 @@ def APO(
     scale: float = unset(0.9),
     lr_param: str = unset("log"),
     seed: int = 0,
+    update_probability: float | Callable[[int], float] | None = None,
     compile: bool | dict[str, Any] = False,
+    precond_dtype: torch.dtype | None = None,
+    precond_rounding: str = "stochastic",
     nonfinite: str = "skip",
     weight_decay: float = 0.0,
 ) -> Preconditioned:
@@ -93,6 +96,9 @@ def APO(
         meta_lr: the meta-optimizer's learning rate; None: 0.1 for "lr" (RMSprop, the paper's), 1e-4
             for "precond" (Adam; the paper's grid is lost, the project's default).
         meta_every: K, the meta-update interval (the paper's 10).
+        update_probability: instead of `meta_every`, the probability that a step takes a meta-update,
+            or a schedule ``steps -> probability`` (see `Preconditioned`; 0: φ stays at its start,
+            the step is the base rule with the initial P̂ — the "no fit" cost of the benchmarks).
         lam_fsd: λ_FSD ≥ 0 (no paper values survive: project default 1).
         lam_wsd: λ_WSD ≥ 0 (project default 0.1).
         fsd: "kl" (classification), "squared" (regression) or ``ρ(new_outputs, old_outputs)``.
@@ -104,6 +110,10 @@ def APO(
         weight_decay: L2 penalty added to the gradient (torch.optim's convention) before the base rule
             and P; the meta-objective's loss term is `loss_fn` alone (the penalty is not in Q).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
+        precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
+            (float32 arithmetic; see `Preconditioned`).
+        precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
+            `precond_dtype` (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as APO.
@@ -121,6 +131,12 @@ def APO(
     check_choice("APO", "base", base, _LR_BASES if mode == "lr" else _PRECOND_BASES)
     check_number("APO", "lr", lr, 0.0)
     check_number("APO", "meta_every", meta_every, 1, integer=True)
+    if update_probability is not None and given(meta_every):
+        raise ValueError(
+            f"APO: 'meta_every' and 'update_probability' both set the meta-update schedule; got "
+            f"meta_every={meta_every!r} and update_probability={update_probability!r}. Give one of them"
+        )
+    schedule = every(int(meta_every)) if update_probability is None else update_probability
     if meta_lr is not None:
         check_number("APO", "meta_lr", meta_lr, 0.0)
     if base != "momentum" and given(momentum):
@@ -154,11 +170,13 @@ def APO(
             fitter=TorchOptimizer(torch.optim.RMSprop, lr=meta_lr),
             base=base,
             position="direction",
-            update_probability=every(meta_every),
+            update_probability=schedule,
             weight_decay=weight_decay,
             nonfinite=nonfinite,
             seed=seed,
             compile=compile,
+            precond_dtype=precond_dtype,
+            precond_rounding=precond_rounding,
             name="APO",
             preset_arguments=_ARGUMENTS,
             **rule,
@@ -174,12 +192,14 @@ def APO(
         fitter=TorchOptimizer(torch.optim.Adam, lr=meta_lr),
         base=base,
         position="gradient",
-        update_probability=every(meta_every),
+        update_probability=schedule,
         warmup=int(warmup),
         weight_decay=weight_decay,
         nonfinite=nonfinite,
         seed=seed,
         compile=compile,
+        precond_dtype=precond_dtype,
+        precond_rounding=precond_rounding,
         name="APO",
         preset_arguments=_ARGUMENTS,
         **rule,

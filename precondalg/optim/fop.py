@@ -37,6 +37,8 @@ def FOP(
     seed: int = 0,
     update_probability: float | Callable[[int], float] = 1.0,
     compile: bool | dict[str, Any] = False,
+    precond_dtype: torch.dtype | None = None,
+    precond_rounding: str = "stochastic",
 ) -> Preconditioned:
     """FOP: P = MᵀM per layer, learned online by its hypergradient with Adam (Moskovitz et al. 2019).
 
@@ -70,6 +72,10 @@ def FOP(
         update_probability: the probability that a step fits P, or a schedule ``steps -> probability``
             (`every` (k) fits every k-th step); P is applied at every step (see `Preconditioned`).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
+        precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
+            (float32 arithmetic; see `Preconditioned`).
+        precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
+            `precond_dtype` (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as FOP.
@@ -121,6 +127,8 @@ def FOP(
         seed=seed,
         update_probability=update_probability,
         compile=compile,
+        precond_dtype=precond_dtype,
+        precond_rounding=precond_rounding,
         name="FOP",
         preset_arguments=("hyper_lr", "rank", "normalized", "low_rank_std"),
         **rule,

@@ -38,6 +38,8 @@ def HD(
     seed: int = 0,
     update_probability: float | Callable[[int], float] = 1.0,
     compile: bool | dict[str, Any] = False,
+    precond_dtype: torch.dtype | None = None,
+    precond_rounding: str = "stochastic",
 ) -> Preconditioned:
     """Hypergradient descent on the learning rate (Baydin et al. 2018; S-HD and PP-HD of Moskovitz et
     al. 2019).
@@ -70,6 +72,10 @@ def HD(
         update_probability: the probability that a step fits P, or a schedule ``steps -> probability``
             (`every` (k) fits every k-th step); P is applied at every step (see `Preconditioned`).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
+        precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
+            (float32 arithmetic; see `Preconditioned`).
+        precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
+            `precond_dtype` (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as HD.
@@ -110,6 +116,8 @@ def HD(
         seed=seed,
         update_probability=update_probability,
         compile=compile,
+        precond_dtype=precond_dtype,
+        precond_rounding=precond_rounding,
         name="HD",
         preset_arguments=("hyper_lr", "granularity", "hyper_optimizer"),
         **rule,

@@ -34,6 +34,8 @@ def KFAC(
     nonfinite: str = "skip",
     seed: int = 0,
     compile: bool | dict[str, Any] = False,
+    precond_dtype: torch.dtype | None = None,
+    precond_rounding: str = "stochastic",
 ) -> Preconditioned:
     """K-FAC (Martens & Grosse 2015) for the `nn.Linear` and `nn.Conv2d` layers of `model` (KFC's
     matrixisation of convolutions, Grosse & Martens 2016): each layer's [W | b] (bias as a homogeneous
@@ -74,6 +76,10 @@ def KFAC(
             statistic leaves the parameters and the statistics as they were.
         seed: seed of the optimizer's generator (nothing is drawn; kept for a uniform interface).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
+        precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
+            (float32 arithmetic; see `Preconditioned`).
+        precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
+            `precond_dtype` (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as K-FAC.
@@ -109,6 +115,8 @@ def KFAC(
         nonfinite=nonfinite,
         seed=seed,
         compile=compile,
+        precond_dtype=precond_dtype,
+        precond_rounding=precond_rounding,
         name="KFAC",
         preset_arguments=_ARGUMENTS,
         **rule,

@@ -82,6 +82,8 @@ def LODO(
     seed: int = 0,
     update_probability: float | Callable[[int], float] = 1.0,
     compile: bool | dict[str, Any] = False,
+    precond_dtype: torch.dtype | None = None,
+    precond_rounding: str = "stochastic",
     nonfinite: str = "skip",
     *,
     variant_mapping: str = "paper",
@@ -121,6 +123,10 @@ def LODO(
         update_probability: the probability that a step fits P, or a schedule ``steps -> probability``
             (`every` (k) fits every k-th step); P is applied at every step (see `Preconditioned`).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
+        precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
+            (float32 arithmetic; see `Preconditioned`).
+        precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
+            `precond_dtype` (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as LODO.
@@ -173,6 +179,8 @@ def LODO(
         seed=seed,
         update_probability=update_probability,
         compile=compile,
+        precond_dtype=precond_dtype,
+        precond_rounding=precond_rounding,
         name="LODO",
         preset_arguments=_ARGUMENTS,
     )

@@ -32,7 +32,9 @@ Dtypes: a parameter keeps its dtype.  For float32 and float64 parameters everyth
 state, the step) is in the parameter's dtype.  For float16 and bfloat16 parameters the preconditioner φ,
 the placed gradient, the base rule's state (Adam's moments, momentum buffers) and the whole step are
 computed in float32, and the new parameter is rounded once to its dtype: a float16 Adam whose ε or
-squared gradients underflow cannot turn every step into a division by zero.
+squared gradients underflow cannot turn every step into a division by zero.  ``precond_dtype=torch.bfloat16``
+stores φ (and a torch meta-optimizer's moments) in bfloat16 between steps; the step widens them, computes
+in the compute dtype and rounds the fitted values back (`precondalg.optim._storage`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from precondalg.objectives import (
     Statistics,
 )
 from precondalg.optim._checkpoint import VERSION, describe, differences, static_contexts, with_contexts
+from precondalg.optim._storage import PRECOND_DTYPES, ROUNDINGS, Widened, round_to, stored_tensors
 from precondalg.optim._watch import SkipWatch, blocks_text, callers_level
 from precondalg.optim.base_rules import (
     BASE_RULES,
@@ -88,7 +91,8 @@ StructureChoice = Family | Callable[[tuple[int, ...]], Family]
 _POSITIONS = ("gradient", "direction")
 _CHOICES = (
     "structure", "placement", "objective", "fitter", "base", "position", "nonfinite", "seed",
-    "update_probability", "clip", "auto_scale", "graft", "warmup", "compile",
+    "update_probability", "clip", "auto_scale", "graft", "warmup", "compile", "precond_dtype",
+    "precond_rounding",
 )
 """Keys a param group cannot hold: choices made once for the whole optimizer (and a preset's own
 construction arguments, `Preconditioned(preset_arguments=...)`)."""
@@ -259,6 +263,20 @@ class Preconditioned(torch.optim.Optimizer):
             to a minute; a fitted and an unfitted step compile separately); the result equals the eager
             step to round-off.  The evaluation (the closure, the PSGD criteria's draws) stays eager.
             Needs ``nonfinite="skip"``.
+        precond_dtype: None (φ and its fitter's state in the compute dtype, below) or torch.bfloat16:
+            φ's leaves and the state of a fitter that wraps a torch optimizer (its moments; not step
+            counts or other 0-d state, and not `ClosedForm`'s statistics, whose small eigenvalues
+            bfloat16 loses: see `Fit.storable`) are stored in bfloat16 between steps, half the bytes
+            of float32, and widened to the compute dtype for the step's arithmetic (while it runs, φ
+            takes float32's bytes again).  Values the step did not write (φ on a step that does not fit,
+            the roots between a closed form's refits) are put back untouched; new values are rounded to
+            bfloat16 by `precond_rounding`.  A checkpoint holds the stored values and loads into either
+            setting.
+        precond_rounding: "stochastic" (default; unbiased, Gupta et al. 2015: a meta-step below
+            bfloat16's spacing, 2⁻⁸ relative, still moves φ in expectation; the dither's offsets are
+            drawn from the optimizer's generator, so runs are reproducible and resume exactly; see
+            `precondalg.optim._storage.round_to`) or "nearest" (small meta-steps are lost).  Only with
+            `precond_dtype`.
         name: the method's name, shown in checkpoint errors (presets pass theirs, e.g. "FOP").
         preset_arguments: a preset's own construction arguments (e.g. PSGD's "lr_precond"): like the
             five choices, one value for the whole optimizer, so a param group holding one is refused.
@@ -301,6 +319,8 @@ class Preconditioned(torch.optim.Optimizer):
         nonfinite: str = "skip",
         seed: int = 0,
         compile: bool | dict[str, Any] = False,
+        precond_dtype: torch.dtype | None = None,
+        precond_rounding: str = "stochastic",
         name: str = "Preconditioned",
         preset_arguments: tuple[str, ...] = (),
     ) -> None:
@@ -325,6 +345,20 @@ class Preconditioned(torch.optim.Optimizer):
         check_choice("Preconditioned", "nonfinite", nonfinite, _NONFINITE)
         check_number("Preconditioned", "seed", seed, integer=True)
         self._compile = _compile_options(compile, nonfinite)
+        if precond_dtype is not None and precond_dtype not in PRECOND_DTYPES:
+            raise ValueError(
+                f"Preconditioned: 'precond_dtype' must be None (the compute dtype) or one of "
+                f"{list(PRECOND_DTYPES)}; got {precond_dtype!r}"
+            )
+        check_choice("Preconditioned", "precond_rounding", precond_rounding, ROUNDINGS)
+        if precond_dtype is None and precond_rounding != "stochastic":
+            raise ValueError(
+                f"Preconditioned: precond_rounding={precond_rounding!r} rounds the narrow storage of "
+                "precond_dtype, which is None (nothing is rounded); give precond_dtype=torch.bfloat16 or "
+                "leave precond_rounding out"
+            )
+        self._precond_dtype = precond_dtype
+        self._stochastic = precond_rounding == "stochastic"
         self._compiled: Callable[..., None] | None = None
         self._base = base if isinstance(base, BaseRule) else base_rule(base)
         self._base_keys = tuple(self._base.init(torch.zeros(1)))  # the names of the rule's state
@@ -554,6 +588,34 @@ class Preconditioned(torch.optim.Optimizer):
             self.state[anchor]["preconditioner"]["scale_pending"] = torch.ones(
                 (), dtype=torch.bool, device=anchor.device
             )
+        self._store(block)
+
+    def _stored(self, block: _Block, fitting: bool = True) -> list[torch.Tensor]:
+        """The block's tensors that ``precond_dtype`` stores narrow: φ's leaves, and when `fitting` the
+        fitter's state that may be (`Fit.storable`; a step that does not fit reads only φ)."""
+        leaves = self.state[block.params[0]]["preconditioner"]["phi"]
+        return stored_tensors(leaves, block.fitter.storable() if fitting else [])
+
+    def _store(self, block: _Block) -> None:
+        """Round the block's stored tensors to ``precond_dtype`` (to nearest; at construction and load)."""
+        if self._precond_dtype is not None:
+            for t in self._stored(block):
+                t.data = round_to(t.data, self._precond_dtype)
+
+    def _widen(self, fitting: bool) -> list[Widened] | None:
+        """With ``precond_dtype``: every block's stored tensors widened for this step's arithmetic."""
+        if self._precond_dtype is None:
+            return None
+        return [Widened(self._stored(b, fitting), _compute_dtype(b.params[0])) for b in self._all_blocks()]
+
+    def _narrow(self, widened: list[Widened] | None, fitting: bool) -> None:
+        """With ``precond_dtype``: the stored tensors narrowed again after the step (`Widened.narrow`;
+        stochastic rounding draws its offsets from the optimizer's generator)."""
+        if widened is None:
+            return
+        generator = self._generator if self._stochastic else None
+        for block, w in zip(self._all_blocks(), widened, strict=True):
+            w.narrow(self._stored(block, fitting), self._precond_dtype, generator)
 
     def _check_phi(self, block: _Block, phi: Any) -> None:
         """Refuse, at construction, a φ₀ that is not a structure in the block's compute dtype and device."""
@@ -617,8 +679,14 @@ class Preconditioned(torch.optim.Optimizer):
                 ) from err
 
     def preconditioners(self) -> list[tuple[list[torch.Tensor], Any]]:
-        """Every block's parameters and its current preconditioner P_φ (a structure), for inspection."""
-        return [(block.params, block.family.form(self._phi(block))) for block in self._all_blocks()]
+        """Every block's parameters and its current preconditioner P_φ (a structure, in the compute
+        dtype: under ``precond_dtype`` formed from a widened copy of φ), for inspection."""
+        out = []
+        for block in self._all_blocks():
+            dtype = _compute_dtype(block.params[0])
+            leaves = [_cast(leaf, dtype) for leaf in self.state[block.params[0]]["preconditioner"]["phi"]]
+            out.append((block.params, block.family.form(pytree.tree_unflatten(leaves, block.spec))))
+        return out
 
     def skip_counts(self) -> list[dict[str, Any]]:
         """Per block: the parameters' shapes, how many updates were skipped and how many preconditioner
@@ -791,6 +859,7 @@ class Preconditioned(torch.optim.Optimizer):
             block.fitter = self._fitter.build(pre["phi"], block.spec)
             block.fitter.load_state_dict(pre.pop("fitter"))
             self.state[anchor]["preconditioner"] = pre
+            self._store(block)
         self._watch.reset(self._counters(), len(self._every_block()))
 
     def _check_checkpoint(self, state_dict: dict[str, Any]) -> None:
@@ -860,8 +929,17 @@ class Preconditioned(torch.optim.Optimizer):
             SkippedStepWarning: after the first skipped update, then periodically with the counts.
             UserWarning: no parameter has a gradient (nothing is updated).
         """
-        params = [p for group in self.param_groups for p in group["params"]]
         fitting = self._fitting_now()
+        widened = self._widen(fitting)
+        try:
+            evaluation = self._step(closure, fitting, inputs)
+        finally:
+            self._narrow(widened, fitting)
+        return evaluation.loss
+
+    def _step(self, closure: Callable[[], Any] | None, fitting: bool, inputs: dict[str, Any]) -> Evaluation:
+        """`step`, with φ in the compute dtype."""
+        params = [p for group in self.param_groups for p in group["params"]]
         evaluate = self._objective.evaluate if fitting else self._objective.evaluate_gradients
         evaluation = evaluate(params, closure, self._generator, **inputs)
         if not any(p.grad is not None for p in params):
@@ -871,7 +949,7 @@ class Preconditioned(torch.optim.Optimizer):
                 "pass a closure that returns the loss.",
                 stacklevel=callers_level(),
             )
-            return evaluation.loss
+            return evaluation
         applying = self._steps >= self._warmup
         if fitting:
             for block in self._all_blocks():
@@ -883,7 +961,7 @@ class Preconditioned(torch.optim.Optimizer):
             shapes = [b.shapes for b in self._every_block()], [b.shapes for b in self._all_blocks()]
             self._watch.record(self._counters(), *shapes)
         self._steps += 1
-        return evaluation.loss
+        return evaluation
 
     def _update(self, evaluation: Evaluation, fitting: bool, applying: bool) -> None:
         """`_skip_step`, compiled with ``compile=True`` (built on the first step)."""

@@ -95,6 +95,8 @@ def PSGD(
     nonfinite: str = "skip",
     seed: int = 0,
     compile: bool | dict[str, Any] = False,
+    precond_dtype: torch.dtype | None = None,
+    precond_rounding: str = "stochastic",
     model: torch.nn.Module | None = None,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     rank: int | None = None,
@@ -150,6 +152,10 @@ def PSGD(
         loss_fn: ``loss_fn(outputs, targets)``, for ``hvp="torch.func"`` only.
         rank: "lra" only: the rank r of U and V (None: 10, psgd_torch's default).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
+        precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
+            (float32 arithmetic; see `Preconditioned`).
+        precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
+            `precond_dtype` (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as PSGD.
@@ -228,6 +234,8 @@ def PSGD(
         nonfinite=nonfinite,
         seed=seed,
         compile=compile,
+        precond_dtype=precond_dtype,
+        precond_rounding=precond_rounding,
         name="PSGD",
         preset_arguments=_ARGUMENTS,
         **rule,

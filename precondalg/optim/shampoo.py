@@ -36,6 +36,8 @@ def Shampoo(
     nonfinite: str = "skip",
     seed: int = 0,
     compile: bool | dict[str, Any] = False,
+    precond_dtype: torch.dtype | None = None,
+    precond_rounding: str = "stochastic",
 ) -> Preconditioned:
     """Shampoo (Gupta, Koren & Singer 2018, Algorithms 1–2): for every parameter of order k (a matrix:
     k = 2), one statistic per axis, Lᵢ ← β₂Lᵢ + (1 − β₂)·Gᵢ Gᵢᵀ with Gᵢ the mode-i unfolding of the
@@ -70,6 +72,10 @@ def Shampoo(
             and the statistics as they were.
         seed: seed of the optimizer's generator (nothing is drawn; kept for a uniform interface).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
+        precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
+            (float32 arithmetic; see `Preconditioned`).
+        precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
+            `precond_dtype` (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as Shampoo.
@@ -110,6 +116,8 @@ def Shampoo(
         nonfinite=nonfinite,
         seed=seed,
         compile=compile,
+        precond_dtype=precond_dtype,
+        precond_rounding=precond_rounding,
         name="Shampoo",
         preset_arguments=_ARGUMENTS,
         **rule,
