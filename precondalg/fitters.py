@@ -28,6 +28,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number
+from precondalg._tensors import all_finite, finite_each
 from precondalg._torch_compat import writable
 from precondalg.matrix_functions import newton_inverse_root, psd_eigh, psd_power
 from precondalg.objectives.statistics import Statistics
@@ -529,9 +530,9 @@ class _ClosedFormFit(Fit):
         ]
         # A part whose root is not finite while the statistics are (singular, without damping) keeps its
         # value: the statistics still join, and the optimizer counts the kept part (see `failed`).
-        finite = [torch.isfinite(v).all() for v in values]
-        statistics_finite = torch.stack([torch.isfinite(S).all() for S in self.statistics]).all()
-        self._failed = statistics_finite & ~torch.stack(finite).all()
+        finite = finite_each(values)
+        statistics_finite = all_finite(self.statistics)
+        self._failed = statistics_finite & ~finite.all()
         keep = ~statistics_finite  # non-finite statistics: the optimizer rolls the whole fit back
         return [torch.where(ok | keep, v, leaf) for v, ok, leaf in zip(values, finite, self.leaves)]
 
@@ -556,7 +557,7 @@ class _ClosedFormFit(Fit):
             return [(S.clamp(min=0) + delta).pow(e / power)]
         if isinstance(part, Triangular):  # power 2 (checked at build): upper R with RᵀR = (S + δI)^e
             T = _matrix_power(self.recipe.root, S, e, delta)
-            finite = torch.isfinite(T).all()
+            finite = finite_each([T])[0]
             eye = torch.eye(T.shape[0], dtype=T.dtype, device=T.device)
             lower, info = torch.linalg.cholesky_ex(torch.where(finite, T, eye))
             failed = ~finite | (info != 0)  # not positive definite: NaN, and the part is kept

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from precondalg._tensors import finite_each
+
 __all__ = ["newton_inverse_root", "psd_eigh", "psd_power"]
 
 
@@ -57,7 +59,7 @@ def psd_eigh(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         (values (n,), vectors (n, n), finite): S = vectors·diag(values)·vectorsᵀ where `finite` (a 0-d
         bool tensor: every entry of S finite), else those of I.
     """
-    finite = torch.isfinite(S).all()
+    finite = finite_each([S])[0]
     eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
     values, vectors = torch.linalg.eigh(torch.where(finite, S, eye))
     return values.clamp(min=0), vectors, finite

@@ -22,8 +22,8 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import precondalg as pa
+from precondalg._tensors import all_finite
 from precondalg.optim import PSGD
-from precondalg.optim.preconditioned import _all_finite
 from precondalg.structures import Triangular
 
 F64 = torch.float64
@@ -114,9 +114,9 @@ def test_all_finite_catches_every_non_finite_value(dtype, bad):
     spoiled = good.clone()
     spoiled[2, 1] = bad
     counter = torch.tensor(7)
-    assert bool(_all_finite([good, counter, torch.zeros(0, dtype=dtype)]))
-    assert not bool(_all_finite([good, counter, spoiled]))
-    assert bool(_all_finite([counter])) and bool(_all_finite([]))
+    assert bool(all_finite([good, counter, torch.zeros(0, dtype=dtype)]))
+    assert not bool(all_finite([good, counter, spoiled]))
+    assert bool(all_finite([counter])) and bool(all_finite([]))
 
 
 def test_the_batched_max_abs_norms_are_each_parts_own():

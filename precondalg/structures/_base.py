@@ -332,6 +332,17 @@ def _apply(
     return fn(X)
 
 
+def matmul_in_layout(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """A @ X (A (m, n), X (n, k)) in X's memory layout: where X is column-major (the transpose of a
+    contiguous matrix, as a placement's transposing view gives), computed as (Xᵀ Aᵀ)ᵀ, which is
+    column-major too, so that the placement's transposing unview returns a contiguous tensor (the
+    base rule's foreach operations run several times slower on transposes).  The same product either
+    way; the matrix-multiply kernel reads either operand transposed at no cost."""
+    if X.ndim == 2 and not X.is_contiguous() and X.mT.is_contiguous():
+        return (X.mT @ A.mT).mT
+    return A @ X
+
+
 def not_invertible(A: Structure, why: str) -> NotInvertibleError:
     """The error a structure's `_solve`/`_rsolve` raises when it has no inverse."""
     return NotInvertibleError(f"{type(A).__name__} has no solve: {why}")

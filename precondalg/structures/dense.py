@@ -8,6 +8,7 @@ from precondalg.structures._base import (
     Cost,
     Structure,
     check_tensor,
+    matmul_in_layout,
     not_invertible,
     register_structure,
 )
@@ -38,10 +39,10 @@ class Dense(Structure):
         return (self.A.shape[0], self.A.shape[1])
 
     def _mv(self, X: torch.Tensor) -> torch.Tensor:
-        return self.A @ X
+        return matmul_in_layout(self.A, X)
 
     def _rmv(self, X: torch.Tensor) -> torch.Tensor:
-        return self.A.mT @ X
+        return matmul_in_layout(self.A.mT, X)
 
     def _solve(self, X: torch.Tensor) -> torch.Tensor:
         return torch.linalg.solve(self._square(), X)
