@@ -961,12 +961,35 @@ class Preconditioned(torch.optim.Optimizer):
         return self._compiled(evaluation, fitting, applying)
 
     def _plans(self, evaluation: Evaluation, fitting: bool) -> list[_Plan]:
-        return [
-            self._plan(group, block, evaluation, fitting)
-            for group, blocks in zip(self.param_groups, self._blocks, strict=True)
-            for block in blocks
-            if any(p.grad is not None for p in block.params)
-        ]
+        plans = []
+        for group, blocks in zip(self.param_groups, self._blocks, strict=True):
+            stepping = [block for block in blocks if any(p.grad is not None for p in block.params)]
+            grads = [self._decayed_grads(group, block.params) for block in stepping]
+            bases = self._direction_bases(group, stepping, grads)
+            plans += [
+                self._plan(group, block, g, base, evaluation, fitting)
+                for block, g, base in zip(stepping, grads, bases, strict=True)
+            ]
+        return plans
+
+    def _direction_bases(
+        self, group: dict[str, Any], blocks: list[_Block], grads: list[list[torch.Tensor]]
+    ) -> list[tuple[list[dict[str, Any]], list[torch.Tensor]] | None]:
+        """For position "direction": per preconditioned block, the base rule's new states and steps (P
+        acts on the steps), computed once for all of the group's preconditioned blocks
+        (`BaseRule.updates`); None for the others."""
+        placed = [i for i, block in enumerate(blocks) if block.placement is not None]
+        out: list[Any] = [None] * len(blocks)
+        if self._position != "direction" or not placed:
+            return out
+        params = [p for i in placed for p in blocks[i].params]
+        states, steps = self._base_steps(group, params, [g for i in placed for g in grads[i]])
+        start = 0
+        for i in placed:
+            n = len(blocks[i].params)
+            out[i] = (states[start : start + n], steps[start : start + n])
+            start += n
+        return out
 
     def _metas_and_fits(
         self, plans: list[_Plan], evaluation: Evaluation, ok: Flag
@@ -1084,12 +1107,20 @@ class Preconditioned(torch.optim.Optimizer):
         olds = [{k: self.state[p][k] for k in self._base_keys} for p in params]
         return self._base.updates(directions, olds, group)
 
-    def _plan(self, group: dict[str, Any], block: _Block, evaluation: Evaluation, fitting: bool) -> _Plan:
-        """Everything of a block's step that does not depend on φ's update: gradients, their placed
-        view, the objective's context (when `fitting`), and for position "direction" the base rule's
-        step."""
+    def _plan(
+        self,
+        group: dict[str, Any],
+        block: _Block,
+        grads: list[torch.Tensor],
+        base: tuple[list[dict[str, Any]], list[torch.Tensor]] | None,
+        evaluation: Evaluation,
+        fitting: bool,
+    ) -> _Plan:
+        """Everything of a block's step that does not depend on φ's update: its gradients `grads`
+        (`_decayed_grads`), their placed view, the objective's context (when `fitting`), and for position
+        "direction" the base rule's step `base` (`_direction_bases`)."""
         params = block.params
-        plan = _Plan(group, block, [p.grad is not None for p in params], self._decayed_grads(group, params))
+        plan = _Plan(group, block, [p.grad is not None for p in params], grads)
         if block.placement is None:
             return plan
         anchor = params[0]
@@ -1097,8 +1128,8 @@ class Preconditioned(torch.optim.Optimizer):
         dtype = _compute_dtype(anchor)
         plan.shapes = block.shapes
         plan.X = block.placement.view(plan.grads)
-        if self._position == "direction":
-            plan.states, plan.sources = self._base_steps(group, params, plan.grads)
+        if base is not None:  # position "direction" (`_direction_bases`)
+            plan.states, plan.sources = base
             plan.u = block.placement.view(plan.sources)
         else:
             plan.u = plan.X
