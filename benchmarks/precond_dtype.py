@@ -23,7 +23,7 @@ rounded to nearest.
    over the Newton oracle's stationary loss (the paper's ratio) and the inverse-Hessian error
    ‖I − GH‖_F/√n at the end.
 
-Outputs: benchmarks/results/precond_dtype.json (precond_dtype_quick.json) and the tables on stdout
+Outputs: benchmarks/results/precond_dtype_cpu.json (precond_dtype_quick_cpu.json) and the tables on stdout
 (copied into docs/performance.md by hand, with the machine, the commit and the date).  Tests never
 assert on these numbers.
 """
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[{time.perf_counter() - t0:5.0f}s] Rosenbrock done", flush=True)
     out["bowl"] = bowl(args.seeds, args.bowl_steps)
     print(tables(out))
-    name = "precond_dtype_quick.json" if args.quick else "precond_dtype.json"
+    name = "precond_dtype_quick_cpu.json" if args.quick else "precond_dtype_cpu.json"
     path = args.json or Path(__file__).parent / "results" / name
     path.write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {path}; total {time.perf_counter() - t0:.0f} s")

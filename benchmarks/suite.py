@@ -45,13 +45,14 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,24 +127,6 @@ class Entry:
 def _params(make: Callable[[Any], tuple[Any, str]]) -> Callable[[nn.Module], Any]:
     """A benchmarks/psgd.py maker (parameters → (optimizer, description)) as a model → optimizer one."""
     return lambda m: make(m.parameters())[0]
-
-
-def without_fitting(make: Callable[[nn.Module], Any]) -> Callable[[nn.Module], Any]:
-    """A preset with its fitting disabled where it takes no ``update_probability`` (APO, whose meta-update
-    schedule is its own): `Preconditioned`'s update_probability set to 0 on the built optimizer, so
-    that P is applied every step and never fitted (the suite checks after the run that φ did not
-    move)."""
-
-    def built(m: nn.Module) -> Any:
-        opt = make(m)
-        if not hasattr(opt, "_update_probability"):
-            raise AttributeError(
-                "Preconditioned has no _update_probability any more: the suite cannot disable the fit"
-            )
-        opt._update_probability = 0.0
-        return opt
-
-    return built
 
 
 EVERY_STEP_ROOTS = (
@@ -342,12 +325,15 @@ def entries() -> list[Entry]:
         Entry(
             "APO-Precond-Adam, no fit",
             "no fit",
-            "APO(lr=1e-3, model, cross_entropy, mode='precond', base='adam'), with Preconditioned's "
-            "update_probability set to 0 after construction",
-            without_fitting(
-                lambda m: APO(
-                    m.parameters(), common.LR_ADAM, model=m, loss_fn=ce, mode="precond", base="adam"
-                )
+            "APO(lr=1e-3, model, cross_entropy, mode='precond', base='adam', update_probability=0)",
+            lambda m: APO(
+                m.parameters(),
+                common.LR_ADAM,
+                model=m,
+                loss_fn=ce,
+                mode="precond",
+                base="adam",
+                update_probability=0.0,
             ),
             with_batches=True,
             probability=0.0,
@@ -356,8 +342,14 @@ def entries() -> list[Entry]:
             "APO-lr-Adam, no fit",
             "no fit",
             "the same with mode='lr'",
-            without_fitting(
-                lambda m: APO(m.parameters(), common.LR_ADAM, model=m, loss_fn=ce, mode="lr", base="adam")
+            lambda m: APO(
+                m.parameters(),
+                common.LR_ADAM,
+                model=m,
+                loss_fn=ce,
+                mode="lr",
+                base="adam",
+                update_probability=0.0,
             ),
             with_batches=True,
             probability=0.0,
@@ -476,11 +468,18 @@ def _state(opt: Any, library: str) -> dict[str, int]:
 
 
 def build_rows(
-    kind: str, reference: nn.Module, batches: list, log: Callable[[str], None], everything: bool = False
+    kind: str,
+    reference: nn.Module,
+    batches: list,
+    log: Callable[[str], None],
+    everything: bool = False,
+    names: Collection[str] | None = None,
 ) -> list[Row]:
+    """The `Row` of every method of `entries` that runs on the model `kind` (only those in `names` where
+    it is given), each with its own copy of `reference`."""
     rows = []
     for e in entries():
-        if e.only is not None and kind not in e.only:
+        if (e.only is not None and kind not in e.only) or (names is not None and e.name not in names):
             continue
         if kind in e.skip or (kind in e.optional and not everything):
             rows.append(Row(e, status=e.skip.get(kind) or e.optional[kind]))
@@ -731,18 +730,64 @@ def _git(*a: str) -> str:
         return ""
 
 
-def run_info(info: dict[str, Any]) -> dict[str, Any]:
-    """What the page states about the run beside `machine_info`: the whole tree's commit and dirtiness,
-    lscpu's model name and the versions of the peers."""
-    lscpu = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        lscpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), "")
-    changed = [line for line in _git("status", "--porcelain").splitlines() if line.strip()]
+UNTRACKED_OUTPUTS = ("build/", "benchmarks/results/")
+"""Untracked paths under these folders (builds, benchmark outputs) do not make the tree dirty."""
+
+
+def tree_state(outputs: Iterable[Path] = ()) -> dict[str, Any]:
+    """The checkout's commit and uncommitted changes (`git status --porcelain`), leaving out untracked
+    paths under `UNTRACKED_OUTPUTS` and the files the run writes itself (`outputs`), with a fingerprint
+    of the changes' contents (SHA-256 of `git diff HEAD` and of the untracked files counted), so that
+    an edit to a file that was already changed shows as a change of state."""
+    own = set()
+    for o in outputs:
+        with contextlib.suppress(ValueError):  # a file outside the checkout is no change of it
+            own.add(Path(o).resolve().relative_to(ROOT).as_posix())
+    changed = []
+    for line in _git("status", "--porcelain", "--untracked-files=all").splitlines():
+        status, path = line[:2], line[3:].split(" -> ")[-1].strip('"')
+        if path in own or (status == "??" and path.startswith(UNTRACKED_OUTPUTS)):
+            continue
+        changed.append((status, path))
+    digest = hashlib.sha256(_git("diff", "HEAD", "--", *(f":!{o}" for o in sorted(own))).encode())
+    for status, path in changed:
+        if status == "??" and (ROOT / path).is_file():
+            digest.update(path.encode() + (ROOT / path).read_bytes())
     return {
         "commit": _git("rev-parse", "--short", "HEAD") or None,
         "tree_dirty": bool(changed),
         "changed_paths": len(changed),
+        "fingerprint": digest.hexdigest()[:12] if changed else None,
+    }
+
+
+def describe_tree(state: dict[str, Any]) -> str:
+    """A tree state (`tree_state`) in words: its commit, and its uncommitted changes or a clean tree."""
+    if not state["tree_dirty"]:
+        return f"`{state['commit']}` (clean tree)"
+    changes = f"{state['changed_paths']} paths" + (
+        f", contents {state['fingerprint']}" if state.get("fingerprint") else ""
+    )
+    return f"`{state['commit']}` with uncommitted changes ({changes})"
+
+
+def run_info(info: dict[str, Any], start: dict[str, Any], outputs: Iterable[Path] = ()) -> dict[str, Any]:
+    """What the page states about the run beside `machine_info`: the tree's state at the start of the
+    run (`tree_state`: the code that was timed) and whether it changed by now (the end), lscpu's model
+    name and the versions of the peers."""
+    lscpu = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        lscpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), "")
+    end = tree_state(outputs)
+    changed = None
+    if (end["commit"], end["fingerprint"]) != (start["commit"], start["fingerprint"]):
+        changed = f"the tree changed during the run: started at {describe_tree(start)}, "
+        changed += f"ended at {describe_tree(end)}"
+    return {
+        **start,
+        "tree_at_end": end,
+        "tree_changed": changed,
         "lscpu_model_name": lscpu or info["cpu_model"],
         "versions": psgd.versions() | {"pytorch_optimizer": common._peer_version()},
     }
@@ -854,10 +899,8 @@ def page(out: dict[str, Any]) -> str:
         f"{info['python']}, psgd_torch {versions.get('psgd_torch')}, heavyball {versions.get('heavyball')}, "
         f"pytorch-optimizer {versions.get('pytorch_optimizer')}."
     )
-    dirty = (
-        f" with uncommitted changes ({run['changed_paths']} paths)" if run["tree_dirty"] else " (clean tree)"
-    )
-    add(f"- **Code**: commit `{run['commit']}`{dirty}.")
+    changed = f" **Note: {run['tree_changed']}.**" if run.get("tree_changed") else ""
+    add(f"- **Code**: commit {describe_tree(run)} at the start of the run.{changed}")
     add(
         f"- **Matmul rate**: {rate['start']['flops_per_s'] / 1e9:.1f} GFLOP/s (median of 30 float32 "
         f"{rate['start']['n']}×{rate['start']['n']} products at the start; "
@@ -1047,14 +1090,15 @@ def page(out: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
-def write_page(path: Path, section: str) -> None:
-    """Replace the text between `BEGIN` and `END` in path with section."""
+def write_page(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the markers `begin` and `end` (the suite's: `BEGIN`, `END`) in path with
+    section."""
     text = path.read_text()
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise ValueError(f"{path}: expected exactly one {BEGIN!r} and one {END!r}")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    path.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"{path}: expected exactly one {begin!r} and one {end!r}")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    path.write_text(f"{head}{begin}\n{section}\n{end}{tail}")
 
 
 def csv_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1067,6 +1111,26 @@ def csv_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -------------------------------------------------------------------------------------------------- main
+def add_page_options(ap: argparse.ArgumentParser) -> None:
+    """A benchmark's options for its part of `DOCS_PAGE` and its JSON: --docs, --no-docs, --from-json,
+    --json (with `page_to_write`)."""
+    ap.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help=f"the page to rewrite (default {DOCS_PAGE}; not with --quick unless given)",
+    )
+    ap.add_argument("--no-docs", action="store_true", help="leave the docs page alone")
+    ap.add_argument("--from-json", type=Path, default=None, help="rewrite the page from a saved run's JSON")
+    ap.add_argument("--json", type=Path, default=None)
+
+
+def page_to_write(args: argparse.Namespace) -> Path | None:
+    """The page a run rewrites (`add_page_options`): --docs, else `DOCS_PAGE` unless --quick; none with
+    --no-docs."""
+    return None if args.no_docs else args.docs if args.docs is not None else None if args.quick else DOCS_PAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -1082,19 +1146,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--peak-models", default=",".join(PEAK_MODELS), help="models whose peak memory is measured"
     )
-    ap.add_argument(
-        "--docs",
-        type=Path,
-        default=None,
-        help=f"the page to rewrite (default {DOCS_PAGE}; not with --quick unless given)",
-    )
-    ap.add_argument("--no-docs", action="store_true", help="leave the docs page alone")
-    ap.add_argument("--from-json", type=Path, default=None, help="rewrite the page from a saved run's JSON")
-    ap.add_argument("--json", type=Path, default=None)
+    add_page_options(ap)
     ap.add_argument("--csv", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    docs = None if args.no_docs else args.docs if args.docs is not None else None if args.quick else DOCS_PAGE
+    docs = page_to_write(args)
 
     if args.from_json is not None:
         out = json.loads(args.from_json.read_text())
@@ -1118,6 +1174,8 @@ def main(argv: list[str] | None = None) -> int:
     run = common.start_run(args, "suite_quick" if args.quick else "suite")
     if run is None:
         return 2
+    outputs = (run.json_path, run.csv_path, run.log_path)
+    tree = tree_state(outputs)  # the code timed: the tree may change while the run goes on
     device, log = run.device, run.log
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     rate_start = floor.matmul_rate(device, sync=sync)
@@ -1140,7 +1198,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "quick": args.quick,
         "machine": run.info,
-        "run": run_info(run.info),
+        "run": run_info(run.info, tree, outputs),
         "load_average_end": os.getloadavg(),
         "matmul_rate": {"start": rate_start, "end": rate_end},
         "floor_rules": {"eigh_flops_n3": floor.EIGH_FLOPS, "root_flops_n3": floor.ROOT_FLOPS},

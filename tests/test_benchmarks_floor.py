@@ -180,21 +180,21 @@ def test_peak_memory_holds_the_step(floor):
     assert over_two["steps"] == 2 and over_two["excess_bytes"] == peak["excess_bytes"]
 
 
-def test_fitting_disabled_keeps_phi(modules):
-    """The suite's "no fit" variant never moves φ; the same preset fitted does."""
+def test_the_no_fit_entries_keep_phi(modules):
+    """Every "no fit" entry of the suite applies P and never moves φ (its public update_probability=0)."""
     _, suite = modules
-
-    def make(m: nn.Module) -> torch.optim.Optimizer:
-        return FOP(m.parameters(), 1e-3, base="adam", hyper_lr=1e-2)
-
-    frozen_model, fitted_model = _mlp(), _mlp()
-    frozen, fitted = suite.without_fitting(make)(frozen_model), make(fitted_model)
-    before = suite._phi(frozen)
-    for _ in range(3):
-        _backward_step(frozen_model, frozen)
-        _backward_step(fitted_model, fitted)
-    assert all(torch.equal(a, b) for a, b in zip(before, suite._phi(frozen), strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(before, suite._phi(fitted), strict=True))
+    entries = [e for e in suite.entries() if e.group == "no fit"]
+    assert len(entries) == 5
+    for entry in entries:
+        model = _mlp()
+        opt = entry.make(model)
+        before = suite._phi(opt)
+        assert before, entry.name
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X), Y).backward()
+            opt.step(batch=(X, Y), fsd_batch=X) if entry.with_batches else opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, suite._phi(opt), strict=True)), entry.name
 
 
 def test_the_page_is_rewritten_between_its_markers(modules, tmp_path):
