@@ -77,10 +77,9 @@ def memory(kind: str, steps: int) -> list[dict[str, Any]]:
                 trainer.step()
             n = sum(p.numel() for p in model.parameters())
             parts = state_bytes(trainer.opt)
-            total = sum(parts.values())
             rows.append({
-                "preset": name, "setting": setting, "bytes_per_param": total / n,
-                "parts_per_param": {k: v / n for k, v in parts.items() if v},
+                "preset": name, "setting": setting, "bytes_per_param": parts["total"] / n,
+                "parts_per_param": {k: v / n for k, v in parts.items() if v and k != "total"},
             })
     return rows
 

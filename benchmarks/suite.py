@@ -748,6 +748,8 @@ def tree_state(outputs: Iterable[Path] = ()) -> dict[str, Any]:
         status, path = line[:2], line[3:].split(" -> ")[-1].strip('"')
         if path in own or (status == "??" and path.startswith(UNTRACKED_OUTPUTS)):
             continue
+        if status == "??" and not (ROOT / path).is_file():  # a temporary file, gone by now
+            continue
         changed.append((status, path))
     digest = hashlib.sha256(_git("diff", "HEAD", "--", *(f":!{o}" for o in sorted(own))).encode())
     for status, path in changed:
