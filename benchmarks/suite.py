@@ -722,10 +722,12 @@ def step_floor(
 
 # ------------------------------------------------------------------------------------------------ report
 def _git(*a: str) -> str:
+    """git's output, without its trailing newline only (`git status --porcelain` lines start with a
+    status column that may be a space: stripping both ends had cut the first path's first letter)."""
     try:
         return subprocess.run(
             ["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
+        ).stdout.rstrip("\n")
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -759,6 +761,7 @@ def tree_state(outputs: Iterable[Path] = ()) -> dict[str, Any]:
         "commit": _git("rev-parse", "--short", "HEAD") or None,
         "tree_dirty": bool(changed),
         "changed_paths": len(changed),
+        "changed": [f"{status.strip()} {path}" for status, path in changed[:10]],  # the first ten
         "fingerprint": digest.hexdigest()[:12] if changed else None,
     }
 

@@ -206,3 +206,27 @@ def test_the_page_is_rewritten_between_its_markers(modules, tmp_path):
     page.write_text("no markers")
     with pytest.raises(ValueError, match="expected exactly one"):
         suite.write_page(page, "x")
+
+
+def test_the_tree_state_reads_git_status_paths_whole(modules, tmp_path, monkeypatch):
+    """A modified tracked file's status line starts with a space (" M path"): the first line's path must
+    not lose its first letter (it had, and the suite's own output then counted as a change of the tree)."""
+    _, suite = modules
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "out.json").write_text("1")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    monkeypatch.setattr(suite, "ROOT", tmp_path)
+    (tmp_path / "out.json").write_text("2")  # the run's own output: not a change of the tree
+    assert suite.tree_state([tmp_path / "out.json"])["tree_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2")
+    state = suite.tree_state([tmp_path / "out.json"])
+    assert state["changed"] == ["M code.py"] and state["fingerprint"]
