@@ -79,6 +79,11 @@ def replace(leaf: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 class Fit(abc.ABC):
     """The per-block fitting state built by a `Fitter`."""
 
+    recomputes: ClassVar[bool] = False
+    """Whether a fit sets φ anew from its own state (`ClosedForm`) instead of moving it by small steps:
+    ``precond_dtype`` then rounds φ to nearest (no small steps to keep in expectation; the nearest
+    value is the closer one, and a symmetric root stays symmetric)."""
+
     @abc.abstractmethod
     def step(self, grads: list[torch.Tensor]) -> None:
         """Move the leaves in place, given the objective's gradient for each leaf."""
@@ -172,7 +177,16 @@ class _TorchFit(Fit):
         return [v for st in self.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
 
     def storable(self) -> list[torch.Tensor]:
-        return self.tensors()
+        """The moments of the leaves with at least one dimension (a 0-d leaf's stay with it in the
+        compute dtype)."""
+        state = self.optimizer.state
+        return [
+            v
+            for leaf, held in zip(self.leaves, self.held)
+            if held is leaf and held in state
+            for v in state[held].values()
+            if isinstance(v, torch.Tensor)
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
@@ -471,6 +485,8 @@ _ROOTS = ("eigh", "newton")
 
 class _ClosedFormFit(Fit):
     """The running statistics of φ's parts and the closed form set from them (see `ClosedForm`)."""
+
+    recomputes = True
 
     def __init__(self, recipe: ClosedForm, leaves: list[torch.Tensor], spec: pytree.TreeSpec) -> None:
         self.recipe, self.leaves = recipe, leaves

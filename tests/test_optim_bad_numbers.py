@@ -23,7 +23,7 @@ from optim_helpers import (
 
 from precondalg import families
 from precondalg.fitters import TorchOptimizer
-from precondalg.optim import FOP, HD, Preconditioned
+from precondalg.optim import FOP, HD, Preconditioned, SkippedStepWarning
 from precondalg.placement import Flatten
 
 BAD_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -174,6 +174,40 @@ def test_a_step_that_would_overflow_is_skipped(placement):
     opt.step()
     assert torch.equal(W.detach(), torch.ones(2, 3, dtype=torch.float64))
     assert _skipped(opt) == ([1] if placement is not None else [])
+
+
+@pytest.mark.parametrize("fitter_lr", [1e30, 1e36])
+def test_a_fit_whose_parameters_would_not_be_finite_is_rolled_back_with_them(fitter_lr):
+    """A finite fit (a huge meta-step) whose new parameters overflow: the step is skipped, and φ and the
+    fitter's state go back with the block's parameters (counted as a rolled-back meta-step), as "raise"
+    puts them back."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    opt = FOP(net.parameters(), 0.1, hyper_lr=1e-2)
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+
+    def step():
+        opt.zero_grad()
+        ((net(x) - y) ** 2).mean().backward()
+        opt.step()
+
+    step()
+    step()
+    def state():  # the weight's block (the bias, not preconditioned, steps on its own)
+        tree = snapshot(opt)["state"][0]
+        for key in ("skipped", "meta_skipped"):
+            tree = without(tree, key)
+        return tree, net[0].weight.detach().clone()
+
+    before = state()
+    fitter = opt._all_blocks()[0].fitter
+    fitter.optimizer.param_groups[0]["lr"] = fitter_lr
+    with pytest.warns(SkippedStepWarning, match="1 preconditioner fits were rolled back"):
+        step()
+    fitter.optimizer.param_groups[0]["lr"] = 1e-2
+    assert_trees_equal(state(), before)
+    weight = opt.state[net[0].weight]
+    assert int(weight["skipped"]) == 1 and int(weight["preconditioner"]["meta_skipped"]) == 1
 
 
 @pytest.mark.parametrize("name", ["generic-adam-wd", "fop-lowrank", "hd-layer-momentum"])

@@ -131,6 +131,17 @@ def test_every_preset_stores_phi_narrow_and_statistics_wide(preset):
                and t.is_floating_point())
 
 
+def test_a_zero_dimensional_leaf_keeps_its_moments_wide():
+    """HD's one rate per layer is a 0-d leaf: it and its meta-optimizer's moments stay in float32."""
+    net = model()
+    opt = HD(net.parameters(), 0.05, 1e-3, granularity="layer", hyper_optimizer="adam", precond_dtype=bf16)
+    for _ in range(2):
+        take_step("HD", net, opt)
+    for leaves, state in stored(opt):
+        assert [leaf.ndim for leaf in leaves] == [0] and leaves[0].dtype == f32
+        assert state and all(t.dtype == f32 for t in state if t.is_floating_point())
+
+
 # ----- (c) the arithmetic is float32's -----
 @pytest.mark.parametrize("preset", ["FOP", "PSGD", "Shampoo", "LODO"])
 def test_a_narrow_step_is_the_float32_step_from_the_same_values(preset):
@@ -155,26 +166,60 @@ def test_a_step_that_does_not_fit_leaves_the_stored_bits():
     opt = FOP(net.parameters(), 0.1, hyper_lr=1e-2, precond_dtype=bf16, update_probability=every(2))
     take_step("FOP", net, opt)  # fits
     before = [[t.clone() for t in leaves] for leaves, _ in stored(opt)]
-    storage = [t.data_ptr() for leaves, _ in stored(opt) for t in leaves]
+    draws = opt._rounding.get_state()
     moments = [[t.clone() for t in state] for _, state in stored(opt)]
     take_step("FOP", net, opt)  # does not fit
     for (leaves, state), old, old_state in zip(stored(opt), before, moments, strict=True):
         assert all(torch.equal(a, b) and a.dtype == bf16 for a, b in zip(leaves, old, strict=True))
         assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(state, old_state, strict=True))
-    assert storage == [t.data_ptr() for leaves, _ in stored(opt) for t in leaves]  # put back, not rounded
+    assert torch.equal(draws, opt._rounding.get_state())  # converted back exactly, nothing drawn
 
 
-def test_roots_between_refits_keep_their_stored_bits():
-    """Shampoo's statistics join every step (so it fits every step), its roots change on refits only:
-    between refits the stored roots are put back, not rounded again."""
-    net = model()
-    opt = Shampoo(net.parameters(), 0.05, epsilon=1e-4, update_every=3, precond_dtype=bf16)
-    history = []
-    for _ in range(4):
-        take_step("Shampoo", net, opt)
-        history.append([t.data_ptr() for leaves, _ in stored(opt) for t in leaves if t.ndim])
-    same = [history[i] == history[i + 1] for i in range(3)]  # the very storage put back, not a rounded copy
-    assert same == [True, True, False]  # refits at steps 0 and 3
+def test_closed_form_roots_are_rounded_to_nearest():
+    """Shampoo's roots are set anew at each refit (no small steps to keep): rounded to nearest, they
+    stay symmetric and match the float32 run's roots rounded; between refits they stay as stored."""
+    runs = {}
+    for options in ({}, {"precond_dtype": bf16}):
+        net = model()
+        opt = Shampoo(net.parameters(), 0.05, epsilon=1e-4, update_every=3, **options)
+        history = []
+        for _ in range(4):
+            take_step("Shampoo", net, opt)
+            history.append([t.clone() for leaves, _ in stored(opt) for t in leaves if t.ndim])
+        runs[bool(options)] = history
+    narrow = runs[True]
+    assert [all(map(torch.equal, narrow[i], narrow[i + 1])) for i in range(3)] == [True, True, False]
+    for root in narrow[0]:
+        assert torch.equal(root, root.mT)
+    for root, wide in zip(narrow[0], runs[False][0], strict=True):  # the first step: the same statistics
+        assert torch.equal(root, wide.to(bf16))
+
+
+def test_stochastic_rounding_changes_no_other_draw():
+    """The rounding has a generator of its own: the fit schedule (update_probability's draws) and
+    PSGD's v are those of the run without the option, and its state is in the checkpoint."""
+    def fits(**options):
+        net = model()
+        opt = FOP(net.parameters(), 0.1, hyper_lr=1e-2, update_probability=0.5, **options)
+        counts = []
+        for _ in range(12):
+            take_step("FOP", net, opt)
+            state = opt.state_dict()["state"][0]["preconditioner"]["fitter"]["state"]
+            counts.append(int(state[0]["step"]) if state else 0)
+        return counts, opt
+
+    plain, _ = fits()
+    narrow, opt = fits(precond_dtype=bf16)
+    assert narrow == plain and plain[-1] not in (0, 12)
+    assert "rounding_generator" in opt.state_dict() and "rounding_generator" not in fits()[1].state_dict()
+    draws = []
+    for options in ({}, {"precond_dtype": bf16}):
+        net = model()
+        opt = PSGD(net.parameters(), 0.05, **options)
+        take_step("PSGD", net, opt)
+        take_step("PSGD", net, opt)
+        draws.append(opt._generator.get_state())
+    assert torch.equal(*draws)
 
 
 def test_nearest_loses_meta_steps_below_half_the_spacing_stochastic_keeps_them():
@@ -237,5 +282,9 @@ def test_arguments_are_checked():
         FOP(net.parameters(), 0.1, precond_dtype=bf16, precond_rounding="down")
     with pytest.raises(ValueError, match="precond_rounding='nearest' rounds the narrow storage"):
         FOP(net.parameters(), 0.1, precond_rounding="nearest")
+    with pytest.raises(ValueError, match="precond_rounding='stochastic' rounds the narrow storage"):
+        LODO(net.parameters(), 0.1, precond_rounding="stochastic")
+    with pytest.raises(TypeError, match="'precond_dtype' must be None or a torch.dtype"):
+        PSGD(net.parameters(), 0.1, precond_dtype="bfloat16")
     with pytest.raises(ValueError, match="cannot choose 'precond_dtype'"):
         FOP([{"params": list(net.parameters()), "precond_dtype": bf16}], 0.1)

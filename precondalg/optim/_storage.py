@@ -59,9 +59,10 @@ class Widened:
     """A block's stored tensors widened for one step, and narrowed back after it.
 
     The tensors keep their identity: their ``.data`` is swapped, so every structure and optimizer holding
-    them follows.  A tensor the step did not write (its version counter and storage are those of its
-    widening) gets its stored values back untouched, without rounding: φ on a step that does not fit,
-    the roots of a closed-form fit between refits.
+    them follows; the narrow storage is let go for the step (its peak holds the wide copies only, as
+    without ``precond_dtype``).  A tensor the step did not write (its version counter and storage are
+    those of its widening) is rounded to nearest, which gives back its stored values exactly and draws
+    nothing: φ on a step that does not fit, the roots between a closed form's refits.
 
     Args:
         tensors: the block's stored tensors (`stored_tensors`).
@@ -69,7 +70,6 @@ class Widened:
     """
 
     def __init__(self, tensors: list[torch.Tensor], compute: torch.dtype) -> None:
-        self.stored = {id(t): t.data for t in tensors}
         for t in tensors:
             t.data = t.data.to(compute)
         self.marks = {id(t): _mark(t) for t in tensors}
@@ -78,10 +78,10 @@ class Widened:
         self, tensors: list[torch.Tensor], dtype: torch.dtype, generator: torch.Generator | None
     ) -> None:
         """Store `tensors` (the block's, after the step; a fit may have created some) in `dtype` again:
-        the stored values where a tensor was not written, else its new values rounded (`round_to`)."""
+        those the step wrote rounded with `generator` (`round_to`), the others to nearest."""
         for t in tensors:
-            untouched = self.marks.get(id(t)) == _mark(t)
-            t.data = self.stored[id(t)] if untouched else round_to(t.data, dtype, generator)
+            written = self.marks.get(id(t)) != _mark(t)
+            t.data = round_to(t.data, dtype, generator if written else None)
 
 
 def _mark(t: torch.Tensor) -> tuple[int, int]:

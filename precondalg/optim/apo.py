@@ -51,7 +51,7 @@ def APO(
     update_probability: float | Callable[[int], float] | None = None,
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
-    precond_rounding: str = "stochastic",
+    precond_rounding: str = unset("stochastic"),
     nonfinite: str = "skip",
     weight_decay: float = 0.0,
 ) -> Preconditioned:
@@ -105,7 +105,8 @@ def APO(
         warmup: "precond" only: the number of first steps with the base rule alone (the paper: 3000).
         scale: "precond" only: the factor of the applied step (the paper's 0.9).
         lr_param: "lr" only: "log", "softplus" or "linear".
-        seed: seed of the optimizer's generator (nothing is drawn; kept for a uniform interface).
+        seed: seed of the optimizer's generators: the draws of an `update_probability` strictly between 0
+            and 1, and the stochastic rounding of `precond_dtype` (`meta_every` draws nothing).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
         weight_decay: L2 penalty added to the gradient (torch.optim's convention) before the base rule
             and P; the meta-objective's loss term is `loss_fn` alone (the penalty is not in Q).

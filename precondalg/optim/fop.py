@@ -38,7 +38,7 @@ def FOP(
     update_probability: float | Callable[[int], float] = 1.0,
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
-    precond_rounding: str = "stochastic",
+    precond_rounding: str = unset("stochastic"),
 ) -> Preconditioned:
     """FOP: P = MᵀM per layer, learned online by its hypergradient with Adam (Moskovitz et al. 2019).
 

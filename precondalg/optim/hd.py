@@ -39,7 +39,7 @@ def HD(
     update_probability: float | Callable[[int], float] = 1.0,
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
-    precond_rounding: str = "stochastic",
+    precond_rounding: str = unset("stochastic"),
 ) -> Preconditioned:
     """Hypergradient descent on the learning rate (Baydin et al. 2018; S-HD and PP-HD of Moskovitz et
     al. 2019).
@@ -68,7 +68,8 @@ def HD(
         weight_decay: L2 penalty added to the gradient.
         hyper_optimizer: "sgd" (Baydin) or "adam" (FOP's S-HD/PP-HD).
         nonfinite: "skip" or "raise" (see `Preconditioned`).
-        seed: unused by HD's deterministic initialisation; kept for a uniform signature.
+        seed: seed of the optimizer's generators: the draws of an `update_probability` strictly between 0
+            and 1, and the stochastic rounding of `precond_dtype` (the initialisation draws nothing).
         update_probability: the probability that a step fits P, or a schedule ``steps -> probability``
             (`every` (k) fits every k-th step); P is applied at every step (see `Preconditioned`).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).

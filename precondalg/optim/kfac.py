@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from precondalg._checks import check_number
+from precondalg._checks import check_number, unset
 from precondalg.families import kronecker
 from precondalg.fitters import ClosedForm
 from precondalg.objectives import LayerStatistics
@@ -35,7 +35,7 @@ def KFAC(
     seed: int = 0,
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
-    precond_rounding: str = "stochastic",
+    precond_rounding: str = unset("stochastic"),
 ) -> Preconditioned:
     """K-FAC (Martens & Grosse 2015) for the `nn.Linear` and `nn.Conv2d` layers of `model` (KFC's
     matrixisation of convolutions, Grosse & Martens 2016): each layer's [W | b] (bias as a homogeneous
@@ -74,7 +74,8 @@ def KFAC(
         weight_decay: L2 penalty added to the gradient (torch.optim's convention) before P.
         nonfinite: "skip" or "raise" (see `Preconditioned`): a non-finite gradient, activation or
             statistic leaves the parameters and the statistics as they were.
-        seed: seed of the optimizer's generator (nothing is drawn; kept for a uniform interface).
+        seed: seed of the optimizer's generators (only the stochastic rounding of `precond_dtype` draws,
+            and K-FAC's inverses are rounded to nearest: nothing is drawn).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
         precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
             (float32 arithmetic; see `Preconditioned`).

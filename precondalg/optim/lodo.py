@@ -80,14 +80,14 @@ def LODO(
     meta_optimizer: str = "adam",
     width: int | None = None,
     seed: int = 0,
-    update_probability: float | Callable[[int], float] = 1.0,
-    compile: bool | dict[str, Any] = False,
-    precond_dtype: torch.dtype | None = None,
-    precond_rounding: str = "stochastic",
     nonfinite: str = "skip",
     *,
     variant_mapping: str = "paper",
     weight_decay: float = 0.0,
+    update_probability: float | Callable[[int], float] = 1.0,
+    compile: bool | dict[str, Any] = False,
+    precond_dtype: torch.dtype | None = None,
+    precond_rounding: str = unset("stochastic"),
 ) -> Preconditioned:
     """LODO (Liao, Dangovski, Foerster, Soljačić 2023): a quasi-Newton inverse Hessian learned as a
     permutation network by the one-step hypergradient.

@@ -49,7 +49,8 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from precondalg._checks import check_choice, check_number
+from precondalg._checks import check_choice, check_number, unset
+from precondalg._checks import given as was_given
 from precondalg._tensors import all_finite, finite_each
 from precondalg._torch_compat import writable
 from precondalg.families import Family
@@ -166,6 +167,9 @@ def _initial_phi(block: _Block, generator: torch.Generator) -> Any:
 
 _STREAM = 0x5EED_0F_0971_3A11
 """Mixed into every optimizer seed (see `optimizer_generator`)."""
+_ROUNDING_STREAM = 0x5EED_0F_B0F1_6A7E
+"""Mixed into the seed of the stochastic rounding's own generator (``precond_dtype``): a stream apart
+from the optimizer's, so that storing φ narrow changes none of its other draws."""
 
 
 def optimizer_generator(seed: int) -> torch.Generator:
@@ -253,17 +257,20 @@ class Preconditioned(torch.optim.Optimizer):
             step to round-off.  The evaluation (the closure, the PSGD criteria's draws) stays eager.
             Needs ``nonfinite="skip"``.
         precond_dtype: None (φ and its fitter's state in the compute dtype, below) or torch.bfloat16:
-            φ's leaves and the state of a fitter that wraps a torch optimizer (its moments; not step
-            counts or other 0-d state, and not `ClosedForm`'s statistics, whose small eigenvalues
-            bfloat16 loses: see `Fit.storable`) are stored in bfloat16 between steps, half the bytes
-            of float32, and widened to the compute dtype for the step's arithmetic (while it runs, φ
-            takes float32's bytes again).  Values the step did not write (φ on a step that does not fit,
-            the roots between a closed form's refits) are put back untouched; new values are rounded to
-            bfloat16 by `precond_rounding`.  A checkpoint holds the stored values and loads into either
+            φ's leaves with at least one dimension and the moments of a torch meta-optimizer on them
+            (not step counts, 0-d leaves or other 0-d state, and not `ClosedForm`'s statistics, whose
+            small eigenvalues bfloat16 loses: see `Fit.storable`) are stored in bfloat16 between steps,
+            half the bytes of float32: the optimizer's persistent state and its checkpoints.  A step
+            widens them to the compute dtype for its arithmetic, so its peak memory is that of a step
+            without the option.  Values the step did not write (φ on a step that does not fit, the
+            roots between a closed form's refits) go back exactly; new values are rounded to bfloat16
+            by `precond_rounding`, and those of a fit that sets φ anew (`Fit.recomputes`: Shampoo's and
+            K-FAC's roots) to nearest.  A checkpoint holds the stored values and loads into either
             setting.
         precond_rounding: "stochastic" (default; unbiased, Gupta et al. 2015: a meta-step below
-            bfloat16's spacing, 2⁻⁸ relative, still moves φ in expectation; the dither's offsets are
-            drawn from the optimizer's generator, so runs are reproducible and resume exactly; see
+            bfloat16's spacing, 2⁻⁸ relative, still moves φ in expectation; the dither's offsets come
+            from a generator of its own, seeded from `seed` and saved in the checkpoint, so the option
+            changes none of the optimizer's other draws, runs are reproducible and resume exactly; see
             `precondalg.optim._storage.round_to`) or "nearest" (small meta-steps are lost).  Only with
             `precond_dtype`.
         name: the method's name, shown in checkpoint errors (presets pass theirs, e.g. "FOP").
@@ -309,7 +316,7 @@ class Preconditioned(torch.optim.Optimizer):
         seed: int = 0,
         compile: bool | dict[str, Any] = False,
         precond_dtype: torch.dtype | None = None,
-        precond_rounding: str = "stochastic",
+        precond_rounding: str = unset("stochastic"),
         name: str = "Preconditioned",
         preset_arguments: tuple[str, ...] = (),
     ) -> None:
@@ -334,20 +341,26 @@ class Preconditioned(torch.optim.Optimizer):
         check_choice("Preconditioned", "nonfinite", nonfinite, _NONFINITE)
         check_number("Preconditioned", "seed", seed, integer=True)
         self._compile = _compile_options(compile, nonfinite)
+        if precond_dtype is not None and not isinstance(precond_dtype, torch.dtype):
+            raise TypeError(
+                f"Preconditioned: 'precond_dtype' must be None or a torch.dtype (torch.bfloat16); got "
+                f"{precond_dtype!r} ({type(precond_dtype).__name__})"
+            )
         if precond_dtype is not None and precond_dtype not in PRECOND_DTYPES:
             raise ValueError(
                 f"Preconditioned: 'precond_dtype' must be None (the compute dtype) or one of "
                 f"{list(PRECOND_DTYPES)}; got {precond_dtype!r}"
             )
-        check_choice("Preconditioned", "precond_rounding", precond_rounding, ROUNDINGS)
-        if precond_dtype is None and precond_rounding != "stochastic":
+        check_choice("Preconditioned", "precond_rounding", str(precond_rounding), ROUNDINGS)
+        if precond_dtype is None and was_given(precond_rounding):
             raise ValueError(
                 f"Preconditioned: precond_rounding={precond_rounding!r} rounds the narrow storage of "
                 "precond_dtype, which is None (nothing is rounded); give precond_dtype=torch.bfloat16 or "
                 "leave precond_rounding out"
             )
         self._precond_dtype = precond_dtype
-        self._stochastic = precond_rounding == "stochastic"
+        self._stochastic = precond_dtype is not None and str(precond_rounding) == "stochastic"
+        self._rounding = torch.Generator().manual_seed(seed ^ _ROUNDING_STREAM) if self._stochastic else None
         self._compiled: Callable[..., None] | None = None
         self._base = base if isinstance(base, BaseRule) else base_rule(base)
         self._base_keys = tuple(self._base.init(torch.zeros(1)))  # the names of the rule's state
@@ -599,11 +612,12 @@ class Preconditioned(torch.optim.Optimizer):
 
     def _narrow(self, widened: list[Widened] | None, fitting: bool) -> None:
         """With ``precond_dtype``: the stored tensors narrowed again after the step (`Widened.narrow`;
-        stochastic rounding draws its offsets from the optimizer's generator)."""
+        stochastic rounding draws its offsets from its own generator; a fit that sets φ anew,
+        `Fit.recomputes`, is rounded to nearest)."""
         if widened is None:
             return
-        generator = self._generator if self._stochastic else None
         for block, w in zip(self._all_blocks(), widened, strict=True):
+            generator = None if block.fitter.recomputes else self._rounding
             w.narrow(self._stored(block, fitting), self._precond_dtype, generator)
 
     def _check_phi(self, block: _Block, phi: Any) -> None:
@@ -774,8 +788,9 @@ class Preconditioned(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state dict; each block's state also holds its fitter's state, the top-level
-        key "generator" the state of the optimizer's random generator and "precondalg" the
-        `configuration` that a checkpoint must match to be loaded."""
+        key "generator" the state of the optimizer's random generator ("rounding_generator": the
+        stochastic rounding's, with ``precond_dtype``) and "precondalg" the `configuration` that a
+        checkpoint must match to be loaded."""
         packed = super().state_dict()
         index = self._param_index()
         for block in self._all_blocks():
@@ -785,9 +800,11 @@ class Preconditioned(torch.optim.Optimizer):
                 **entry,
                 "preconditioner": {**entry["preconditioner"], "fitter": block.fitter.state_dict()},
             }
+        rounding = {} if self._rounding is None else {"rounding_generator": self._rounding.get_state()}
         return {
             **packed,
             "generator": self._generator.get_state(),
+            **rounding,
             "steps": self._steps,
             "precondalg": self.configuration(),
         }
@@ -809,6 +826,7 @@ class Preconditioned(torch.optim.Optimizer):
         self._check_checkpoint(state_dict)
         state_dict = dict(state_dict)
         generator = state_dict.pop("generator")
+        rounding = state_dict.pop("rounding_generator", None)
         steps = state_dict.pop("steps")
         state_dict.pop("precondalg")
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
@@ -817,6 +835,8 @@ class Preconditioned(torch.optim.Optimizer):
         # state of bfloat16/float16 parameters.  The state is therefore taken as saved, below.
         super().load_state_dict(state_dict)
         self._generator.set_state(generator)
+        if self._rounding is not None and rounding is not None:  # else: its fresh state, from the seed
+            self._rounding.set_state(rounding)
         self._steps = int(steps)
         params = [p for group in self.param_groups for p in group["params"]]
         of = {p: saved.get(i, {}) for p, i in zip(params, saved_ids)}
@@ -993,7 +1013,7 @@ class Preconditioned(torch.optim.Optimizer):
 
     def _metas_and_fits(
         self, plans: list[_Plan], evaluation: Evaluation, ok: Flag
-    ) -> list[tuple[_Block, tuple[torch.Tensor | None, Callable[[], None]]]]:
+    ) -> list[tuple[_Block, tuple[torch.Tensor | None, Callable[..., None]]]]:
         """The objective's meta-gradients and the fitters' steps of the blocks that fit this step."""
         learned = [plan for plan in plans if plan.context is not None]
         if self._auto_scale:
@@ -1013,10 +1033,13 @@ class Preconditioned(torch.optim.Optimizer):
         if self._certain(ok):
             ok = True
         plans = self._plans(evaluation, fitting)
-        self._metas_and_fits(plans, evaluation, ok)
+        undos = {id(block): undo for block, (_, undo) in self._metas_and_fits(plans, evaluation, ok)}
         directions = self._directions(plans, applying)
         factor = None if self._clip is None else self._clip_factor([steps for _, steps in directions])
         for plan, proposal in zip(plans, self._proposals(plans, ok, directions, factor)):
+            fine = proposal[2]
+            if id(plan.block) in undos and not self._certain(fine):  # φ as it was where θ stays
+                undos[id(plan.block)](fine)
             self._commit(plan, *proposal)
 
     def _step_or_raise(self, evaluation: Evaluation, fitting: bool, applying: bool) -> None:
@@ -1284,7 +1307,7 @@ class Preconditioned(torch.optim.Optimizer):
 
     def _fit(
         self, block: _Block, meta: Structure | RelativeGradient | Statistics, ok: Flag
-    ) -> tuple[torch.Tensor | None, Callable[[], None]]:
+    ) -> tuple[torch.Tensor | None, Callable[..., None]]:
         """The fitter's step on φ's leaves, undone exactly where not `ok` or not finite (see the module
         docstring).  A fit that proposes its new leaves (`Fit.propose`) has them put in only where they
         are kept, so its leaves need no snapshot; one that steps in place is undone from a snapshot.
@@ -1321,15 +1344,27 @@ class Preconditioned(torch.optim.Optimizer):
             writable(pre["meta_skipped"]).add_(writable(failed))
             rolled_back = failed if rolled_back is None else rolled_back + failed
 
-        def undo() -> None:
+        def undo(keep: torch.Tensor | None = None) -> None:
+            """Put the fit back: all of it, uncounted (``keep`` None: a raising step changes nothing), or
+            where ``keep`` (a device boolean) is false, counted as a rolled-back meta-step unless it was
+            already (a skipped step's new parameters were not finite: its fit goes too)."""
+            if keep is None:
+                for leaf, old in zip(leaves, olds):
+                    replace(leaf, old)
+                for t, s in zip(kept, saved):
+                    writable(t).copy_(writable(s))
+                for t in created:
+                    t.zero_()
+                if rolled_back is not None:
+                    writable(pre["meta_skipped"]).sub_(writable(rolled_back))
+                return
             for leaf, old in zip(leaves, olds):
-                replace(leaf, old)
-            for t, s in zip(kept, saved):
-                writable(t).copy_(writable(s))
+                torch.where(keep, leaf, old, out=writable(leaf))
+            for t, s in zip(map(writable, kept), map(writable, saved)):
+                torch.where(keep, t, s, out=t)
             for t in created:
-                t.zero_()
-            if rolled_back is not None:
-                writable(pre["meta_skipped"]).sub_(writable(rolled_back))
+                torch.where(keep, t, torch.zeros_like(t), out=writable(t))
+            writable(pre["meta_skipped"]).add_(writable(_and(fine, ~keep).long()))  # if it was kept
 
         return rolled_back, undo
 

@@ -96,7 +96,7 @@ def PSGD(
     seed: int = 0,
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
-    precond_rounding: str = "stochastic",
+    precond_rounding: str = unset("stochastic"),
     model: torch.nn.Module | None = None,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     rank: int | None = None,

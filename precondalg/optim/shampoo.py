@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from precondalg._checks import check_number
+from precondalg._checks import check_number, unset
 from precondalg.families import kronecker
 from precondalg.fitters import ClosedForm
 from precondalg.objectives import GradientStatistics
@@ -37,7 +37,7 @@ def Shampoo(
     seed: int = 0,
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
-    precond_rounding: str = "stochastic",
+    precond_rounding: str = unset("stochastic"),
 ) -> Preconditioned:
     """Shampoo (Gupta, Koren & Singer 2018, Algorithms 1–2): for every parameter of order k (a matrix:
     k = 2), one statistic per axis, Lᵢ ← β₂Lᵢ + (1 − β₂)·Gᵢ Gᵢᵀ with Gᵢ the mode-i unfolding of the
@@ -70,7 +70,8 @@ def Shampoo(
             the paper's; Distributed Shampoo decouples it by default).
         nonfinite: "skip" or "raise" (see `Preconditioned`): a non-finite gradient leaves the parameters
             and the statistics as they were.
-        seed: seed of the optimizer's generator (nothing is drawn; kept for a uniform interface).
+        seed: seed of the optimizer's generators (only the stochastic rounding of `precond_dtype` draws,
+            and Shampoo's roots are rounded to nearest: nothing is drawn).
         compile: compile the step's tensor work with torch.compile (see `Preconditioned`).
         precond_dtype: torch.bfloat16 to store φ and its fitter's state in bfloat16 between steps
             (float32 arithmetic; see `Preconditioned`).
