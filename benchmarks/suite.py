@@ -139,11 +139,23 @@ PEERS_ON_BIG = (
 )
 
 
+def _apo_without_fitting(mode: str) -> Callable[[nn.Module], Any]:
+    """APO with an Adam base in `mode`, never meta-updated (update_probability=0): P̂ applied as it starts."""
+    return lambda m: APO(
+        m.parameters(),
+        common.LR_ADAM,
+        model=m,
+        loss_fn=nn.functional.cross_entropy,
+        mode=mode,
+        base="adam",
+        update_probability=0.0,
+    )
+
+
 def entries() -> list[Entry]:
     """Every method of the suite, in the order of the tables."""
     lr, hyper = common.LR_SGD, common.HYPER_LR
     hd = dict(base="momentum", momentum=0.9, hyper_optimizer="adam")
-    ce = nn.functional.cross_entropy
     lodo_skip = {
         BIG: "cannot run here: its permutation network keeps about 128 numbers per parameter with its Adam "
         "moments (1 544 B per parameter on the digits MLP; about 6.5 GB for 4.2 M parameters), and a probe "
@@ -326,15 +338,7 @@ def entries() -> list[Entry]:
             "APO-Precond-Adam, no fit",
             "no fit",
             "APO(lr=1e-3, model, cross_entropy, mode='precond', base='adam', update_probability=0)",
-            lambda m: APO(
-                m.parameters(),
-                common.LR_ADAM,
-                model=m,
-                loss_fn=ce,
-                mode="precond",
-                base="adam",
-                update_probability=0.0,
-            ),
+            _apo_without_fitting("precond"),
             with_batches=True,
             probability=0.0,
         ),
@@ -342,15 +346,7 @@ def entries() -> list[Entry]:
             "APO-lr-Adam, no fit",
             "no fit",
             "the same with mode='lr'",
-            lambda m: APO(
-                m.parameters(),
-                common.LR_ADAM,
-                model=m,
-                loss_fn=ce,
-                mode="lr",
-                base="adam",
-                update_probability=0.0,
-            ),
+            _apo_without_fitting("lr"),
             with_batches=True,
             probability=0.0,
         ),

@@ -684,12 +684,12 @@ class Preconditioned(torch.optim.Optimizer):
     def preconditioners(self) -> list[tuple[list[torch.Tensor], Any]]:
         """Every block's parameters and its current preconditioner P_φ (a structure, in the compute
         dtype: under ``precond_dtype`` formed from a widened copy of φ), for inspection."""
-        out = []
-        for block in self._all_blocks():
-            dtype = _compute_dtype(block.params[0])
-            leaves = [_cast(leaf, dtype) for leaf in self.state[block.params[0]]["preconditioner"]["phi"]]
-            out.append((block.params, block.family.form(pytree.tree_unflatten(leaves, block.spec))))
-        return out
+        return [
+            (block.params, block.family.form(pytree.tree_map(
+                functools.partial(_cast, dtype=_compute_dtype(block.params[0])), self._phi(block)
+            )))
+            for block in self._all_blocks()
+        ]
 
     def skip_counts(self) -> list[dict[str, Any]]:
         """Per block: the parameters' shapes, how many updates were skipped and how many preconditioner
