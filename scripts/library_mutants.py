@@ -138,14 +138,14 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "newton-uses-gradient", "objectives", "precondalg/objectives/criteria.py",
-        "return Evaluation(loss.detach(), _per_param(params, v=vs, h=hs))",
+        "return Evaluation(loss.detach(), _per_param(params, v=vs, h=hs), ",
         "return Evaluation(loss.detach(), _per_param(params, v=vs, h=[torch.zeros_like(p) if g is None "
-        "else g.detach() for p, g in zip(params, grads)]))",
+        "else g.detach() for p, g in zip(params, grads)]), ",
         "Newton's criterion uses the gradient g where h = Hv belongs",
     ),
     Mutant(
         "fisher-ignores-damping", "objectives", "precondalg/objectives/criteria.py",
-        "hs = [g + self.damping * v for g, v in zip(gs, vs)] if self.damping else gs",
+        "hs = [g + self.damping * shard_like(v, g) for g, v in zip(gs, vs)] if self.damping else gs",
         "hs = gs",
         "the Fisher criterion ignores λ: h = g instead of g + λv",
     ),
@@ -163,8 +163,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "hypergradient-sign", "objectives", "precondalg/objectives/hypergradient.py",
-        'return _vjp(ctx, ctx.cache["u"], -ctx.cache["lr"] * ctx.grad)',
-        'return _vjp(ctx, ctx.cache["u"], ctx.cache["lr"] * ctx.grad)',
+        'return form_vjp(ctx, ctx.cache["u"], -ctx.cache["lr"] * ctx.grad)',
+        'return form_vjp(ctx, ctx.cache["u"], ctx.cache["lr"] * ctx.grad)',
         "the online hypergradient has the wrong sign (ascent on the loss after the step)",
     ),
     Mutant(

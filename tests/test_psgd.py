@@ -326,7 +326,7 @@ def test_update_probability_schedule_reads_the_steps_taken():
     for _ in range(4):
         w.grad = torch.ones(3, 2, dtype=F64)
         opt.step()
-    assert seen == [0, 1, 2, 3] and opt.state_dict()["steps"] == 4
+    assert seen == [0, 1, 2, 3] and opt.steps == 4
     bad = PSGD([w], criterion="fisher", update_probability=lambda t: 2.0)
     with pytest.raises(ValueError, match=r"update_probability\(0\).*'update_probability' must be"):
         bad.step()

@@ -605,8 +605,8 @@ def _preset_run(
     n ∈ [2, 6], μ₀ ∈ U(0.01, 0.99), the quadratic loss ½θᵀAθ (A symmetric indefinite) for Newton (its
     closure; h = Av) or gradients g of magnitudes 10^U(−3, 3) and λ ∈ 10^U(−3, 1) for Fisher
     (h = g + λv).  The optimizer's v is redrawn from its generator's state before the step
-    (``state_dict()["generator"]``, v ~ N(0, I) its first draw).  Returns the dense Q₀, Q₁, … (stacked),
-    the v and h of each step, and μ₀."""
+    (the state dict's ``param_groups[0]["precondalg"]["generator"]``, v ~ N(0, I) its first draw).
+    Returns the dense Q₀, Q₁, … (stacked), the v and h of each step, and μ₀."""
     n = int(torch.randint(2, 7, (), generator=gen))
     mu0 = 0.01 + 0.98 * float(torch.rand((), generator=gen))
     A = torch.randn(n, n, generator=gen)
@@ -619,7 +619,8 @@ def _preset_run(
     read = torch.triu if preconditioner == "triangular" else torch.clone
     Qs, V, H = [read(leaf.detach())], [], []
     for _ in range(PRESET_STEPS):
-        v = torch.randn(n, generator=torch.Generator().set_state(opt.state_dict()["generator"]))
+        own = opt.state_dict()["param_groups"][0]["precondalg"]
+        v = torch.randn(n, generator=torch.Generator().set_state(own["generator"]))
         if criterion == "newton":
             opt.step(lambda: 0.5 * theta @ (A @ theta))
             h = A @ v

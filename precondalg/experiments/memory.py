@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from precondalg._tensors import is_sharded
+
 __all__ = ["STATISTICS_KEYS", "state_bytes", "storage_bytes", "tensors_in"]
 
 
@@ -28,6 +30,7 @@ def storage_bytes(tensors: list[torch.Tensor], seen: set) -> int:
     earlier one with the same seen) is counted once."""
     total = 0
     for t in tensors:
+        t = t.to_local() if is_sharded(t) else t  # an FSDP2-sharded tensor: this rank's shard
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
         if key in seen and t.numel() > 0:
             continue
@@ -77,8 +80,8 @@ def state_bytes(opt: torch.optim.Optimizer) -> dict[str, int]:
             else:
                 parts["base"] += storage_bytes(tensors_in(value), seen)
     parts["other"] += storage_bytes(tensors_in(sd["param_groups"]), seen)
-    # Keys beside "state" and "param_groups" (Preconditioned's "generator": the RNG state, a fixed
-    # ~5 KB per optimizer, not per parameter).
+    # Keys beside "state" and "param_groups" (other optimizers'; Preconditioned keeps its own entries,
+    # the generators' states, a fixed ~5 KB per optimizer, in its first param group: "other").
     parts["top_level"] += storage_bytes(
         tensors_in({k: v for k, v in sd.items() if k not in ("state", "param_groups")}), seen
     )

@@ -9,18 +9,25 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
-from torch.func import functional_call
+from torch.func import functional_call, vjp
+from torch.nn.parallel import DistributedDataParallel
 
+from precondalg._tensors import is_sharded
 from precondalg.structures import Structure
 
 __all__ = [
     "BlockContext",
+    "refuse_sharded",
     "BlockwiseObjective",
     "Evaluation",
     "Objective",
     "RelativeGradient",
+    "closure_evaluation",
+    "kept_buffers",
+    "form_vjp",
     "fresh_buffers",
     "functional_outputs",
+    "lookahead_gradients",
     "loss_gradients",
     "parameter_names",
     "run_closure",
@@ -98,11 +105,17 @@ class Evaluation:
         per_param: name → {parameter: tensor of its shape} (placed for each block into
             `BlockContext.extras`).
         data: anything else the objective needs in `meta_grads` (e.g. `Proximal`'s batches).
+        local: what the objective computed from this process's batch alone, which a data-parallel
+            optimizer averages across its process group before the blocks: names of `per_param`
+            entries (PSGD Newton's ``h``), and "grad" for the parameters' ``.grad`` when the objective
+            set them itself from the closure's loss (gradients a ``backward`` produced are taken as
+            synchronised: `torch.nn.parallel.DistributedDataParallel` averages them).
     """
 
     loss: Any = None
     per_param: dict[str, dict[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    local: tuple[str, ...] = ()
 
     def of(self, name: str, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The per-parameter tensors called `name`, for these parameters."""
@@ -181,7 +194,7 @@ class Objective(abc.ABC):
         from elsewhere override it.  The inputs are checked as on a fitting step (`check_inputs`): a
         misspelt one is refused on every step, not only on the steps that fit."""
         self.check_inputs(inputs)
-        return Evaluation(run_closure(closure, params, type(self).__name__))
+        return closure_evaluation(closure, params, type(self).__name__)
 
     def check_inputs(self, inputs: dict[str, Any]) -> None:
         """Refuse per-step keyword inputs the objective does not take (default: it takes none).
@@ -198,6 +211,13 @@ class Objective(abc.ABC):
         """For each block, the gradient of the meta-loss with respect to its φ (same pytree type), a
         `RelativeGradient` where the block's context asks for one and the objective has it, or None
         where there is none this step."""
+
+    def local_answers(self) -> bool:
+        """Whether `meta_grads` reads this process's batch beyond the (synchronised) gradients and
+        `Evaluation.local`'s averaged quantities — a lookahead's loss, layer statistics — so that a
+        data-parallel optimizer averages its answers across the process group (default: False).  The
+        answers must then be linear in the batch's per-example terms (means), as gradients are."""
+        return False
 
 
 class BlockwiseObjective(Objective):
@@ -258,13 +278,27 @@ def run_closure(closure: Callable[[], Any] | None, params: Sequence[torch.Tensor
         ValueError: the closure neither called ``backward`` on a loss reaching the parameters nor
             returned a loss that requires grad.
     """
+    return _run(closure, params, owner)[0]
+
+
+def closure_evaluation(
+    closure: Callable[[], Any] | None, params: Sequence[torch.Tensor], owner: str, **fields: Any
+) -> Evaluation:
+    """`run_closure`'s loss as an `Evaluation` (with `fields`), whose `Evaluation.local` names "grad"
+    when the gradients were set here from the returned loss (PSGD's convention), not by a backward."""
+    loss, here = _run(closure, params, owner)
+    return Evaluation(loss, local=("grad",) if here else (), **fields)
+
+
+def _run(closure: Callable[[], Any] | None, params: Sequence[torch.Tensor], owner: str) -> tuple[Any, bool]:
+    """`run_closure`, and whether it set the gradients itself."""
     if closure is None:
-        return None
+        return None, False
     with torch.enable_grad(), watch_gradients(params) as called:
         loss = closure()
     if not called:
         set_grads(params, loss_gradients(loss, params, owner, create_graph=False))
-    return loss
+    return loss, not called
 
 
 def loss_gradients(
@@ -281,6 +315,13 @@ def loss_gradients(
         raise ValueError(
             f"{owner}: the closure called no backward() that reached the optimizer's parameters and "
             f"returned {got}, which cannot be differentiated. {_CLOSURE_CONVENTIONS}"
+        )
+    if any(is_sharded(p) for p in params):
+        raise ValueError(
+            f"{owner}: the closure returned the loss without calling backward(), and the optimizer cannot "
+            "differentiate it itself: FSDP2's sharded parameters get their gradients from backward() "
+            "alone (its hooks gather the parameters and reduce-scatter the gradients). Call "
+            "loss.backward() in the closure and return the loss (torch.optim's convention)"
         )
     live = [p for p in params if p.requires_grad]
     with torch.enable_grad():
@@ -321,7 +362,7 @@ def parameter_names(
     Raises:
         ValueError: a parameter the model does not own (naming `owner` and the shapes).
     """
-    names = {p: name for name, p in model.named_parameters()}
+    names = {p: name for name, p in wrapped(model).named_parameters()}
     missing = [tuple(p.shape) for p in params if p not in names]
     if missing:
         raise ValueError(f"{owner}: the optimizer holds parameters the model does not own (shapes {missing})")
@@ -329,9 +370,96 @@ def parameter_names(
 
 
 def functional_outputs(model: torch.nn.Module, state: dict[str, torch.Tensor], inputs: Any) -> torch.Tensor:
-    """``model(inputs)`` with the parameters in `state` (name → tensor; the others as they are) and fresh
-    copies of the buffers (see `fresh_buffers`), by `torch.func.functional_call`."""
+    """``model(inputs)`` with the parameters in `state` (name → tensor, as `parameter_names` names them;
+    the others as they are) and fresh copies of the buffers (see `fresh_buffers`), by
+    `torch.func.functional_call`."""
+    model = wrapped(model)
     return functional_call(model, {**state, **fresh_buffers(model)}, (inputs,))
+
+
+def wrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a `torch.nn.parallel.DistributedDataParallel` wraps (its forward, without the
+    gradient synchronisation that torch.func's functional calls cannot go through), else `model`."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def refuse_sharded(params: Sequence[torch.Tensor], owner: str, why: str, instead: str) -> None:
+    """Refuse, at construction, FSDP2's sharded parameters (`DTensor`) for what cannot serve them.
+
+    Raises:
+        ValueError: naming `owner`, the shapes, `why` and what to do `instead`.
+    """
+    if any(is_sharded(p) for p in params):
+        shapes = [tuple(p.shape) for p in params]
+        raise ValueError(
+            f"{owner}: the parameters of shapes {shapes} are sharded by FSDP2 (fully_shard), and {why}. "
+            f"{instead}"
+        )
+
+
+def form_vjp(ctx: BlockContext, u: torch.Tensor, cotangent: torch.Tensor) -> Structure:
+    """The VJP of φ ↦ P_φ u with this cotangent (the family's closed form where it has one).
+
+    Args:
+        ctx: the block's context (φ, the form, the family's VJP).
+        u: (n, k) the vector P_φ is applied to.
+        cotangent: (n, k) the cotangent of P_φ u.
+    """
+    if ctx.form_vjp is not None:
+        return ctx.form_vjp(ctx.phi, u, cotangent)
+    _, pullback = vjp(lambda phi: ctx.form(phi) @ u, ctx.phi)
+    (grad,) = pullback(cotangent)
+    return grad
+
+
+def lookahead_gradients(
+    blocks: Sequence[BlockContext],
+    closure: Callable[[], Any],
+    owner: str,
+    rates: Sequence[float],
+    model: torch.nn.Module | None = None,
+) -> list[torch.Tensor]:
+    """The placed gradients of the closure's loss at the lookahead θ − rate·P_φ u of every block at once
+    (u the block's `BlockContext.lookahead`; the closure in either convention, `run_closure`).  θ and
+    its gradients, and `model`'s buffers where it is given, come back exactly, even if the closure
+    raised.
+
+    Returns:
+        Per block (n, k), zeros for parameters the loss does not reach.
+    """
+    params = [p for ctx in blocks for p in ctx.params]
+    saved = [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for p in params]
+    with kept_buffers(model):
+        try:
+            with torch.no_grad():
+                for ctx, rate in zip(blocks, rates):
+                    for p, step in zip(ctx.params, ctx.unview(ctx.form(ctx.phi) @ ctx.lookahead)):
+                        p.sub_(rate * step.to(p.dtype))
+                for p in params:
+                    p.grad = None
+            run_closure(closure, params, owner)
+            return [
+                ctx.view([torch.zeros_like(p) if p.grad is None else p.grad for p in ctx.params])
+                for ctx in blocks
+            ]
+        finally:
+            with torch.no_grad():
+                for p, (value, g) in zip(params, saved):
+                    p.copy_(value)
+                    p.grad = g
+
+
+@contextlib.contextmanager
+def kept_buffers(model: torch.nn.Module | None) -> Iterator[None]:
+    """Within the block the model's buffers may change (a forward pass in training mode updates
+    BatchNorm's running statistics); after it they are as they were (nothing is kept for None)."""
+    saved = [] if model is None else [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
 
 
 def reject_inputs(owner: str, inputs: dict[str, Any]) -> None:

@@ -21,22 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch.func import grad, grad_and_value, jvp
 
 from precondalg._checks import check_choice, check_number
+from precondalg._tensors import shard_like
 from precondalg.objectives.base import (
     BlockContext,
     BlockwiseObjective,
     Evaluation,
     RelativeGradient,
+    closure_evaluation,
     functional_outputs,
     loss_gradients,
     parameter_names,
-    run_closure,
+    refuse_sharded,
     set_grads,
     watch_gradients,
 )
@@ -65,7 +67,9 @@ def criterion(P: Structure, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _draw(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
     """v ~ N(0, I) per parameter, drawn on the CPU generator then moved (same draws on every device), in
-    the parameter's dtype (float32 for float16/bfloat16 ones)."""
+    the parameter's dtype (float32 for float16/bfloat16 ones); for an FSDP2-sharded parameter the whole
+    v (the same on every rank: the preconditioner is fitted on whole tensors; `shard_like` gives the
+    shard where v meets a sharded tensor)."""
     draws = [torch.randn(p.shape, generator=generator, dtype=_draw_dtype(p)) for p in params]
     return [
         v if (v.dtype, v.device) == (p.dtype, p.device) else v.to(dtype=p.dtype, device=p.device)
@@ -173,6 +177,19 @@ class Newton(_Criterion):
         if self.model is not None and not isinstance(self.model, torch.nn.Module):
             raise TypeError(f"Newton: 'model' must be a torch.nn.Module; got {type(self.model).__name__}")
 
+    def check_block(self, params: Sequence[torch.Tensor], placement: Any) -> None:
+        """Refuse, at construction, FSDP2's sharded parameters unless hvp="finite_difference" (the
+        other two differentiate the loss themselves, which sharded parameters do not allow)."""
+        if self.hvp != "finite_difference":
+            refuse_sharded(
+                params,
+                f"Newton(hvp={self.hvp!r})",
+                "their gradients come from backward() alone (FSDP2's hooks gather the parameters and "
+                "reduce-scatter the gradients), so the loss cannot be differentiated twice or functionally",
+                "Use hvp='finite_difference' with a closure that calls loss.backward() and returns the loss "
+                "(PSGD(..., hvp='finite_difference'))",
+            )
+
     def evaluate(
         self,
         params: list[torch.Tensor],
@@ -180,6 +197,7 @@ class Newton(_Criterion):
         generator: torch.Generator,
         **inputs: Any,
     ) -> Evaluation:
+        here = True  # the gradients (and h) are this rank's unless a backward set them
         if self.hvp == "torch.func":
             vs = _draw(params, generator)
             loss, grads, hs = self._forward_over_reverse(params, vs, closure, inputs)
@@ -188,7 +206,7 @@ class Newton(_Criterion):
             self._require_closure(closure)
             with _explain_compiled_double_backward(self.hvp):
                 rng = _global_rng_state()  # a stochastic closure (dropout) draws the same twice
-                loss, grads = self._gradients(params, closure)
+                loss, grads, here = self._gradients(params, closure)
                 vs = _draw(params, generator)  # after the closure: a refused one leaves the generator as is
                 if self.hvp == "autograd":
                     with torch.enable_grad():
@@ -209,7 +227,7 @@ class Newton(_Criterion):
                     hs = self._finite_difference(params, closure, grads, vs, rng)
         set_grads(params, grads)  # unused parameters keep no gradient (skipped)
         hs = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hs)]
-        return Evaluation(loss.detach(), _per_param(params, v=vs, h=hs))
+        return Evaluation(loss.detach(), _per_param(params, v=vs, h=hs), local=("grad", "h") if here else ())
 
     def with_weight_decay(
         self, extras: dict[str, torch.Tensor], weight_decay: float, theta: torch.Tensor
@@ -226,6 +244,7 @@ class Newton(_Criterion):
     ) -> Evaluation:
         """The gradients alone, for a step that does not fit P (no v drawn, no Hessian-vector product),
         with the same requirements on the closure (or ``batch``) as `evaluate`."""
+        here = True
         if self.hvp == "torch.func":
             loss_fn, primal, names = self._functional(params, closure, inputs)
             grads, loss = grad_and_value(loss_fn)(primal)
@@ -233,9 +252,9 @@ class Newton(_Criterion):
         else:
             self.check_inputs(inputs)
             self._require_closure(closure)
-            loss, grads = self._gradients(params, closure, create_graph=False)
+            loss, grads, here = self._gradients(params, closure, create_graph=False)
         set_grads(params, [None if g is None else g.detach() for g in grads])
-        return Evaluation(loss.detach())
+        return Evaluation(loss.detach(), local=("grad",) if here else ())
 
     def _require_closure(self, closure: Callable[[], Any] | None) -> None:
         if closure is None:
@@ -246,10 +265,11 @@ class Newton(_Criterion):
 
     def _gradients(
         self, params: list[torch.Tensor], closure: Callable[[], Any], create_graph: bool = True
-    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """The closure's loss and ∇L (with its graph for "autograd", unless `create_graph` is False),
-        from either closure convention for "finite_difference"; "autograd" refuses a closure that calls
-        backward (the graph is gone)."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None], bool]:
+        """The closure's loss, ∇L (with its graph for "autograd", unless `create_graph` is False), and
+        whether ∇L was taken here from the returned loss (not by the closure's backward), from either
+        closure convention for "finite_difference"; "autograd" refuses a closure that calls backward
+        (the graph is gone)."""
         owner = f"Newton(hvp={self.hvp!r})"
         for p in params:
             p.grad = None  # Newton sets every gradient itself; a closure's backward must not accumulate
@@ -257,7 +277,7 @@ class Newton(_Criterion):
             loss = closure()
         if not called:
             graph = create_graph and self.hvp == "autograd"
-            return loss, loss_gradients(loss, params, owner, create_graph=graph)
+            return loss, loss_gradients(loss, params, owner, create_graph=graph), True
         if self.hvp == "autograd":
             raise ValueError(
                 f"{owner}: the closure called backward() (it set the parameters' gradients), which frees "
@@ -265,7 +285,7 @@ class Newton(_Criterion):
                 "calling backward (PSGD's convention: `def closure(): return loss_fn(model(x), y)`), or use "
                 "hvp='finite_difference', which accepts either closure convention"
             )
-        return loss, [p.grad for p in params]
+        return loss, [p.grad for p in params], False
 
     def _functional(
         self, params: list[torch.Tensor], closure: Any, inputs: dict[str, Any]
@@ -327,9 +347,9 @@ class Newton(_Criterion):
         try:
             with torch.no_grad():
                 for p, v in zip(params, vs):
-                    p.add_(v, alpha=delta)
+                    p.add_(shard_like(v, p), alpha=delta)
             _set_global_rng_state(rng)
-            _, shifted = self._gradients(params, closure)
+            _, shifted, _ = self._gradients(params, closure)
         finally:
             _set_global_rng_state(after)
             with torch.no_grad():  # restored exactly: θ + δv − δv is not θ in floating point
@@ -405,11 +425,12 @@ class Fisher(_Criterion):
         **inputs: Any,
     ) -> Evaluation:
         self.check_inputs(inputs)
-        loss = run_closure(closure, params, "Fisher")
+        evaluation = closure_evaluation(closure, params, "Fisher")
         vs = _draw(params, generator)
         gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        hs = [g + self.damping * v for g, v in zip(gs, vs)] if self.damping else gs
-        return Evaluation(loss, _per_param(params, v=vs, h=hs))
+        hs = [g + self.damping * shard_like(v, g) for g, v in zip(gs, vs)] if self.damping else gs
+        local = evaluation.local + ("h",) * bool(evaluation.local)  # h = g + λv is as local as g
+        return dataclasses.replace(evaluation, per_param=_per_param(params, v=vs, h=hs), local=local)
 
 
 _CLOSED_FORM_GROUPS = (Triangular, Diagonal, Normalization, Dense, Scalar)

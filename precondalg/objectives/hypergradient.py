@@ -26,10 +26,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.func import vjp
 
 from precondalg._checks import check_choice
-from precondalg.objectives.base import BlockContext, Evaluation, Objective, run_closure
+from precondalg.objectives.base import (
+    BlockContext,
+    Evaluation,
+    Objective,
+    closure_evaluation,
+    form_vjp,
+    lookahead_gradients,
+)
 from precondalg.structures import Structure
 
 __all__ = ["Hypergradient"]
@@ -70,48 +76,23 @@ class Hypergradient(Objective):
                 "Hypergradient(mode='unroll'): step() needs a closure (it is evaluated again at "
                 "the lookahead θ − αP_φu); got none"
             )
-        return Evaluation(run_closure(closure, params, "Hypergradient"), data={"closure": closure})
+        return closure_evaluation(closure, params, "Hypergradient", data={"closure": closure})
+
+    def local_answers(self) -> bool:
+        """"unroll" evaluates the closure at the lookahead (its gradients are this rank's unless its
+        backward is synchronised): a data-parallel optimizer averages the hypergradients; "online" reads
+        the synchronised gradients only."""
+        return self.mode == "unroll"
 
     def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
         if self.mode == "online":
             return [self.meta_grad(ctx) for ctx in blocks]
-        cotangents = _lookahead_grads(blocks, evaluation.data["closure"])
-        return [_vjp(ctx, ctx.lookahead, -ctx.lr * ct) for ctx, ct in zip(blocks, cotangents)]
+        closure, rates = evaluation.data["closure"], [ctx.lr for ctx in blocks]
+        cotangents = lookahead_gradients(blocks, closure, "Hypergradient(mode='unroll')", rates)
+        return [form_vjp(ctx, ctx.lookahead, -ctx.lr * ct) for ctx, ct in zip(blocks, cotangents)]
 
     def meta_grad(self, ctx: BlockContext) -> Structure | None:
         """The online hypergradient of one block (None on its first step, before a cached u exists)."""
         if "u" not in ctx.cache:
             return None
-        return _vjp(ctx, ctx.cache["u"], -ctx.cache["lr"] * ctx.grad)
-
-
-def _vjp(ctx: BlockContext, u: torch.Tensor, cotangent: torch.Tensor) -> Structure:
-    """The VJP of φ ↦ P_φ u with this cotangent (the family's closed form where it has one)."""
-    if ctx.form_vjp is not None:
-        return ctx.form_vjp(ctx.phi, u, cotangent)
-    _, pullback = vjp(lambda phi: ctx.form(phi) @ u, ctx.phi)
-    (grad,) = pullback(cotangent)
-    return grad
-
-
-def _lookahead_grads(blocks: list[BlockContext], closure: Callable[[], Any]) -> list[torch.Tensor]:
-    """The placed gradients at θ − αP_φu for every block at once (params and .grad restored after)."""
-    params = [p for ctx in blocks for p in ctx.params]
-    saved = [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for p in params]
-    try:
-        with torch.no_grad():
-            for ctx in blocks:
-                for p, step in zip(ctx.params, ctx.unview(ctx.form(ctx.phi) @ ctx.lookahead)):
-                    p.sub_(ctx.lr * step.to(p.dtype))
-            for p in params:
-                p.grad = None
-        run_closure(closure, params, "Hypergradient(mode='unroll')")
-        return [
-            ctx.view([torch.zeros_like(p) if p.grad is None else p.grad for p in ctx.params])
-            for ctx in blocks
-        ]
-    finally:  # θ and its gradients come back exactly, even if the closure raised
-        with torch.no_grad():
-            for p, (value, g) in zip(params, saved):
-                p.copy_(value)
-                p.grad = g
+        return form_vjp(ctx, ctx.cache["u"], -ctx.cache["lr"] * ctx.grad)

@@ -12,6 +12,11 @@ App. D), the function-space discrepancy (FSD) on a separate batch B′, f(x̃, �
 regression, or a user function.  ∇_φ Q is taken by `torch.func.grad` through
 `torch.func.functional_call` on the user's module: one forward on B and two on B′ plus one backward.
 Parameters outside the optimizer's preconditioned blocks stay at θ in the lookahead.
+
+FSDP2's sharded modules put the parameters they gather in place of a functional call's, so for sharded
+parameters the lookahead is taken in place instead: θ ← θ′, one backward of the loss and the FSD term
+(FSDP2 gathers and reduce-scatters as in training), θ and its gradients restored, and ∇_φ Q by the chain
+rule, the VJP of φ ↦ P_φ u with the cotangent −∇_θ(J_B + λ_FSD ρ)(θ′) + λ_WSD P_φ u — the same gradient.
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ import torch.nn.functional as F
 from torch.func import grad
 
 from precondalg._checks import check_number
+from precondalg._tensors import is_sharded
 from precondalg.objectives.base import (
     BlockContext,
     Evaluation,
     Objective,
+    closure_evaluation,
+    form_vjp,
     functional_outputs,
+    kept_buffers,
+    lookahead_gradients,
     parameter_names,
-    run_closure,
 )
 from precondalg.structures import Structure
 
@@ -126,7 +135,7 @@ class Proximal(Objective):
             )
         if self.lam_fsd > 0 and inputs.get("fsd_batch") is None:
             raise ValueError("Proximal: λ_FSD > 0 needs step(..., fsd_batch=inputs′), a batch other than B")
-        return Evaluation(run_closure(closure, params, "Proximal"), data=inputs)
+        return closure_evaluation(closure, params, "Proximal", data=inputs)
 
     def check_inputs(self, inputs: dict[str, Any]) -> None:
         """``batch`` (the pair (inputs, targets) of B) and ``fsd_batch`` (the inputs of B′), on every
@@ -137,13 +146,17 @@ class Proximal(Objective):
         """Refuse, at construction, parameters `model` does not own: the lookahead evaluates `model`."""
         parameter_names(self.model, list(params), "Proximal")
 
+    def local_answers(self) -> bool:
+        """The lookahead's loss is this rank's batch's: a data-parallel optimizer averages the
+        meta-gradients (the loss and the divergence are batch means)."""
+        return True
+
     def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure | None]:
-        batch = evaluation.data["batch"]
+        if any(is_sharded(p) for ctx in blocks for p in ctx.params):
+            return self._meta_grads_in_place(blocks, evaluation)
         names = parameter_names(self.model, [p for b in blocks for p in b.params], "Proximal")
         theta = {name: p.detach() for p, name in names.items()}
-        inputs, targets = batch
         fsd_inputs = evaluation.data.get("fsd_batch")
-        rho = _DIVERGENCES[self.fsd] if isinstance(self.fsd, str) else self.fsd
         old = functional_outputs(self.model, theta, fsd_inputs).detach() if self.lam_fsd > 0 else None
 
         def meta_loss(phis: list[Structure]) -> torch.Tensor:
@@ -153,9 +166,37 @@ class Proximal(Objective):
                 for p, step in zip(ctx.params, ctx.unview(ctx.form(phi) @ ctx.lookahead)):
                     moved[names[p]] = theta[names[p]] - step.to(p.dtype)
                     wsd = wsd + step.square().sum()
-            loss = self.loss_fn(functional_outputs(self.model, moved, inputs), targets)
-            if self.lam_fsd > 0:
-                loss = loss + self.lam_fsd * rho(functional_outputs(self.model, moved, fsd_inputs), old)
+            loss = self._lookahead_loss(lambda x: functional_outputs(self.model, moved, x), evaluation, old)
             return loss + 0.5 * self.lam_wsd * wsd
 
         return grad(meta_loss)([ctx.phi for ctx in blocks])
+
+    def _lookahead_loss(
+        self, outputs: Callable[[Any], torch.Tensor], evaluation: Evaluation, old: torch.Tensor | None
+    ) -> torch.Tensor:
+        """J_B(θ′) + λ_FSD ρ(f(B′, θ′), f(B′, θ)), with `outputs` the model's outputs at θ′ and `old`
+        f(B′, θ) (None when λ_FSD = 0)."""
+        (inputs, targets), fsd_inputs = evaluation.data["batch"], evaluation.data.get("fsd_batch")
+        rho = _DIVERGENCES[self.fsd] if isinstance(self.fsd, str) else self.fsd
+        loss = self.loss_fn(outputs(inputs), targets)
+        if self.lam_fsd > 0:
+            loss = loss + self.lam_fsd * rho(outputs(fsd_inputs), old)
+        return loss
+
+    def _meta_grads_in_place(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Structure]:
+        """∇_φ Q with the lookahead taken in place on the model (FSDP2's sharded parameters; see the
+        module docstring); θ, its gradients and the model's buffers come back exactly."""
+        fsd_inputs = evaluation.data.get("fsd_batch")
+        with kept_buffers(self.model), torch.no_grad():
+            old = self.model(fsd_inputs).detach() if self.lam_fsd > 0 else None
+
+        def closure() -> torch.Tensor:
+            loss = self._lookahead_loss(self.model, evaluation, old)
+            loss.backward()
+            return loss
+
+        slopes = lookahead_gradients(blocks, closure, "Proximal", [1.0] * len(blocks), self.model)
+        return [
+            form_vjp(ctx, ctx.lookahead, self.lam_wsd * (ctx.form(ctx.phi) @ ctx.lookahead) - slope)
+            for ctx, slope in zip(blocks, slopes)
+        ]

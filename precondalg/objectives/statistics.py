@@ -37,7 +37,7 @@ from precondalg.objectives.base import (
     BlockwiseObjective,
     Evaluation,
     Objective,
-    run_closure,
+    closure_evaluation,
 )
 from precondalg.structures import (
     BlockDiagonal,
@@ -286,7 +286,7 @@ class GradientStatistics(BlockwiseObjective):
         **inputs: Any,
     ) -> Evaluation:
         self.check_inputs(inputs)
-        return Evaluation(run_closure(closure, params, "GradientStatistics"))
+        return closure_evaluation(closure, params, "GradientStatistics")
 
     def meta_grad(self, ctx: BlockContext) -> Statistics:
         return shampoo_statistics(ctx, ctx.grad, self.root)
@@ -531,8 +531,8 @@ class LayerStatistics(Objective):
         **inputs: Any,
     ) -> Evaluation:
         self.check_inputs(inputs)
-        loss = run_closure(closure, params, "LayerStatistics")
-        return Evaluation(loss, data={"layers": self._take()})
+        evaluation = closure_evaluation(closure, params, "LayerStatistics")
+        return dataclasses.replace(evaluation, data={"layers": self._take()})
 
     def evaluate_gradients(
         self, params: list[torch.Tensor], closure: Callable[[], Any] | None, generator: torch.Generator,
@@ -559,6 +559,11 @@ class LayerStatistics(Objective):
                 f"LayerStatistics: the parameters of shapes {shapes} are not the weight and bias of one "
                 "nn.Linear or nn.Conv2d layer of the objective's model"
             )
+
+    def local_answers(self) -> bool:
+        """The layer statistics are this rank's batch's (hooks see its activations and output
+        gradients): a data-parallel optimizer averages them (each is a per-example mean)."""
+        return True
 
     def meta_grads(self, blocks: list[BlockContext], evaluation: Evaluation) -> list[Statistics | None]:
         sums = evaluation.data["layers"]

@@ -1,5 +1,6 @@
 """torch.optim front-ends (layer 5): the generic `Preconditioned` optimizer and thin presets."""
 
+from precondalg.optim._distributed import dcp_load, dcp_save
 from precondalg.optim._watch import SkippedStepWarning
 from precondalg.optim.apo import APO, fsd_batches
 from precondalg.optim.base_rules import BASE_RULES, BaseRule, Graft, base_rule
@@ -29,6 +30,8 @@ __all__ = [
     "SkippedStepWarning",
     "base_rule",
     "by_ndim",
+    "dcp_load",
+    "dcp_save",
     "every",
     "fsd_batches",
     "optimizer_generator",

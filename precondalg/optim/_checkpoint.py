@@ -12,9 +12,10 @@ from precondalg.structures import Structure
 
 __all__ = ["VERSION", "describe", "differences", "static_contexts", "with_contexts"]
 
-VERSION = 2
+VERSION = 3
 """The format of `Preconditioned.configuration`; a checkpoint of another version is refused.  Version 2
-added each block's "static" entry (`static_contexts`)."""
+added each block's "static" entry (`static_contexts`); version 3 moved the optimizer's own entries
+(generators, steps, configuration) from the state dict's top level into its first param group."""
 
 
 def static_contexts(spec: pytree.TreeSpec) -> list[Any]:

@@ -52,6 +52,7 @@ def APO(
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
     precond_rounding: str = unset("stochastic"),
+    process_group: Any = "auto",
     nonfinite: str = "skip",
     weight_decay: float = 0.0,
 ) -> Preconditioned:
@@ -115,6 +116,9 @@ def APO(
             (float32 arithmetic; see `Preconditioned`).
         precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
             `precond_dtype` (see `Preconditioned`).
+        process_group: "auto" (torch.distributed's default group, when initialised with more than
+            one process), a process group or None: the data-parallel ranks across which what the
+            fit reads from the local batch is averaged (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as APO.
@@ -178,6 +182,7 @@ def APO(
             compile=compile,
             precond_dtype=precond_dtype,
             precond_rounding=precond_rounding,
+            process_group=process_group,
             name="APO",
             preset_arguments=_ARGUMENTS,
             **rule,
@@ -201,6 +206,7 @@ def APO(
         compile=compile,
         precond_dtype=precond_dtype,
         precond_rounding=precond_rounding,
+        process_group=process_group,
         name="APO",
         preset_arguments=_ARGUMENTS,
         **rule,

@@ -94,7 +94,7 @@ class Every:
 
 def every(k: int) -> Every:
     """``update_probability`` for a fit every k steps, on the steps 0, k, 2k, … (APO's meta-update
-    interval K, Bae et al. 2022, Algorithm 1): deterministic, counted by the optimizer (its "steps", in
+    interval K, Bae et al. 2022, Algorithm 1): deterministic, counted by the optimizer (its `steps`, in
     the checkpoint), and nothing is drawn.
 
     Raises:

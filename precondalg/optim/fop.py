@@ -39,6 +39,7 @@ def FOP(
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
     precond_rounding: str = unset("stochastic"),
+    process_group: Any = "auto",
 ) -> Preconditioned:
     """FOP: P = MᵀM per layer, learned online by its hypergradient with Adam (Moskovitz et al. 2019).
 
@@ -76,6 +77,9 @@ def FOP(
             (float32 arithmetic; see `Preconditioned`).
         precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
             `precond_dtype` (see `Preconditioned`).
+        process_group: "auto" (torch.distributed's default group, when initialised with more than
+            one process), a process group or None: the data-parallel ranks across which what the
+            fit reads from the local batch is averaged (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as FOP.
@@ -129,6 +133,7 @@ def FOP(
         compile=compile,
         precond_dtype=precond_dtype,
         precond_rounding=precond_rounding,
+        process_group=process_group,
         name="FOP",
         preset_arguments=("hyper_lr", "rank", "normalized", "low_rank_std"),
         **rule,

@@ -40,6 +40,7 @@ def HD(
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
     precond_rounding: str = unset("stochastic"),
+    process_group: Any = "auto",
 ) -> Preconditioned:
     """Hypergradient descent on the learning rate (Baydin et al. 2018; S-HD and PP-HD of Moskovitz et
     al. 2019).
@@ -77,6 +78,9 @@ def HD(
             (float32 arithmetic; see `Preconditioned`).
         precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
             `precond_dtype` (see `Preconditioned`).
+        process_group: "auto" (torch.distributed's default group, when initialised with more than
+            one process), a process group or None: the data-parallel ranks across which what the
+            fit reads from the local batch is averaged (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as HD.
@@ -119,6 +123,7 @@ def HD(
         compile=compile,
         precond_dtype=precond_dtype,
         precond_rounding=precond_rounding,
+        process_group=process_group,
         name="HD",
         preset_arguments=("hyper_lr", "granularity", "hyper_optimizer"),
         **rule,

@@ -36,6 +36,7 @@ def KFAC(
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
     precond_rounding: str = unset("stochastic"),
+    process_group: Any = "auto",
 ) -> Preconditioned:
     """K-FAC (Martens & Grosse 2015) for the `nn.Linear` and `nn.Conv2d` layers of `model` (KFC's
     matrixisation of convolutions, Grosse & Martens 2016): each layer's [W | b] (bias as a homogeneous
@@ -81,6 +82,9 @@ def KFAC(
             (float32 arithmetic; see `Preconditioned`).
         precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
             `precond_dtype` (see `Preconditioned`).
+        process_group: "auto" (torch.distributed's default group, when initialised with more than
+            one process), a process group or None: the data-parallel ranks across which what the
+            fit reads from the local batch is averaged (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as K-FAC.
@@ -118,6 +122,7 @@ def KFAC(
         compile=compile,
         precond_dtype=precond_dtype,
         precond_rounding=precond_rounding,
+        process_group=process_group,
         name="KFAC",
         preset_arguments=_ARGUMENTS,
         **rule,

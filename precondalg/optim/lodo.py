@@ -88,6 +88,7 @@ def LODO(
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
     precond_rounding: str = unset("stochastic"),
+    process_group: Any = "auto",
 ) -> Preconditioned:
     """LODO (Liao, Dangovski, Foerster, Soljačić 2023): a quasi-Newton inverse Hessian learned as a
     permutation network by the one-step hypergradient.
@@ -127,6 +128,9 @@ def LODO(
             (float32 arithmetic; see `Preconditioned`).
         precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
             `precond_dtype` (see `Preconditioned`).
+        process_group: "auto" (torch.distributed's default group, when initialised with more than
+            one process), a process group or None: the data-parallel ranks across which what the
+            fit reads from the local batch is averaged (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as LODO.
@@ -181,6 +185,7 @@ def LODO(
         compile=compile,
         precond_dtype=precond_dtype,
         precond_rounding=precond_rounding,
+        process_group=process_group,
         name="LODO",
         preset_arguments=_ARGUMENTS,
     )

@@ -42,6 +42,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import hashlib
+import json
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -51,7 +53,7 @@ import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number, unset
 from precondalg._checks import given as was_given
-from precondalg._tensors import all_finite, finite_each
+from precondalg._tensors import all_finite, finite_each, full, shard_like
 from precondalg._torch_compat import writable
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer, replace
@@ -64,6 +66,7 @@ from precondalg.objectives import (
     Statistics,
 )
 from precondalg.optim._checkpoint import VERSION, describe, differences, static_contexts, with_contexts
+from precondalg.optim._distributed import average, average_answers, check_replicas, group_of, is_group
 from precondalg.optim._storage import PRECOND_DTYPES, ROUNDINGS, Widened, round_to, stored_tensors
 from precondalg.optim._watch import SkipWatch, blocks_text, callers_level
 from precondalg.optim.base_rules import (
@@ -227,7 +230,7 @@ class Preconditioned(torch.optim.Optimizer):
         update_probability: the probability that a step fits the preconditioners (P is applied every
             step), or a callable ``steps_taken -> probability`` (e.g. an anneal from 1 to 0.03;
             steps_taken counts the calls of `step` that reached a parameter, a skipped one included,
-            a raising one not; it is in the checkpoint as "steps").  The
+            a raising one not: `steps`, saved in the checkpoint).  The
             draw comes from the optimizer's generator (checkpointed); at 1 nothing is drawn.  A step
             that does not fit runs only the objective's `evaluate_gradients` (for PSGD: no v, no
             Hessian-vector product), which amortises an expensive fit.
@@ -273,6 +276,17 @@ class Preconditioned(torch.optim.Optimizer):
             changes none of the optimizer's other draws, runs are reproducible and resume exactly; see
             `precondalg.optim._storage.round_to`) or "nearest" (small meta-steps are lost).  Only with
             `precond_dtype`.
+        process_group: the ranks that train this model together on different data (data parallelism:
+            `torch.nn.parallel.DistributedDataParallel`): "auto" (default: torch.distributed's default
+            group when it is initialised with more than one process, at each step), a process group,
+            or None (this process alone).  What the objective computes from the local batch beyond the
+            gradients a ``backward`` produced (`Evaluation.local`: PSGD Newton's Hessian-vector
+            products, gradients taken from a returned loss; `Objective.local_answers`: K-FAC's layer
+            statistics, APO's lookahead) is averaged across the group before the fit, so every rank
+            fits and applies the same preconditioner, that of one process on the concatenated batch
+            (equal per-rank batches, batch-mean losses).  The first step (and the first after
+            `load_state_dict`) checks that the ranks hold the same parameters and generator states
+            (a ValueError otherwise).
         name: the method's name, shown in checkpoint errors (presets pass theirs, e.g. "FOP").
         preset_arguments: a preset's own construction arguments (e.g. PSGD's "lr_precond"): like the
             five choices, one value for the whole optimizer, so a param group holding one is refused.
@@ -317,6 +331,7 @@ class Preconditioned(torch.optim.Optimizer):
         compile: bool | dict[str, Any] = False,
         precond_dtype: torch.dtype | None = None,
         precond_rounding: str = unset("stochastic"),
+        process_group: Any = "auto",
         name: str = "Preconditioned",
         preset_arguments: tuple[str, ...] = (),
     ) -> None:
@@ -340,6 +355,14 @@ class Preconditioned(torch.optim.Optimizer):
         check_number("Preconditioned", "warmup", warmup, 0, integer=True)
         check_choice("Preconditioned", "nonfinite", nonfinite, _NONFINITE)
         check_number("Preconditioned", "seed", seed, integer=True)
+        if not (process_group is None or process_group == "auto" or is_group(process_group)):
+            raise TypeError(
+                "Preconditioned: 'process_group' must be \"auto\", None or a torch.distributed process "
+                f"group; got {process_group!r} ({type(process_group).__name__})"
+            )
+        self._process_group = process_group
+        self._replicas_checked = False
+        self._ranks: Any = None  # the step's process group (`group_of`), or None
         self._compile = _compile_options(compile, nonfinite)
         if precond_dtype is not None and not isinstance(precond_dtype, torch.dtype):
             raise TypeError(
@@ -415,6 +438,12 @@ class Preconditioned(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"{self._name} ({super().__repr__()})"
+
+    @property
+    def steps(self) -> int:
+        """The steps taken: the calls of `step` that reached a parameter, a skipped one included, a
+        raising one not (what a callable ``update_probability`` reads; saved in the checkpoint)."""
+        return self._steps
 
     @property
     def objective(self) -> Objective:
@@ -742,6 +771,7 @@ class Preconditioned(torch.optim.Optimizer):
         (torch deprecates pickling them): `__setstate__` rebuilds them."""
         mine = {k: v for k, v in self.__dict__.items() if k.startswith("_")}
         mine["_compiled"] = None  # compiled again on the copy's first step
+        mine["_ranks"] = None  # found again at the copy's next step
         mine["_blocks"] = [
             [dataclasses.replace(b, spec=None, formed=None) for b in blocks] for blocks in self._blocks
         ]
@@ -787,10 +817,15 @@ class Preconditioned(torch.optim.Optimizer):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict; each block's state also holds its fitter's state, the top-level
-        key "generator" the state of the optimizer's random generator ("rounding_generator": the
-        stochastic rounding's, with ``precond_dtype``) and "precondalg" the `configuration` that a
-        checkpoint must match to be loaded."""
+        """torch.optim's state dict ("state" and "param_groups"); each block's state also holds its
+        fitter's state, and the first param group holds the optimizer's own entries under "precondalg":
+        "generator" (the state of the optimizer's random generator), "rounding_generator" (the stochastic
+        rounding's, with ``precond_dtype``), "steps" (the steps taken), "configuration" (the
+        `configuration` that a checkpoint must match to be loaded, as JSON text) and "layout" (a digest
+        of the state's entries, `_layout`: a state dict loaded into another's template that lacked
+        some, as torch.distributed.checkpoint's in-place load does, is refused).  They sit in a param
+        group, not at the top level, so that `torch.distributed.checkpoint`'s
+        ``get_optimizer_state_dict``, which keeps "state" and "param_groups" only, carries them."""
         packed = super().state_dict()
         index = self._param_index()
         for block in self._all_blocks():
@@ -801,13 +836,14 @@ class Preconditioned(torch.optim.Optimizer):
                 "preconditioner": {**entry["preconditioner"], "fitter": block.fitter.state_dict()},
             }
         rounding = {} if self._rounding is None else {"rounding_generator": self._rounding.get_state()}
-        return {
-            **packed,
+        packed["param_groups"][0]["precondalg"] = {
             "generator": self._generator.get_state(),
             **rounding,
             "steps": self._steps,
-            "precondalg": self.configuration(),
+            "configuration": json.dumps(self.configuration()),
+            "layout": _layout(packed),
         }
+        return packed
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; restores φ's leaves, the cache, the skip counters, the base rule's state
@@ -824,11 +860,10 @@ class Preconditioned(torch.optim.Optimizer):
                 differences and nothing of this optimizer is changed.
         """
         self._check_checkpoint(state_dict)
-        state_dict = dict(state_dict)
-        generator = state_dict.pop("generator")
-        rounding = state_dict.pop("rounding_generator", None)
-        steps = state_dict.pop("steps")
-        state_dict.pop("precondalg")
+        groups = [dict(group) for group in state_dict["param_groups"]]
+        own = groups[0].pop("precondalg")
+        state_dict = {**state_dict, "param_groups": groups}
+        generator, rounding, steps = own["generator"], own.get("rounding_generator"), own["steps"]
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         saved = dict(state_dict["state"])
         # torch.optim casts every floating state tensor to its parameter's dtype: lossy for the float32
@@ -870,26 +905,34 @@ class Preconditioned(torch.optim.Optimizer):
             self.state[anchor]["preconditioner"] = pre
             self._store(block)
         self._watch.reset(self._counters(), len(self._every_block()))
+        self._replicas_checked = False  # every rank must have loaded the same checkpoint
 
     def _check_checkpoint(self, state_dict: dict[str, Any]) -> None:
         """Refuse, before changing anything, a state dict this optimizer cannot continue from."""
-        if not isinstance(state_dict, dict) or "precondalg" not in state_dict:
+        own = _own_entries(state_dict)
+        if own is None:
             keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(
                 "Preconditioned.load_state_dict: this state dict was not made by a precondalg optimizer "
-                f"(it has no 'precondalg' entry; its keys are {keys}): it cannot be loaded into "
-                f"{self._name}; nothing was changed"
+                f"(its first param group has no 'precondalg' entry; its keys are {keys}): it cannot be "
+                f"loaded into {self._name}; nothing was changed"
             )
-        saved, mine = state_dict["precondalg"], self.configuration()
-        changed = differences(saved, mine)
-        if changed:
+        self._check_configuration(own["configuration"] if isinstance(own.get("configuration"), str) else own)
+        if own.get("layout") != _layout(state_dict):
             raise ValueError(
-                "Preconditioned.load_state_dict: the checkpoint was made with a different configuration "
-                f"(checkpoint → this optimizer): {'; '.join(changed)}. Nothing was changed"
+                "Preconditioned.load_state_dict: the state dict lacks entries the checkpoint had (its "
+                "layout digest differs): it was loaded into the state dict of an optimizer that has not "
+                "taken the same steps (torch.distributed.checkpoint's dcp.load fills a template in place "
+                "and drops what the template lacks: the last step's cache, the meta-optimizer's moments). "
+                "Save and load with precondalg.optim.dcp_save / dcp_load. load_state_dict changed nothing, "
+                "but a dcp.load into this optimizer's own state dict has overwritten some of its tensors in "
+                "place: build the optimizer anew before loading again"
             )
         states = state_dict.get("state", {})
-        index = self._param_index()
-        missing = [f"'{key}'" for key in ("generator", "steps") if key not in state_dict]
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        index = dict(zip(params, saved_ids))  # ints, or names (torch.distributed.checkpoint's)
+        missing = [f"'{key}'" for key in ("generator", "steps") if key not in own]
         for block in self._every_block():
             for p in block.params:
                 needed = list(self._base_keys)
@@ -904,6 +947,21 @@ class Preconditioned(torch.optim.Optimizer):
             raise ValueError(
                 f"Preconditioned.load_state_dict: the checkpoint lacks {', '.join(missing)}; nothing was "
                 "changed"
+            )
+
+    def _check_configuration(self, saved: str | dict[str, Any]) -> None:
+        """Refuse a checkpoint's `configuration` (JSON text; a dict for a format-2 checkpoint) that is
+        not this optimizer's.
+
+        Raises:
+            ValueError: listing the differences.
+        """
+        saved = json.loads(saved) if isinstance(saved, str) else saved
+        changed = differences(saved, json.loads(json.dumps(self.configuration())))
+        if changed:
+            raise ValueError(
+                "Preconditioned.load_state_dict: the checkpoint was made with a different configuration "
+                f"(checkpoint → this optimizer): {'; '.join(changed)}. Nothing was changed"
             )
 
     def _counters(self) -> torch.Tensor:
@@ -951,6 +1009,9 @@ class Preconditioned(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         evaluate = self._objective.evaluate if fitting else self._objective.evaluate_gradients
         evaluation = evaluate(params, closure, self._generator, **inputs)
+        self._ranks = group_of(self._process_group)
+        if self._ranks is not None:
+            evaluation = self._synchronise(evaluation, params)
         if not any(p.grad is not None for p in params):
             warnings.warn(
                 f"{self._name}.step: none of the optimizer's {len(params)} parameters has a gradient "
@@ -971,6 +1032,36 @@ class Preconditioned(torch.optim.Optimizer):
             self._watch.record(self._counters(), *shapes)
         self._steps += 1
         return evaluation
+
+    def _synchronise(self, evaluation: Evaluation, params: list[torch.Tensor]) -> Evaluation:
+        """Average `Evaluation.local` across the ranks (a gradient missing on a rank counts as zero there,
+        as DDP counts an unused parameter's; it stays None where every rank lacks it); on the first step,
+        check that the ranks are replicas (`check_replicas`)."""
+        if not self._replicas_checked:
+            states = [g.get_state() for g in (self._generator, self._rounding) if g is not None]
+            check_replicas([p.detach() for p in params] + states, self._ranks, self._name)
+            self._replicas_checked = True
+        tensors, places = [], []
+        if "grad" in evaluation.local:
+            tensors += [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            tensors.append(torch.tensor([p.grad is not None for p in params], dtype=torch.float64))
+            places += [("grad", p) for p in params] + [("given", None)]
+        for name in evaluation.local:
+            if name != "grad":
+                tensors += list(evaluation.per_param[name].values())
+                places += [(name, p) for p in evaluation.per_param[name]]
+        if not tensors:
+            return evaluation
+        per_param = {name: dict(values) for name, values in evaluation.per_param.items()}
+        means = average(tensors, self._ranks)
+        if "grad" in evaluation.local:
+            anywhere = means[len(params)].tolist()
+            for p, mean, given in zip(params, means, anywhere):
+                p.grad = mean if given > 0 else None
+        for (name, p), mean in zip(places, means):
+            if name not in ("grad", "given"):
+                per_param[name][p] = mean
+        return dataclasses.replace(evaluation, per_param=per_param)
 
     def _update(self, evaluation: Evaluation, fitting: bool, applying: bool) -> None:
         """`_skip_step`, compiled with ``compile=True`` (built on the first step)."""
@@ -1020,6 +1111,8 @@ class Preconditioned(torch.optim.Optimizer):
             for plan in learned:
                 plan.context = self._scale_once(plan.block, plan.context, ok)
         metas = self._objective.meta_grads([plan.context for plan in learned], evaluation) if learned else []
+        if self._ranks is not None and self._objective.local_answers():
+            metas = average_answers(metas, [plan.block.shapes for plan in learned], self._ranks)
         return [
             (plan.block, self._fit(plan.block, meta, ok))
             for plan, meta in zip(learned, metas)
@@ -1150,20 +1243,20 @@ class Preconditioned(torch.optim.Optimizer):
         pre = self.state[anchor]["preconditioner"]
         dtype = _compute_dtype(anchor)
         plan.shapes = block.shapes
-        plan.X = block.placement.view(plan.grads)
+        plan.X = self._view(block, plan.grads)
         if base is not None:  # position "direction" (`_direction_bases`)
             plan.states, plan.sources = base
-            plan.u = block.placement.view(plan.sources)
+            plan.u = self._view(block, plan.sources)
         else:
             plan.u = plan.X
         if not fitting:
             return plan
         extras = {
-            name: block.placement.view([_cast(of, dtype) for of in evaluation.of(name, params)])
+            name: self._view(block, [_cast(of, dtype) for of in evaluation.of(name, params)])
             for name in evaluation.per_param
         }
         if group["weight_decay"]:
-            theta = block.placement.view([_in_compute_dtype(p) for p in params])
+            theta = self._view(block, [_in_compute_dtype(p) for p in params])
             extras = self._objective.with_weight_decay(extras, group["weight_decay"], theta)
         plan.context = BlockContext(
             self._live_phi(block),
@@ -1173,8 +1266,8 @@ class Preconditioned(torch.optim.Optimizer):
             extras,
             params=params,
             lookahead=plan.u,
-            unview=functools.partial(block.placement.unview, shapes=plan.shapes),
-            view=lambda tensors: block.placement.view([_cast(t, dtype) for t in tensors]),
+            unview=functools.partial(self._unview, block, shapes=plan.shapes),
+            view=lambda tensors: self._view(block, [_cast(t, dtype) for t in tensors]),
             lr=group["lr"],
             form_vjp=block.family.hyper_vjp,
             relative=self._fitter.takes_relative,
@@ -1182,6 +1275,18 @@ class Preconditioned(torch.optim.Optimizer):
             power=block.family.power,
         )
         return plan
+
+    @staticmethod
+    def _view(block: _Block, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The placement's (n, k) view of tensors of the block's parameters' shapes; of the whole tensors
+        where they are sharded (FSDP2's `DTensor`: gathered, `full`)."""
+        return block.placement.view([full(t) for t in tensors])
+
+    @staticmethod
+    def _unview(block: _Block, M: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """`_view`'s inverse: tensors of the parameters' shapes, each placed like its parameter (a
+        sharded parameter's rank keeps its shard, `shard_like`)."""
+        return [shard_like(t, p) for t, p in zip(block.placement.unview(M, shapes), block.params)]
 
     def _certain(self, flag: Flag) -> bool:
         """Whether `flag` is known to be true without a host synchronisation: True itself, or a device
@@ -1229,12 +1334,12 @@ class Preconditioned(torch.optim.Optimizer):
             return None, plan.states, plan.sources
         P = self._formed(block)
         if self._position == "gradient":
-            directions = _contiguous(block.placement.unview(P @ plan.X, plan.shapes))
+            directions = _contiguous(self._unview(block, P @ plan.X, plan.shapes))
             if self._graft is None:
                 return directions, [], []
             grafts, directions = self._grafted(params, plan.grads, directions)
             return directions, grafts, []
-        directions = _contiguous(block.placement.unview(P @ plan.u, plan.shapes))
+        directions = _contiguous(self._unview(block, P @ plan.u, plan.shapes))
         if self._graft is None:
             return None, plan.states, directions
         grafts, directions = self._grafted(params, plan.sources, directions)
@@ -1393,6 +1498,38 @@ class Preconditioned(torch.optim.Optimizer):
         else:
             fit.step(pytree.tree_leaves(direction))
         return None, saved
+
+
+def _layout(state_dict: dict[str, Any]) -> str:
+    """A digest of where a state dict's per-parameter state has entries (every key path, with its
+    keys' types; not the values), parameter by parameter in the param groups' order."""
+    paths: list[str] = []
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, entry in value.items():
+                visit(f"{prefix}/{key!r}", entry)
+        elif isinstance(value, (list, tuple)):
+            for i, entry in enumerate(value):
+                visit(f"{prefix}[{i}]", entry)
+        else:
+            paths.append(prefix)
+
+    for n, i in enumerate(i for group in state_dict["param_groups"] for i in group["params"]):
+        visit(str(n), state_dict["state"].get(i, {}))
+    return hashlib.sha1("\n".join(paths).encode()).hexdigest()
+
+
+def _own_entries(state_dict: Any) -> dict[str, Any] | None:
+    """The optimizer's own entries of a state dict (`Preconditioned.state_dict`): its first param
+    group's "precondalg"; for a checkpoint of configuration version 2 (top-level entries), its
+    configuration, which `differences` then refuses by its version; None for another optimizer's."""
+    if not isinstance(state_dict, dict):
+        return None
+    groups = state_dict.get("param_groups")
+    if isinstance(groups, list) and groups and isinstance(groups[0], dict) and "precondalg" in groups[0]:
+        return groups[0]["precondalg"]
+    return state_dict.get("precondalg")
 
 
 def _compile_options(choice: Any, nonfinite: str) -> dict[str, Any] | None:

@@ -97,6 +97,7 @@ def PSGD(
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
     precond_rounding: str = unset("stochastic"),
+    process_group: Any = "auto",
     model: torch.nn.Module | None = None,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     rank: int | None = None,
@@ -156,6 +157,9 @@ def PSGD(
             (float32 arithmetic; see `Preconditioned`).
         precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
             `precond_dtype` (see `Preconditioned`).
+        process_group: "auto" (torch.distributed's default group, when initialised with more than
+            one process), a process group or None: the data-parallel ranks across which what the
+            fit reads from the local batch is averaged (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as PSGD.
@@ -236,6 +240,7 @@ def PSGD(
         compile=compile,
         precond_dtype=precond_dtype,
         precond_rounding=precond_rounding,
+        process_group=process_group,
         name="PSGD",
         preset_arguments=_ARGUMENTS,
         **rule,

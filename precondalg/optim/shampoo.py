@@ -38,6 +38,7 @@ def Shampoo(
     compile: bool | dict[str, Any] = False,
     precond_dtype: torch.dtype | None = None,
     precond_rounding: str = unset("stochastic"),
+    process_group: Any = "auto",
 ) -> Preconditioned:
     """Shampoo (Gupta, Koren & Singer 2018, Algorithms 1–2): for every parameter of order k (a matrix:
     k = 2), one statistic per axis, Lᵢ ← β₂Lᵢ + (1 − β₂)·Gᵢ Gᵢᵀ with Gᵢ the mode-i unfolding of the
@@ -77,6 +78,9 @@ def Shampoo(
             (float32 arithmetic; see `Preconditioned`).
         precond_rounding: "stochastic" or "nearest": how a fit's new values are rounded to
             `precond_dtype` (see `Preconditioned`).
+        process_group: "auto" (torch.distributed's default group, when initialised with more than
+            one process), a process group or None: the data-parallel ranks across which what the
+            fit reads from the local batch is averaged (see `Preconditioned`).
 
     Returns:
         A `Preconditioned` optimizer configured as Shampoo.
@@ -119,6 +123,7 @@ def Shampoo(
         compile=compile,
         precond_dtype=precond_dtype,
         precond_rounding=precond_rounding,
+        process_group=process_group,
         name="Shampoo",
         preset_arguments=_ARGUMENTS,
         **rule,
