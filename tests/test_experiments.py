@@ -17,6 +17,7 @@ import torch
 from precondalg.experiments import registered
 from precondalg.experiments.cli import main
 from precondalg.experiments.compare import compare
+from precondalg.experiments.core import experiment
 from precondalg.experiments.harness import (
     MethodResult,
     RunRecord,
@@ -346,6 +347,10 @@ def test_strict_fails_on_unknown_failures_and_on_known_failures_that_hold(tmp_pa
     (message,) = _unexpected(exp, [Claim("LODO within", "9", False)])
     assert "fails, not a known failure: LODO within" in message
     assert "a known failure now holds" in _unexpected(exp, [Claim(known, "1", True)])[0]
+    with pytest.raises(ValueError, match=r"unsettled claims are not known failures; both: \['LODO within'\]"):
+        experiment("X", paper="", figure="", reproduces="", minutes=1, quick_minutes=1, steps=1,
+                   known_failures=("LODO within",), unsettled=("LODO within",))(lambda ctx: None)
+    assert "X" not in EXPERIMENTS
     # LODO-E2's three known failures fail as expected, the rest hold: --strict passes
     assert main(["run", "LODO-E2", "--quick", "--strict", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -364,6 +369,6 @@ def test_the_committed_full_run_fails_exactly_the_known_failures(name):
     claims = [Claim(c["claim"], c["measured"], c["holds"]) for c in recorded["claims"]]
     assert claims, f"{name}: the committed run checked no claim"
     assert _unexpected(EXPERIMENTS[name], claims) == []
-    known = EXPERIMENTS[name].known_failures
-    unmatched = [k for k in known if not any(c.claim.startswith(k) for c in claims)]
-    assert not unmatched, f"{name}: known failures that name no claim: {unmatched}"
+    named = EXPERIMENTS[name].known_failures + EXPERIMENTS[name].unsettled
+    unmatched = [k for k in named if not any(c.claim.startswith(k) for c in claims)]
+    assert not unmatched, f"{name}: known failures or unsettled claims that name no claim: {unmatched}"

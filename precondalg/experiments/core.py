@@ -65,6 +65,10 @@ class Experiment:
         run: the experiment.
         known_failures: the beginnings of the claims that are known not to reproduce (each page says why);
             ``run --strict`` fails on any other claim that fails, and on a known failure that holds.
+        unsettled: the beginnings of the claims whose outcome a round-off-level change of the run flips
+            (a chaotic training regime: perturbing the initial weights by a relative 1e-7, or another
+            CPU's floating-point kernels, changes the verdict). Their outcome is reported, marked, and
+            not checked by ``run --strict``; each page shows the evidence. None is also a known failure.
     """
 
     name: str
@@ -78,6 +82,11 @@ class Experiment:
     quick_steps: int
     run: Callable[[Context], Result]
     known_failures: tuple[str, ...] = ()
+    unsettled: tuple[str, ...] = ()
+
+    def is_unsettled(self, claim: Claim) -> bool:
+        """Whether `claim`'s outcome is one that round-off flips (see `unsettled`)."""
+        return claim.claim.startswith(self.unsettled) if self.unsettled else False
 
 
 QUICK_SEEDS = 3
@@ -99,11 +108,12 @@ def experiment(
     steps: int,
     quick_steps: int | None = None,
     known_failures: tuple[str, ...] = (),
+    unsettled: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Context], Result]], Callable[[Context], Result]]:
     """Register ``run(ctx) -> Result`` as the experiment `name` (metadata as in `Experiment`).
 
     Raises:
-        ValueError: a duplicate name, or fewer than 3 seeds.
+        ValueError: a duplicate name, fewer than 3 seeds, or a claim both unsettled and a known failure.
     """
 
     def register(run: Callable[[Context], Result]) -> Callable[[Context], Result]:
@@ -111,9 +121,12 @@ def experiment(
             raise ValueError(f"experiment {name!r} is registered twice")
         if seeds < 3:
             raise ValueError(f"experiment {name!r}: at least 3 seeds; got {seeds}")
+        both = [u for u in unsettled for k in known_failures if u.startswith(k) or k.startswith(u)]
+        if both:
+            raise ValueError(f"experiment {name!r}: unsettled claims are not known failures; both: {both}")
         EXPERIMENTS[name] = Experiment(
             name, paper, figure, reproduces, minutes, quick_minutes, seeds, steps, quick_steps or steps, run,
-            tuple(known_failures),
+            tuple(known_failures), tuple(unsettled),
         )
         return run
 
@@ -200,6 +213,12 @@ def _cell(values: list[float]) -> str:
     return fmt(mean_std(values))
 
 
+def _verdict(exp: Experiment, claim: Claim) -> str:
+    """The claims table's "holds" cell: yes or **no**, marked where round-off flips the outcome."""
+    verdict = "yes" if claim.holds else "**no**"
+    return f"{verdict} (unsettled: round-off flips it)" if exp.is_unsettled(claim) else verdict
+
+
 def summary_tables(exp: Experiment, result: Result) -> str:
     """The metrics table (mean ± std over seeds) and the claims table, as Markdown."""
     names = list(dict.fromkeys(k for per in result.metrics.values() for k in per))
@@ -211,7 +230,7 @@ def summary_tables(exp: Experiment, result: Result) -> str:
         out += [
             markdown_table(
                 ["claim (paper)", "measured", "holds"],
-                [[c.claim, c.measured, "yes" if c.holds else "**no**"] for c in result.claims],
+                [[c.claim, c.measured, _verdict(exp, c)] for c in result.claims],
             ),
             "",
         ]

@@ -563,11 +563,10 @@ def plot_robustness(
     seeds=3,
     steps=200,
     quick_steps=200,
-    known_failures=(
-        "FOP improves by ≥ 1 std in more cells",
-        "≥ 1 cell where SGDm fails",
-        "the best Adam + FOP",
-    ),
+    known_failures=("≥ 1 cell where SGDm fails", "the best Adam + FOP"),
+    # lr 0.3, μ 0.9 is chaotic: a relative 1e-7 change of the initial weights moves SGDm + FOP's accuracy
+    # there by up to 0.3 (tests/test_experiments_fop_nets.py), so the quadrant claim's verdict is round-off's
+    unsettled=("FOP improves by ≥ 1 std in more cells",),
 )
 def robustness(ctx: Context) -> Result:
     """FOP-E6 (module docstring)."""
