@@ -5,8 +5,9 @@ everything after the objective's evaluation — with `torch.compile`, sync-free.
 
 (a) every preset, compiled, gives the eager run's parameters and preconditioners after four steps (the
     first steps compile: a step without and with a cached u, a refit and an amortised one), with the
-    Dynamo-only backend "aot_eager" (the same aten kernels as eager: fast to compile) in the default
-    run, and with Inductor, what ``compile=True`` means, in the slow run;
+    Dynamo-only backend "aot_eager" (the same aten kernels as eager: fast to compile; three presets in
+    the default run, all in the slow run), and with Inductor, what ``compile=True`` means, in the slow
+    run;
 (b) a skipped step (NaN gradient) is skipped and counted, compiled as in eager;
 (c) the argument is checked, and a compiled optimizer can be copied and pickled.
 
@@ -110,7 +111,14 @@ def assert_compiled_equals_eager(preset, compile):
         assert (c - e).abs().max() <= 1e-4 * moved, (preset, (c - e).abs().max(), moved)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+DEFAULT_RUN = ("KFAC", "Shampoo (every 2)", "Preconditioned (Fisher, LieGroup, clip)")
+"""The presets whose aot_eager comparison the default run keeps (a hook-based fit, the amortised refit's
+regression, the generic engine); the others take 9 to 15 s each and run with the slow tests."""
+
+
+@pytest.mark.parametrize(
+    "preset", [p if p in DEFAULT_RUN else pytest.param(p, marks=pytest.mark.slow) for p in PRESETS]
+)
 def test_compiled_step_equals_eager_dynamo(preset):
     assert_compiled_equals_eager(preset, {"backend": "aot_eager"})
 
