@@ -17,8 +17,9 @@ steps, then `--steps` timed steps; reported:
   state_bytes`, a sharded tensor's local shard), and its ratio to the same preset's total in one process;
 - **added bytes**: what the optimizer itself exchanges per step on top of the layout's own gradient
   communication, counted as it happens (the payload of its ``all_reduce`` calls, and for FSDP2 the bytes
-  each rank receives when it gathers a sharded gradient to fit and apply the preconditioner on the whole
-  tensor: (W − 1)/W of the tensor), averaged over the timed steps.  For reference, the layout's own
+  each rank receives when it gathers the sharded gradients to fit and apply the preconditioner on the
+  whole tensors: the other W − 1 ranks' chunks, each padded to ⌈n/W⌉ rows, all of a step's gradients in
+  one ``all_gather``), averaged over the timed steps.  For reference, the layout's own
   communication per step: DDP all-reduces the gradients (595,712 bytes of payload), FSDP2 gathers the
   parameters and reduce-scatters the gradients.
 
@@ -79,19 +80,26 @@ CLOSURE = {"PSGD"}
 
 class Counter:
     """The bytes the optimizer exchanges: wraps `torch.distributed.all_reduce` as its distributed module
-    sees it, and the gather of sharded tensors the engine makes (`precondalg._tensors.full`)."""
+    sees it, the batched gather of the step's sharded tensors (`precondalg._tensors.full_many`: the
+    chunks a rank receives from the others, padding included) and the engine's other gathers
+    (`precondalg._tensors.full`)."""
 
     def __init__(self, world: int) -> None:
+        import precondalg._tensors as tensors
         import precondalg.optim._distributed as averaging
         import precondalg.optim.preconditioned as engine
 
         self.bytes = 0
         self.world = world
-        reduce, gather = averaging.dist.all_reduce, engine.full
+        reduce, gather, gather_many = averaging.dist.all_reduce, engine.full, tensors.dist.all_gather
 
         def counted_reduce(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             self.bytes += tensor.numel() * tensor.element_size()
             return reduce(tensor, *args, **kwargs)
+
+        def counted_gather_many(received: list[torch.Tensor], tensor: torch.Tensor, **kwargs: Any) -> Any:
+            self.bytes += tensor.numel() * tensor.element_size() * (len(received) - 1)
+            return gather_many(received, tensor, **kwargs)
 
         def counted_gather(t: torch.Tensor) -> torch.Tensor:
             whole = gather(t)
@@ -100,6 +108,7 @@ class Counter:
             return whole
 
         averaging.dist = _Patched(averaging.dist, all_reduce=counted_reduce)
+        tensors.dist = _Patched(tensors.dist, all_gather=counted_gather_many)
         engine.full = counted_gather
 
 

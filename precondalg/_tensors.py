@@ -3,14 +3,17 @@ of the public API)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 try:  # public from torch 2.5
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 except ImportError:  # pragma: no cover - torch 2.4, or a build without torch.distributed
-    DTensor, distribute_tensor = None, None
+    dist, DTensor, Shard, distribute_tensor = None, None, None, None
 
-__all__ = ["all_finite", "finite_each", "full", "is_sharded", "shard_like"]
+__all__ = ["all_finite", "finite_each", "full", "full_many", "is_sharded", "shard_like"]
 
 
 def is_sharded(t: torch.Tensor) -> bool:
@@ -23,6 +26,51 @@ def full(t: torch.Tensor) -> torch.Tensor:
     rank of its mesh), or `t` itself.  The preconditioner couples a sharded tensor's entries, so it is
     fitted and applied on the whole tensor, identically on every rank."""
     return t.full_tensor() if is_sharded(t) else t
+
+
+def full_many(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`full` of each tensor, with one ``all_gather`` for all the DTensors that share a 1-D mesh, a
+    dtype and a device and are sharded on dim 0 (FSDP2's layout) rather than one per tensor; other
+    DTensors are gathered one by one. Data movement only: the result is `full`'s bit for bit.
+
+    Each rank sends its shards, each padded to the chunk of ``torch.chunk`` (⌈n/W⌉ rows of n on W ranks,
+    the split DTensor's ``Shard(0)`` makes), one after the other in one buffer; the whole tensor is
+    rank 0's chunk, then rank 1's, …, trimmed to n rows.
+    """
+    out = list(tensors)
+    batches: dict[tuple[object, torch.dtype, torch.device], list[int]] = {}
+    for i, t in enumerate(tensors):
+        if not is_sharded(t):
+            continue
+        if t.device_mesh.ndim == 1 and tuple(t.placements) == (Shard(0),) and not t.is_complex():
+            batches.setdefault((t.device_mesh, t.dtype, t.device), []).append(i)
+        else:
+            out[i] = t.full_tensor()
+    for (mesh, _, _), where in batches.items():
+        for i, whole in zip(where, _gather_rows([tensors[i] for i in where], mesh)):
+            out[i] = whole
+    return out
+
+
+def _gather_rows(tensors: list[DTensor], mesh: object) -> list[torch.Tensor]:
+    """The whole tensors of DTensors sharded on dim 0 of the 1-D `mesh` (same dtype and device), with
+    one ``all_gather`` (`full_many`)."""
+    world = mesh.size()
+    rows = [-(-t.shape[0] // world) for t in tensors]  # torch.chunk's rows per rank
+    chunks = [r * math.prod(t.shape[1:]) for r, t in zip(rows, tensors)]  # entries per rank
+    local = [t.to_local() for t in tensors]
+    buffer = local[0].new_zeros(sum(chunks))
+    start = 0
+    for part, size in zip(local, chunks):
+        buffer[start : start + part.numel()] = part.reshape(-1)
+        start += size
+    received = [torch.empty_like(buffer) for _ in range(world)]
+    dist.all_gather(received, buffer, group=mesh.get_group())
+    out, start = [], 0
+    for t, n, size in zip(tensors, rows, chunks):
+        out.append(torch.cat([r[start : start + size].view(n, *t.shape[1:]) for r in received])[: t.shape[0]])
+        start += size
+    return out
 
 
 def shard_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

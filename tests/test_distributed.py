@@ -291,6 +291,51 @@ def test_fsdp2_refuses_what_sharded_parameters_cannot_serve(sharded_ranks, name)
         assert "FSDP2" in rank[name]
 
 
+def _gather_worker(rank, world, folder):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    import precondalg._tensors as tensors
+
+    start(rank, world, folder)
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(0)  # the same whole tensors on every rank
+    wholes = [torch.randn(5, 2, generator=g), torch.randn(1, 3, generator=g, dtype=F64)]
+    wholes += [torch.randn(7, generator=g), torch.randn(4, 2, 2, generator=g, dtype=F64)]
+    wholes += [torch.randn(3, generator=g)]
+    given = [distribute_tensor(w, mesh, [Shard(0)]) for w in wholes[:4]]
+    given += [distribute_tensor(wholes[4], mesh, [Replicate()]), torch.ones(2)]  # one by one; not a DTensor
+    calls = []
+    real = tensors.dist
+
+    class Counted:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def all_gather(self, out, t, group=None):
+            calls.append((t.dtype, t.numel()))
+            return real.all_gather(out, t, group=group)
+
+    tensors.dist = Counted()
+    got = tensors.full_many(given)
+    tensors.dist = real
+    torch.save({"equal": [torch.equal(a, b) for a, b in zip(got, wholes + [torch.ones(2)])],
+                "same": got[5] is given[5], "calls": calls}, os.path.join(folder, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_full_many_gathers_dim0_shards_with_one_all_gather_per_dtype(tmp_path):
+    """`full_many`, the engine's batched gather under FSDP2: on 3 ranks, shards of unequal sizes (5 rows:
+    2, 2, 1; 1 row: 1, 0, 0) of two dtypes come back whole bit for bit, with one ``all_gather`` per
+    dtype of each rank's chunks (padded to ⌈n/3⌉ rows); a replicated DTensor is gathered on its own, a
+    plain tensor is returned as it is."""
+    mp.start_processes(_gather_worker, args=(3, str(tmp_path)), nprocs=3, start_method="spawn", join=True)
+    for r in range(3):
+        result = torch.load(tmp_path / f"rank{r}.pt")
+        assert result["equal"] == [True] * 6 and result["same"]
+        assert result["calls"] == [(torch.float32, 2 * 2 + 3), (F64, 1 * 3 + 2 * 4)]
+
+
 @pytest.mark.slow  # about 20 s: two torchrun launches
 def test_the_torchrun_example_trains_saves_and_resumes_on_another_world_size(tmp_path):
     """The docs' example, as a user runs it: torchrun --standalone (a free port of its own choosing) on 2

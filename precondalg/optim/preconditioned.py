@@ -53,7 +53,7 @@ import torch.utils._pytree as pytree
 
 from precondalg._checks import check_choice, check_number, unset
 from precondalg._checks import given as was_given
-from precondalg._tensors import all_finite, finite_each, full, shard_like
+from precondalg._tensors import all_finite, finite_each, full, full_many, is_sharded, shard_like
 from precondalg._torch_compat import writable
 from precondalg.families import Family
 from precondalg.fitters import Fit, Fitter, TorchOptimizer, replace
@@ -151,6 +151,32 @@ def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """t in `dtype`: t itself when it already is (``Tensor.to`` would return it too, but through a
     dispatched operation: this runs for every tensor of every step)."""
     return t if t.dtype == dtype else t.to(dtype)
+
+
+def _gathered(
+    steps: list[tuple[dict[str, Any], _Block, list[torch.Tensor], Any]], evaluation: Evaluation, fitting: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`full` for the tensors the step's plans view (`Preconditioned._plan`: the gradients, the base
+    rule's steps, the objective's per-parameter tensors, θ under weight decay), with the sharded ones of
+    every block gathered together beforehand (`full_many`: one ``all_gather`` per mesh and dtype, not
+    one per tensor). Nothing is gathered where no preconditioned parameter is sharded."""
+    tensors = []
+    for group, block, grads, base in steps:
+        if block.placement is None or not any(is_sharded(p) for p in block.params):
+            continue
+        tensors += [*grads, *(base[1] if base is not None else ())]
+        if fitting:
+            tensors += [t for name in evaluation.per_param for t in evaluation.of(name, block.params)]
+            tensors += block.params if group["weight_decay"] else ()
+    wholes = {id(t): (t, w) for t, w in zip(tensors, full_many(tensors)) if w is not t}
+    if not wholes:
+        return full
+
+    def whole(t: torch.Tensor) -> torch.Tensor:
+        kept = wholes.get(id(t))  # the key's tensor is kept with its whole: its id is not reused
+        return kept[1] if kept is not None and kept[0] is t else full(t)
+
+    return whole
 
 
 def _contiguous(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -1072,16 +1098,14 @@ class Preconditioned(torch.optim.Optimizer):
         return self._compiled(evaluation, fitting, applying)
 
     def _plans(self, evaluation: Evaluation, fitting: bool) -> list[_Plan]:
-        plans = []
+        steps = []
         for group, blocks in zip(self.param_groups, self._blocks, strict=True):
             stepping = [block for block in blocks if any(p.grad is not None for p in block.params)]
             grads = [self._decayed_grads(group, block.params) for block in stepping]
             bases = self._direction_bases(group, stepping, grads)
-            plans += [
-                self._plan(group, block, g, base, evaluation, fitting)
-                for block, g, base in zip(stepping, grads, bases, strict=True)
-            ]
-        return plans
+            steps += [(group, *step) for step in zip(stepping, grads, bases, strict=True)]
+        whole = _gathered(steps, evaluation, fitting)
+        return [self._plan(*step, evaluation, fitting, whole) for step in steps]
 
     def _direction_bases(
         self, group: dict[str, Any], blocks: list[_Block], grads: list[list[torch.Tensor]]
@@ -1231,10 +1255,12 @@ class Preconditioned(torch.optim.Optimizer):
         base: tuple[list[dict[str, Any]], list[torch.Tensor]] | None,
         evaluation: Evaluation,
         fitting: bool,
+        whole: Callable[[torch.Tensor], torch.Tensor] = full,
     ) -> _Plan:
         """Everything of a block's step that does not depend on φ's update: its gradients `grads`
         (`_decayed_grads`), their placed view, the objective's context (when `fitting`), and for position
-        "direction" the base rule's step `base` (`_direction_bases`)."""
+        "direction" the base rule's step `base` (`_direction_bases`). `whole` gives a sharded tensor's
+        whole tensor (`_gathered`)."""
         params = block.params
         plan = _Plan(group, block, [p.grad is not None for p in params], grads)
         if block.placement is None:
@@ -1243,20 +1269,20 @@ class Preconditioned(torch.optim.Optimizer):
         pre = self.state[anchor]["preconditioner"]
         dtype = _compute_dtype(anchor)
         plan.shapes = block.shapes
-        plan.X = self._view(block, plan.grads)
+        plan.X = block.placement.view([whole(g) for g in plan.grads])
         if base is not None:  # position "direction" (`_direction_bases`)
             plan.states, plan.sources = base
-            plan.u = self._view(block, plan.sources)
+            plan.u = block.placement.view([whole(s) for s in plan.sources])
         else:
             plan.u = plan.X
         if not fitting:
             return plan
         extras = {
-            name: self._view(block, [_cast(of, dtype) for of in evaluation.of(name, params)])
+            name: block.placement.view([_cast(whole(of), dtype) for of in evaluation.of(name, params)])
             for name in evaluation.per_param
         }
         if group["weight_decay"]:
-            theta = self._view(block, [_in_compute_dtype(p) for p in params])
+            theta = block.placement.view([_in_compute_dtype(whole(p)) for p in params])
             extras = self._objective.with_weight_decay(extras, group["weight_decay"], theta)
         plan.context = BlockContext(
             self._live_phi(block),
