@@ -1,13 +1,17 @@
 """Data-parallel training with a precondalg optimizer: DDP or FSDP2, and a distributed checkpoint.
 
     torchrun --standalone --nproc-per-node 2 examples/distributed_training.py
-    torchrun --standalone --nproc-per-node 2 examples/distributed_training.py --fsdp --preset Shampoo
-    torchrun --standalone --nproc-per-node 4 examples/distributed_training.py --resume /tmp/ckpt
+    torchrun --standalone --nproc-per-node 2 examples/distributed_training.py --fsdp --preset Shampoo \
+        --checkpoint /tmp/precondalg-shampoo
+    torchrun --standalone --nproc-per-node 3 examples/distributed_training.py \
+        --resume /tmp/precondalg-checkpoint --steps 60
 
-Each rank trains a copy of an MLP on its quarter (half, ...) of scikit-learn's digits (shipped with the
-package: no download); every `--save-every` steps the model and the optimizer are saved with
-torch.distributed.checkpoint into `--checkpoint`, which a later run (any number of processes) resumes
-with `--resume`.  CPU with gloo, or one GPU per process with NCCL where CUDA is available.
+Each step draws a batch of 64 examples per rank from scikit-learn's digits (shipped with scikit-learn: no
+download; `pip install scikit-learn`, or the package's "experiments" extra), and each rank trains on its
+64; every `--save-every` steps the model and the optimizer are saved with torch.distributed.checkpoint
+into `--checkpoint`, which a later run (any number of processes, the same `--preset`) resumes with
+`--resume` up to `--steps` in all.  CPU with gloo, or one GPU per process with NCCL where CUDA is
+available.  FSDP2's `fully_shard` needs torch ≥ 2.6.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def main() -> None:
     else:
         model = DistributedDataParallel(net)
 
-    if args.preset == "PSGD":  # Newton criterion: its Hessian-vector products are averaged across ranks
+    if args.preset == "PSGD":  # Newton criterion, Hv by finite differences of two synchronised backwards
         opt = PSGD(net.parameters(), 0.05, hvp="finite_difference", update_probability=0.5, seed=0)
     else:
         opt = Shampoo(net.parameters(), 0.05, epsilon=1e-4, update_every=5)
@@ -62,6 +66,8 @@ def main() -> None:
     if args.resume:
         dcp_load(args.resume, net, opt)
         start = opt.steps
+        if start >= args.steps:
+            parser.error(f"--resume: the checkpoint is at step {start}; --steps {args.steps} adds none")
 
     for step in range(start, args.steps):
         picked = torch.randperm(len(X), generator=torch.Generator().manual_seed(step))[:batch]

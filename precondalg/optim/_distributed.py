@@ -226,7 +226,7 @@ def dcp_load(checkpoint_id: str | os.PathLike[str], model: torch.nn.Module, opti
             "optim.param_groups.0.precondalg.configuration entry; was it saved by dcp_save?); nothing was "
             "changed"
         )
-    optimizer._check_configuration(saved)
+    optimizer._check_configuration(saved, caller="dcp_load")
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     _pack(state["optim"])
     dcp.load(state, checkpoint_id=checkpoint_id)

@@ -975,9 +975,11 @@ class Preconditioned(torch.optim.Optimizer):
                 "changed"
             )
 
-    def _check_configuration(self, saved: str | dict[str, Any]) -> None:
+    def _check_configuration(
+        self, saved: str | dict[str, Any], caller: str = "Preconditioned.load_state_dict"
+    ) -> None:
         """Refuse a checkpoint's `configuration` (JSON text; a dict for a format-2 checkpoint) that is
-        not this optimizer's.
+        not this optimizer's; the message starts with `caller`.
 
         Raises:
             ValueError: listing the differences.
@@ -986,7 +988,7 @@ class Preconditioned(torch.optim.Optimizer):
         changed = differences(saved, json.loads(json.dumps(self.configuration())))
         if changed:
             raise ValueError(
-                "Preconditioned.load_state_dict: the checkpoint was made with a different configuration "
+                f"{caller}: the checkpoint was made with a different configuration "
                 f"(checkpoint → this optimizer): {'; '.join(changed)}. Nothing was changed"
             )
 
