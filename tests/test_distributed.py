@@ -54,6 +54,10 @@ PRESETS = {
     "FOP": lambda net, wrapper: FOP(net.parameters(), 0.1, hyper_lr=1e-2),
     "HD": lambda net, wrapper: HD(net.parameters(), 0.05, 1e-3),
     "PSGD (Fisher)": lambda net, wrapper: PSGD(net.parameters(), 0.05, criterion="fisher"),
+    # weight decay: the decayed gradient g + wd·θ on each shard, and θ itself in the Fisher fit's h
+    "PSGD (Fisher, weight decay)": lambda net, wrapper: PSGD(
+        net.parameters(), 0.05, criterion="fisher", weight_decay=0.1
+    ),
     "PSGD (Newton)": lambda net, wrapper: PSGD(net.parameters(), 0.05),
     "PSGD (Newton, finite differences)": lambda net, wrapper: PSGD(
         net.parameters(), 0.05, hvp="finite_difference"
