@@ -380,7 +380,7 @@ def run_step(preset, compiled, steps=3):
 @pytest.mark.parametrize(
     "preset",
     [
-        "HD-parameter",
+        pytest.param("HD-parameter", marks=pytest.mark.slow),  # 8 s; HD-layer and HD-global stay
         "HD-layer",
         "HD-global",
         pytest.param("FOP", marks=pytest.mark.slow),

@@ -182,6 +182,7 @@ def test_compile_options_switch_inductors_pattern_matcher_off():
     assert _compile_options(False, "raise") is None
 
 
+@pytest.mark.slow  # 17 s
 def test_a_compiled_optimizer_is_copied_and_pickled_and_resumes():
     """deepcopy and pickling leave the compiled function behind (it is built again on the copy's first
     step); the copy continues exactly as the original."""

@@ -52,6 +52,7 @@ def booth_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the FOP-E1 quick run they share: 24 s
 def test_run_writes_results_json_curves_and_plots(booth_run):
     r = json.loads((booth_run / "results.json").read_text())
     assert r["experiment"]["name"] == "FOP-E1" and r["config"]["seeds"] == [0, 1, 2]
@@ -70,6 +71,7 @@ def test_run_writes_results_json_curves_and_plots(booth_run):
     assert len(tuned) == 6 and all(len(r["tuning"][k]["trials"]) == 5 for k in r["tuning"])  # equal budgets
 
 
+@pytest.mark.slow
 def test_booth_reproduces_the_calibrated_iteration_counts_exactly(booth_run):
     """SGD at 0.005 from (−4, 4) takes exactly 832 iterations to f < 1e-6 (the paper's count), FOP with
     ρ = 0.0095 544 and Adam at 0.003 5889 (the numpy calibration of the design notes)."""

@@ -261,7 +261,7 @@ def fresh_dynamo():
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
-@pytest.mark.parametrize("preset", ["FOP", "PSGD"])
+@pytest.mark.parametrize("preset", [pytest.param("FOP", marks=pytest.mark.slow), "PSGD"])  # 10 s each
 def test_compiled_narrow_step_equals_eager(preset):
     runs = []
     for compile in (False, {"backend": "aot_eager"}):
